@@ -1,0 +1,181 @@
+"""``hodei agent``: the seed's HWP Agent, assembled from its parts.
+
+Agent-side states follow the seed: Creating -> Registering -> Available <-> Running ->
+Draining -> Terminated, and Failed when the server refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+
+from prometheus_client import start_http_server
+
+from hodei.agent import metrics
+from hodei.agent.client import ServerConnection
+from hodei.agent.process_manager import ProcessManager
+from hodei.agent.process_runtime import ProcessRuntime
+from hodei.agent.resources import ResourceMonitor, capacity
+from hodei.agent.runtime import Runtime, now_ms
+from hodei.agent.settings import AgentSettings
+from hodei.errors import AgentRejected
+from hodei.logs import inv
+from hodei.proto import hodei_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class AgentState(enum.StrEnum):
+    CREATING = "creating"
+    REGISTERING = "registering"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    DRAINING = "draining"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, runtimes: dict[str, Runtime] | None = None):
+        self.settings = settings
+        self.state = AgentState.CREATING
+        self.runtimes: dict[str, Runtime] = runtimes or {
+            "process": ProcessRuntime(settings.output_cap_bytes)
+        }
+        self.monitor = ResourceMonitor()
+        self.connection = ServerConnection(
+            settings,
+            capacity(settings),
+            sorted(self.runtimes),
+            self._on_assign,
+            self._on_cancel,
+            lambda: self.jobs.running(),
+        )
+        self.jobs = ProcessManager(
+            self.runtimes,
+            self.connection.send,
+            self.connection.result,
+            settings.worker_id,
+            settings.log_batch_lines,
+            settings.log_flush_s,
+        )
+        self.stopping = asyncio.Event()
+
+    async def _on_assign(self, request: pb.AssignJobRequest) -> None:
+        if self.state is AgentState.DRAINING:
+            log.info(
+                "invocation %s attempt %d: handed back, draining",
+                request.invocation_id,
+                request.attempt,
+                extra=inv(request.invocation_id, request.attempt),
+            )
+            await self.jobs.hand_back(request)
+            return
+        self.jobs.start(request)
+        self.state = AgentState.RUNNING
+
+    def _on_cancel(self, request: pb.CancelJobRequest) -> None:
+        if self.jobs.cancel(request.invocation_id, request.attempt):
+            log.info(
+                "invocation %s attempt %d: cancelling (%s)",
+                request.invocation_id,
+                request.attempt,
+                request.reason,
+                extra=inv(request.invocation_id, request.attempt),
+            )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            cpu, memory = self.monitor.sample()
+            worker = self.settings.worker_id
+            metrics.CPU.labels(worker).set(cpu)
+            metrics.MEMORY.labels(worker).set(memory)
+            if self.state in (AgentState.AVAILABLE, AgentState.RUNNING):
+                self.state = AgentState.RUNNING if self.jobs.jobs else AgentState.AVAILABLE
+            await self.connection.heartbeat(
+                pb.Heartbeat(
+                    worker_id=worker,
+                    session_id=self.connection.session_id,
+                    cpu_usage_percent=cpu,
+                    memory_usage_percent=memory,
+                    running_jobs=self.connection.reported_jobs(),
+                    sent_at_ms=now_ms(),
+                )
+            )
+            metrics.HEARTBEATS.labels(worker).inc()
+
+    async def run(self) -> int:
+        """Run until drained; returns the process exit code."""
+        self.state = AgentState.REGISTERING
+        connection = asyncio.create_task(self.connection.run())
+        heartbeats = asyncio.create_task(self._heartbeats())
+        stop = asyncio.create_task(self.stopping.wait())
+        connected = asyncio.create_task(self.connection.connected.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {connection, connected, stop}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if connected in done:
+                self.state = AgentState.AVAILABLE
+                done, _ = await asyncio.wait(
+                    {connection, stop}, return_when=asyncio.FIRST_COMPLETED
+                )
+            if connection in done:
+                connection.result()
+                return 0
+            await self.drain()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(connection), 5.0)
+            return 0
+        except AgentRejected as exc:
+            self.state = AgentState.FAILED
+            log.error("the server refused this agent: %s", exc)
+            return 1
+        finally:
+            for task in (heartbeats, stop, connected, connection):
+                task.cancel()
+            await asyncio.gather(heartbeats, stop, connected, connection, return_exceptions=True)
+            self.jobs.hand_back_all()
+            await self.connection.close()
+
+    async def drain(self) -> None:
+        """No new jobs; let running ones finish within the grace period, hand back the rest,
+        wait until every result is acknowledged and the server holds no lease for us."""
+        self.state = AgentState.DRAINING
+        log.info(
+            "draining: %d jobs running, grace %.0fs",
+            len(self.jobs.jobs),
+            self.settings.drain_grace_s,
+        )
+        await self.connection.set_draining()
+        try:
+            await asyncio.wait_for(self.jobs.idle.wait(), self.settings.drain_grace_s)
+        except TimeoutError:
+            log.warning("drain grace over: handing back %d jobs", len(self.jobs.jobs))
+            self.jobs.hand_back_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.jobs.idle.wait(), 5.0)
+        for _ in range(50):
+            if not self.connection.unacked:
+                with contextlib.suppress(Exception):
+                    status = await self.connection.status()
+                    if not status.jobs:
+                        break
+            await asyncio.sleep(0.1)
+        await self.connection.terminate()
+        self.state = AgentState.TERMINATED
+        log.info("terminated")
+
+
+async def serve(settings: AgentSettings) -> int:
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    agent = Agent(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stopping.set)
+    return await agent.run()

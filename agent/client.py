@@ -1,0 +1,254 @@
+"""The agent's gRPC client: registration, the JobStream, reconnection and result buffering.
+
+Jobs keep running while the connection is down. Their results wait in ``unacked`` until
+the server acknowledges them (ResultAck), and are sent again after every reconnect; the
+server's fencing makes a repeated result harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from hodei import __version__, backoff
+from hodei.agent import metrics
+from hodei.agent.settings import AgentSettings
+from hodei.errors import AgentRejected
+from hodei.logs import inv
+from hodei.proto import hodei_pb2 as pb
+from hodei.proto import hodei_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+FATAL = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
+
+
+class ServerConnection:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        capacity: pb.Resources,
+        runtimes: list[str],
+        on_assign: Callable[[pb.AssignJobRequest], Awaitable[None]],
+        on_cancel: Callable[[pb.CancelJobRequest], None],
+        running: Callable[[], list[pb.RunningJob]],
+    ) -> None:
+        self.settings = settings
+        self.capacity = capacity
+        self.runtimes = runtimes
+        self.on_assign = on_assign
+        self.on_cancel = on_cancel
+        self.running = running
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        )
+        self.channel = grpc.aio.insecure_channel(settings.server)
+        self.stub: Any = pb_grpc.WorkerServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.session_id = ""
+        self.connected = asyncio.Event()
+        self.unacked: dict[tuple[str, int], pb.JobResult] = {}
+        self._outbox: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+        self._draining = False
+        self._closing = False
+        self._connections = 0
+
+    # -- what the rest of the agent calls ----------------------------------------------
+    def send(self, message: pb.AgentMessage) -> None:
+        """Queue a message for the stream; dropped while disconnected (results are kept)."""
+        if self.connected.is_set():
+            self._outbox.put_nowait(message)
+
+    def result(self, result: pb.JobResult) -> None:
+        self.unacked[(result.invocation_id, result.attempt)] = result
+        metrics.BUFFERED_RESULTS.set(len(self.unacked))
+        self.send(pb.AgentMessage(result=result))
+
+    def reported_jobs(self) -> list[pb.RunningJob]:
+        """Running jobs and finished-but-unacknowledged ones: the server must keep both."""
+        jobs = {j.invocation_id: j for j in self.running()}
+        for invocation_id, attempt in self.unacked:
+            jobs.setdefault(
+                invocation_id, pb.RunningJob(invocation_id=invocation_id, attempt=attempt)
+            )
+        return list(jobs.values())
+
+    async def set_draining(self) -> None:
+        self._draining = True
+        self.send(
+            pb.AgentMessage(
+                status=pb.WorkerStatus(
+                    worker_id=self.settings.worker_id,
+                    session_id=self.session_id,
+                    state=pb.WORKER_STATE_DRAINING,
+                )
+            )
+        )
+
+    async def heartbeat(self, beat: pb.Heartbeat) -> None:
+        """In-stream when connected; otherwise the unary RPC, which keeps the leases of
+        running jobs alive while the stream is being re-established."""
+        if self.connected.is_set():
+            self.send(pb.AgentMessage(heartbeat=beat))
+            return
+        if not self.session_id:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self.stub.Heartbeat(beat, metadata=self.metadata, timeout=2.0)
+
+    async def status(self) -> pb.WorkerStatus:
+        request = pb.GetWorkerStatusRequest(worker_id=self.settings.worker_id)
+        reply: pb.WorkerStatus = await self.stub.GetWorkerStatus(
+            request, metadata=self.metadata, timeout=5.0
+        )
+        return reply
+
+    async def terminate(self) -> None:
+        """Say goodbye on the stream and close it."""
+        self._closing = True
+        if self.connected.is_set():
+            self._outbox.put_nowait(
+                pb.AgentMessage(
+                    status=pb.WorkerStatus(
+                        worker_id=self.settings.worker_id,
+                        session_id=self.session_id,
+                        state=pb.WORKER_STATE_TERMINATED,
+                    )
+                )
+            )
+            self._outbox.put_nowait(None)
+
+    async def close(self) -> None:
+        await self.channel.close(grace=None)
+
+    # -- the connection loop -----------------------------------------------------------
+    async def run(self) -> None:
+        """Stay connected until terminated; raises AgentRejected when the server refuses."""
+        failures = 0
+        while not self._closing:
+            try:
+                await self._connect_once()
+                failures = 0
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FATAL:
+                    raise AgentRejected(f"{exc.code().name}: {exc.details()}") from exc
+                failures += 1
+                log.warning(
+                    "connection to %s lost: %s %s",
+                    self.settings.server,
+                    exc.code().name,
+                    exc.details(),
+                )
+            finally:
+                self.connected.clear()
+            if self._closing:
+                break
+            await asyncio.sleep(
+                backoff.delay(
+                    max(1, failures), self.settings.reconnect_base_s, self.settings.reconnect_cap_s
+                )
+            )
+
+    async def _connect_once(self) -> None:
+        status: pb.WorkerStatus = await self.stub.RegisterWorker(
+            pb.RegisterWorkerRequest(
+                worker_id=self.settings.worker_id,
+                hostname=socket.gethostname(),
+                capacity=self.capacity,
+                labels=self.settings.label_map,
+                runtimes=self.runtimes,
+                version=__version__,
+                running_jobs=self.reported_jobs(),
+            ),
+            metadata=self.metadata,
+            timeout=10.0,
+        )
+        self.session_id = status.session_id
+        for job in status.revoked_jobs:
+            log.info(
+                "invocation %s attempt %d is no longer ours: stopping it",
+                job.invocation_id,
+                job.attempt,
+                extra=inv(job.invocation_id, job.attempt),
+            )
+            self.unacked.pop((job.invocation_id, job.attempt), None)
+            self.on_cancel(
+                pb.CancelJobRequest(
+                    invocation_id=job.invocation_id, attempt=job.attempt, reason="revoked"
+                )
+            )
+        self._outbox = asyncio.Queue()
+        call = self.stub.JobStream(metadata=self.metadata)
+        await call.write(
+            pb.AgentMessage(
+                status=pb.WorkerStatus(
+                    worker_id=self.settings.worker_id,
+                    session_id=self.session_id,
+                    state=pb.WORKER_STATE_AVAILABLE,
+                )
+            )
+        )
+        if self._draining:
+            await call.write(
+                pb.AgentMessage(
+                    status=pb.WorkerStatus(
+                        worker_id=self.settings.worker_id,
+                        session_id=self.session_id,
+                        state=pb.WORKER_STATE_DRAINING,
+                    )
+                )
+            )
+        self._connections += 1
+        if self._connections > 1:
+            metrics.RECONNECTS.inc()
+        self.connected.set()
+        log.info(
+            "connected to %s as %s (session %s)",
+            self.settings.server,
+            self.settings.worker_id,
+            self.session_id,
+        )
+        for result in list(self.unacked.values()):
+            self._outbox.put_nowait(pb.AgentMessage(result=result))
+        writer = asyncio.create_task(self._write(call))
+        try:
+            async for message in call:
+                await self._dispatch(message)
+        finally:
+            self.connected.clear()
+            self._outbox.put_nowait(None)
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self, call: Any) -> None:
+        while (message := await self._outbox.get()) is not None:
+            await call.write(message)
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+
+    async def _dispatch(self, message: pb.ServerMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "assign":
+            await self.on_assign(message.assign)
+        elif kind == "cancel":
+            self.on_cancel(message.cancel)
+        elif kind == "ack":
+            ack = message.ack
+            self.unacked.pop((ack.invocation_id, ack.attempt), None)
+            metrics.BUFFERED_RESULTS.set(len(self.unacked))
+            if not ack.recorded:
+                log.info(
+                    "invocation %s attempt %d: result not recorded (%s)",
+                    ack.invocation_id,
+                    ack.attempt,
+                    ack.reason,
+                    extra=inv(ack.invocation_id, ack.attempt),
+                )

@@ -1,0 +1,101 @@
+"""Runtimes run one job attempt; this module holds their shared types and helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hodei.proto import hodei_pb2 as pb
+
+LogSink = Callable[[str, str], None]  # (stream, line)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class Outcome:
+    outcome: pb.JobOutcome.ValueType
+    exit_code: int = 0
+    error: str = ""
+    output: bytes = b""
+    truncated: bool = False
+    started_ms: int = 0
+    finished_ms: int = 0
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
+        """Run the job to its end; ``cancel`` set means kill it now."""
+        ...
+
+
+def function_env(job: pb.AssignJobRequest) -> dict[str, str]:
+    """What the contract promises a function in its environment."""
+    env = dict(job.env)
+    env["HODEI_INVOCATION_ID"] = job.invocation_id
+    env["HODEI_FUNCTION"] = job.function
+    env["HODEI_ATTEMPT"] = str(job.attempt)
+    if job.traceparent:
+        env["TRACEPARENT"] = job.traceparent
+    return env
+
+
+class CappedBuffer:
+    """Keeps the first ``cap`` bytes written to it and notes whether more came."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def write(self, data: bytes) -> None:
+        room = self.cap - self.size
+        if len(data) > room:
+            self.truncated = True
+            data = data[: max(0, room)]
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class LineSplitter:
+    """Turns a byte stream into lines for the log sink, bounding a line's length."""
+
+    MAX_LINE = 16 * 1024
+
+    def __init__(self, stream: str, sink: LogSink) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        while True:
+            cut = self.pending.find(b"\n")
+            if cut < 0:
+                if len(self.pending) > self.MAX_LINE:
+                    self._emit(self.pending[: self.MAX_LINE])
+                    self.pending = self.pending[self.MAX_LINE :]
+                    continue
+                return
+            self._emit(self.pending[:cut])
+            self.pending = self.pending[cut + 1 :]
+
+    def close(self) -> None:
+        if self.pending:
+            self._emit(self.pending)
+            self.pending = b""
+
+    def _emit(self, raw: bytes) -> None:
+        self.sink(self.stream, raw.decode("utf-8", errors="replace").rstrip("\r"))

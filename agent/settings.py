@@ -1,0 +1,46 @@
+"""Typed settings of the worker agent (``hodei agent``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hodei.config import from_env
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    server: str = "127.0.0.1:7070"
+    token: str = ""
+    worker_id: str = field(default_factory=socket.gethostname)
+    # 0 = detect from the machine (psutil).
+    cpu_millicores: int = 0
+    memory_mb: int = 0
+    gpus: int = 0
+    job_slots: int = 0
+    labels: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = ("process",)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9465
+    heartbeat_interval_s: float = 5.0
+    drain_grace_s: float = 30.0
+    output_cap_bytes: int = 6 * 1024 * 1024
+    log_batch_lines: int = 200
+    log_flush_s: float = 0.05
+    reconnect_base_s: float = 0.2
+    reconnect_cap_s: float = 10.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentSettings:
+        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
+        settings: AgentSettings = from_env(cls(), env if env is not None else os.environ, overrides)
+        return settings
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        pairs = (item.split("=", 1) for item in self.labels if "=" in item)
+        return {k.strip(): v.strip() for k, v in pairs}

@@ -1,0 +1,90 @@
+"""The ``hodei`` command: one entry point for every process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hodei import __version__, logs
+from hodei.errors import ConfigError
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, settings_cls: Any) -> None:
+    """One flag per settings field (``--grpc-port``...); unset flags leave env/defaults."""
+    for f in dataclasses.fields(settings_cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = type(default) if default is not None else str
+        if kind is tuple:
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help="repeatable")
+        elif kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                help=f"default {default!r}" if default is not None else None,
+            )
+
+
+def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
+    values = {}
+    for f in dataclasses.fields(settings_cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hodei.agent.settings import AgentSettings
+    from hodei.plugin.settings import ServerSettings
+
+    parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
+    parser.add_argument("--version", action="version", version=f"hodei {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    server = sub.add_parser("server", help="run a control-plane server (scheduler, gRPC)")
+    _add_settings_flags(server, ServerSettings)
+    agent = sub.add_parser("agent", help="run a worker agent")
+    _add_settings_flags(agent, AgentSettings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "server":
+            from hodei.plugin.server import serve as serve_server
+            from hodei.plugin.settings import ServerSettings
+
+            server_settings = ServerSettings.from_env(**_overrides(args, ServerSettings))
+            logs.setup("server", server_settings.log_level)
+            asyncio.run(serve_server(server_settings))
+            return 0
+        if args.command == "agent":
+            # The agent forks a child per job while gRPC threads run; gRPC's fork handlers
+            # are for children that use gRPC, which functions never do.
+            os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+            from hodei.agent.agent import serve as serve_agent
+            from hodei.agent.settings import AgentSettings
+
+            agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
+            logs.setup("agent", agent_settings.log_level)
+            return asyncio.run(serve_agent(agent_settings))
+    except ConfigError as exc:
+        print(f"hodei: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Every error Hodei raises on purpose, under one root."""
+
+from __future__ import annotations
+
+
+class HodeiError(Exception):
+    """Raised by Hodei itself; catch this to catch all of them."""
+
+
+class ConfigError(HodeiError):
+    """Raised when a setting (flag or HODEI_* variable) is missing or malformed."""
+
+
+class InvalidSpec(HodeiError):
+    """Raised when a function spec or job resources are invalid; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(HodeiError):
+    """Raised when a function, invocation or worker does not exist."""
+
+
+class Conflict(HodeiError):
+    """Raised when an operation does not fit the current state (e.g. cancelling a final one)."""
+
+
+class QueueFull(HodeiError):
+    """Raised when the queue or a function's concurrency limit refuses more work."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotLeader(HodeiError):
+    """Raised when a scheduling write is fenced off because this process lost leadership."""
+
+
+class AgentRejected(HodeiError):
+    """Raised in the agent when the server refuses it (bad token, stale session, failed)."""

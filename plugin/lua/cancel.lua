@@ -1,0 +1,21 @@
+-- Cancel an invocation. A queued (or retry-waiting) one is finished as cancelled right here;
+-- a running one is flagged, and the caller tells its worker to kill it.
+-- KEYS[1] invocation hash   KEYS[2] queue   KEYS[3] delayed   KEYS[4] events stream
+-- ARGV[1] invocation id     ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] completion channel
+-- Returns {1, 'cancelled'}, {2, worker id, attempt} when running, {0, status} when final,
+-- {-1, 'unknown'} when there is no such invocation.
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'attempt')
+if not h[1] then return {-1, 'unknown'} end
+if h[1] == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return {2, h[2], tonumber(h[3])}
+end
+if h[1] ~= 'queued' then return {0, h[1]} end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'pending_reason', '',
+  'cancel_requested', '1')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'finished', 'invocation', ARGV[1],
+  'attempt', h[3], 'status', 'cancelled')
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return {1, 'cancelled'}

@@ -1,0 +1,31 @@
+-- Register (or re-register) a worker: new session, capacity, labels; keep the reservations of
+-- jobs it still runs, and sort out what it reports against what the server leases to it.
+-- KEYS[1] worker hash   KEYS[2] worker jobs   KEYS[3] workers (set)   KEYS[4] heartbeats
+-- KEYS[5] events stream
+-- ARGV[1] worker id     ARGV[2] now ms        ARGV[3] events maxlen   ARGV[4] number of field
+-- pairs N, then N field, value pairs, then the ids of the jobs the agent still runs
+-- Returns {orphans, revoked}: jobs leased to it that it no longer has, and jobs it reports
+-- that are not (or no longer) leased to it.
+local n = tonumber(ARGV[4])
+local fields = {}
+for i = 5, 4 + 2 * n do fields[#fields + 1] = ARGV[i] end
+local reported = {}
+for i = 5 + 2 * n, #ARGV do reported[ARGV[i]] = true end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'cpu_used', 0, 'mem_used', 0, 'gpu_used', 0, 'slots_used', 0,
+    'registered_at', ARGV[2], 'unhealthy_count', 0)
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HSET', KEYS[1], 'state', 'registering', 'last_heartbeat', ARGV[2], 'unhealthy_since', '')
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+local orphans, revoked = {}, {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not reported[id] then orphans[#orphans + 1] = id end
+end
+for id in pairs(reported) do
+  if redis.call('SISMEMBER', KEYS[2], id) == 0 then revoked[#revoked + 1] = id end
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'type', 'worker', 'worker', ARGV[1],
+  'state', 'registering')
+return {orphans, revoked}

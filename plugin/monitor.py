@@ -1,0 +1,111 @@
+"""The seed's Health Monitor, run by the leader: heartbeat timeouts, lease reaping, gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hodei.logs import inv
+from hodei.plugin import metrics
+from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leasing import Leases
+from hodei.plugin.registry import Registry, WorkerState
+from hodei.plugin.settings import ServerSettings
+from hodei.plugin.store import Store, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        leases: Leases,
+        registry: Registry,
+        leader: RedisLeaderLock,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.leases = leases
+        self.registry = registry
+        self.leader = leader
+        self.tick_s = min(1.0, settings.heartbeat_interval_s / 2, settings.lease_ttl_s / 4)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if self.leader.is_leader:
+                    await self.check_workers()
+                    await self.reap_leases()
+                await self.update_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("health monitor pass failed", exc_info=True)
+            await asyncio.sleep(self.tick_s)
+
+    async def check_workers(self) -> None:
+        """Missed heartbeats make a worker Unhealthy; Unhealthy for too long, Failed."""
+        now = now_ms()
+        silent = await self.registry.stale(now - int(self.settings.unhealthy_after_s * 1000))
+        for worker_id in silent:
+            h = await self.registry.get(worker_id)
+            if h is None:
+                await self.registry.forget(worker_id)
+                continue
+            state = WorkerState(h["state"])
+            if state in (WorkerState.UNHEALTHY,):
+                since = int(h.get("unhealthy_since") or now)
+                if now - since > self.settings.failed_after_s * 1000:
+                    await self.registry.transition(worker_id, WorkerState.FAILED)
+                    log.warning(
+                        "worker %s failed: unhealthy for %.0fs",
+                        worker_id,
+                        (now - since) / 1000,
+                        extra={"worker_id": worker_id},
+                    )
+            elif state in (WorkerState.FAILED, WorkerState.TERMINATED):
+                if not await self.registry.jobs_of(worker_id):
+                    await self.registry.forget(worker_id)
+            elif await self.registry.transition(worker_id, WorkerState.UNHEALTHY):
+                log.warning(
+                    "worker %s unhealthy: no heartbeat for %.1fs",
+                    worker_id,
+                    (now - int(h.get("last_heartbeat") or 0)) / 1000,
+                    extra={"worker_id": worker_id},
+                )
+
+    async def reap_leases(self) -> None:
+        for invocation_id in await self.leases.expired():
+            result = await self.leases.reclaim(invocation_id)
+            if result is None or (not result.recorded and not result.requeued):
+                continue
+            metrics.LEASE_EXPIRIES.inc()
+            if result.requeued:
+                metrics.RETRIES.inc()
+            log.warning(
+                "invocation %s: lease expired, %s",
+                invocation_id,
+                "rescheduled" if result.requeued else "failed",
+                extra=inv(invocation_id),
+            )
+
+    async def update_gauges(self) -> None:
+        depth = await self.store.queue_depth()
+        for priority in ("high", "normal", "low"):
+            metrics.QUEUE_SIZE.labels(priority).set(depth[priority])
+        counts = dict.fromkeys((s.value for s in WorkerState), 0)
+        for h in await self.registry.all():
+            counts[h["state"]] = counts.get(h["state"], 0) + 1
+            for resource, used, total in (
+                ("cpu", "cpu_used", "cpu_total"),
+                ("memory", "mem_used", "mem_total"),
+                ("slots", "slots_used", "slots_total"),
+            ):
+                if int(h.get(total) or 0) > 0:
+                    metrics.WORKER_UTILISATION.labels(h["id"], resource).set(
+                        int(h.get(used) or 0) / int(h[total])
+                    )
+        for state, n in counts.items():
+            metrics.WORKERS.labels(state).set(n)

@@ -1,0 +1,299 @@
+"""The leader's scheduler: woken by the event stream, places queued work by bin-packing.
+
+There is no polling interval. The scheduler blocks on the domain-event stream, which every
+enqueue, completion and worker change writes to, so it wakes on exactly the things that
+can make a placement possible; a timeout only serves due retries and queue timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hodei.logs import inv
+from hodei.plugin import metrics
+from hodei.plugin.keys import Keys
+from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leasing import Leases
+from hodei.plugin.placement import Demand, Fleet, Pending
+from hodei.plugin.registry import Registry, view_of
+from hodei.plugin.scripts import RedisClient
+from hodei.plugin.settings import ServerSettings
+from hodei.plugin.store import now_ms
+from hodei.proto import hodei_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, str, pb.AssignJobRequest], Awaitable[None]]
+MAX_PAGES = 8
+FULL_REFRESH_S = 30.0
+
+
+@dataclass(slots=True)
+class Queued:
+    demand: Demand
+    deadline_ms: int
+    created_ms: int
+    function: str
+    pending_reason: str
+    published_reason: str
+
+
+class Scheduler:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        settings: ServerSettings,
+        leases: Leases,
+        registry: Registry,
+        leader: RedisLeaderLock,
+        deliver: Deliver,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.leases = leases
+        self.registry = registry
+        self.leader = leader
+        self.deliver = deliver
+        self.fleet = Fleet(settings.max_candidates, settings.max_scan)
+        self._queued: dict[str, Queued] = {}
+        self._last_event = "0-0"
+        self._next_due: int | None = None
+        self._refreshed_at = 0.0
+
+    async def run(self) -> None:
+        while True:
+            self.leader.changed.clear()
+            if self.leader.is_leader:
+                metrics.IS_LEADER.set(1)
+                try:
+                    await self._lead(self.leader.token or "")
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("scheduler pass failed; starting over")
+                    await asyncio.sleep(0.5)
+                    continue
+            metrics.IS_LEADER.set(0)
+            await self.leader.changed.wait()
+
+    async def _lead(self, token: str) -> None:
+        log.info("scheduling as leader %s", token)
+        await self._load()
+        await self.leases.extend_all()
+        while self.leader.token == token:
+            placed_all = await self.schedule_pass(token)
+            if self.leader.token != token:
+                break
+            await self._wait_for_events(0 if not placed_all else self._timeout_ms())
+
+    async def _load(self) -> None:
+        """A fresh snapshot of the fleet, taken after noting the event stream's position so
+        no change between the two is missed."""
+        last = await self.redis.xrevrange(self.keys.events, count=1)
+        self._last_event = last[0][0].decode() if last else "0-0"
+        self.fleet = Fleet(self.settings.max_candidates, self.settings.max_scan)
+        now = now_ms()
+        hb_ms = int(self.settings.heartbeat_interval_s * 1000)
+        for h in await self.registry.all():
+            self.fleet.upsert(view_of(h, now, hb_ms))
+        self._queued.clear()
+        self._next_due = await self.leases.next_due_ms()
+        self._refreshed_at = time.monotonic()
+
+    def _timeout_ms(self) -> int:
+        wait = 1000
+        if self._next_due is not None:
+            wait = min(wait, max(1, self._next_due - now_ms()))
+        return wait
+
+    async def _wait_for_events(self, block_ms: int) -> None:
+        reply = await self.redis.xread(
+            {self.keys.events: self._last_event}, count=1000, block=block_ms or None
+        )
+        dirty: set[str] = set()
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._last_event = entry_id.decode()
+                worker = fields.get(b"worker")
+                kind = fields.get(b"type")
+                if worker and kind != b"assigned":
+                    dirty.add(worker.decode())
+                if kind == b"retry":
+                    self._next_due = None
+        if time.monotonic() - self._refreshed_at > FULL_REFRESH_S:
+            await self._load()
+        elif dirty:
+            await self._refresh(dirty)
+        if self._next_due is None:
+            self._next_due = await self.leases.next_due_ms()
+
+    async def _refresh(self, worker_ids: set[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        ordered = sorted(worker_ids)
+        for w in ordered:
+            pipe.hgetall(self.keys.worker(w))
+        now = now_ms()
+        hb_ms = int(self.settings.heartbeat_interval_s * 1000)
+        for worker_id, raw in zip(ordered, await pipe.execute(), strict=True):
+            if raw:
+                self.fleet.upsert(
+                    view_of({k.decode(): v.decode() for k, v in raw.items()}, now, hb_ms)
+                )
+            else:
+                self.fleet.remove(worker_id)
+
+    async def schedule_pass(self, token: str) -> bool:
+        """Place what can be placed now. True when the queue head was worked through."""
+        if self._next_due is not None and self._next_due <= now_ms():
+            await self.leases.promote_due()
+            self._next_due = await self.leases.next_due_ms()
+        batch = self.settings.scheduler_batch
+        for page in range(MAX_PAGES):
+            ids = [
+                i.decode()
+                for i in await self.redis.zrange(
+                    self.keys.queue, page * batch, (page + 1) * batch - 1
+                )
+            ]
+            if not ids:
+                return True
+            await self._describe(ids)
+            plan = self._plan(ids)
+            await self._commit(plan, token)
+            await self._note_pending(ids)
+            if len(ids) < batch or self.leader.token != token:
+                return True
+            if plan:
+                # The head moved; the next pass starts from the top again.
+                return False
+        return True
+
+    async def _describe(self, ids: list[str]) -> None:
+        """Cache what the scheduler needs of each queued invocation (immutable fields)."""
+        unknown = [i for i in ids if i not in self._queued]
+        if not unknown:
+            return
+        fields = (
+            "cpu",
+            "mem",
+            "gpu",
+            "runtime",
+            "labels",
+            "queue_deadline",
+            "created_at",
+            "function",
+            "pending_reason",
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for i in unknown:
+            pipe.hmget(self.keys.invocation(i), *fields)
+        for i, raw in zip(unknown, await pipe.execute(), strict=True):
+            if raw[0] is None:
+                continue
+            labels = json.loads(raw[4] or b"{}")
+            self._queued[i] = Queued(
+                demand=Demand(
+                    int(raw[0]),
+                    int(raw[1]),
+                    int(raw[2]),
+                    raw[3].decode(),
+                    tuple(sorted(labels.items())),
+                ),
+                deadline_ms=int(raw[5]),
+                created_ms=int(raw[6]),
+                function=raw[7].decode(),
+                pending_reason=(raw[8] or b"").decode(),
+                published_reason=(raw[8] or b"").decode(),
+            )
+
+    def _plan(self, ids: list[str]) -> list[tuple[str, str, Queued]]:
+        plan: list[tuple[str, str, Queued]] = []
+        for i in ids:
+            q = self._queued.get(i)
+            if q is None:
+                continue
+            started = time.perf_counter()
+            choice = self.fleet.place(q.demand)
+            metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+            if isinstance(choice, Pending):
+                q.pending_reason = choice.reason
+                continue
+            self.fleet.reserve(choice.id, q.demand)
+            plan.append((i, choice.id, q))
+        return plan
+
+    async def _commit(self, plan: list[tuple[str, str, Queued]], token: str) -> None:
+        if not plan:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for invocation_id, worker_id, _ in plan:
+            await self.leases.assign_call(invocation_id, worker_id, token, client=pipe)
+        replies = await pipe.execute(raise_on_error=False)
+        now = now_ms()
+        for (invocation_id, worker_id, q), reply in zip(plan, replies, strict=True):
+            code = int(reply[0]) if isinstance(reply, list) else 0
+            if code == 1:
+                self._queued.pop(invocation_id, None)
+                metrics.PLACEMENTS.inc()
+                if int(reply[1]) == 1:
+                    metrics.SCHEDULING_LATENCY.observe(max(0, now - q.created_ms) / 1000)
+                request = self.leases.assignment(invocation_id, reply)
+                server_id = self.fleet.workers[worker_id].server_id
+                log.info(
+                    "invocation %s attempt %d leased to %s",
+                    invocation_id,
+                    request.attempt,
+                    worker_id,
+                    extra=inv(invocation_id, request.attempt, worker_id=worker_id),
+                )
+                await self.deliver(worker_id, server_id, request)
+                continue
+            self.fleet.release(worker_id, q.demand)
+            if code == -1:
+                log.warning("fenced off: leadership %s is over", token)
+                self.leader.token = None
+                self.leader.changed.set()
+                return
+            if code == -2:
+                self._queued.pop(invocation_id, None)
+            else:
+                await self._refresh({worker_id})
+
+    async def _note_pending(self, ids: list[str]) -> None:
+        """Publish pending reasons that changed, and fail those past their queue timeout."""
+        now = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        expired: list[str] = []
+        for i in ids:
+            q = self._queued.get(i)
+            if q is None:
+                continue
+            if q.deadline_ms <= now:
+                expired.append(i)
+                continue
+            if q.pending_reason != q.published_reason:
+                pipe.hset(self.keys.invocation(i), "pending_reason", q.pending_reason)
+                q.published_reason = q.pending_reason
+        if len(pipe):
+            await pipe.execute()
+        for i in expired:
+            q = self._queued.pop(i)
+            if await self.leases.expire_queued(i):
+                metrics.INVOCATIONS.labels(q.function, "failed").inc()
+                log.info(
+                    "invocation %s failed after its queue timeout: %s",
+                    i,
+                    q.pending_reason,
+                    extra=inv(i),
+                )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"workers": len(self.fleet), "queued_known": len(self._queued)}

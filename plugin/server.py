@@ -1,0 +1,136 @@
+"""``hodei server``: the control plane process, assembled from its parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from hodei.plugin.keys import Keys
+from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leasing import Leases
+from hodei.plugin.monitor import HealthMonitor
+from hodei.plugin.registry import Registry
+from hodei.plugin.scheduler import Scheduler
+from hodei.plugin.scripts import RedisClient, Scripts
+from hodei.plugin.servicer import WorkerService
+from hodei.plugin.sessions import Sessions
+from hodei.plugin.settings import ServerSettings
+from hodei.plugin.store import Store
+from hodei.proto import hodei_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "hodei.v1.WorkerService"
+
+
+def connect(settings: ServerSettings) -> RedisClient:
+    return Redis.from_url(settings.redis_url, health_check_interval=10, socket_keepalive=True)
+
+
+class ControlPlane:
+    """Every part of a server process; ``start``/``stop`` bracket its life."""
+
+    def __init__(self, settings: ServerSettings, redis: RedisClient | None = None) -> None:
+        self.settings = settings
+        self.redis = redis if redis is not None else connect(settings)
+        self.keys = Keys(settings.key_prefix)
+        self.scripts = Scripts(self.redis)
+        s = settings
+        self.store = Store(
+            self.redis,
+            self.keys,
+            self.scripts,
+            ageing_s=s.ageing_s,
+            max_queue=s.max_queue,
+            events_maxlen=s.events_maxlen,
+        )
+        self.leases = Leases(
+            self.redis,
+            self.keys,
+            self.scripts,
+            lease_ttl_s=s.lease_ttl_s,
+            retry_base_s=s.retry_base_s,
+            retry_cap_s=s.retry_cap_s,
+            events_maxlen=s.events_maxlen,
+        )
+        self.registry = Registry(self.redis, self.keys, self.scripts, s.events_maxlen)
+        self.leader = RedisLeaderLock(
+            self.redis, self.keys, self.scripts, s.server_id, s.leader_ttl_s
+        )
+        self.sessions = Sessions(
+            self.redis,
+            self.keys,
+            s.server_id,
+            self.store,
+            self.leases,
+            self.registry,
+            s.events_maxlen,
+        )
+        self.scheduler = Scheduler(
+            self.redis, self.keys, s, self.leases, self.registry, self.leader, self.sessions.deliver
+        )
+        self.monitor = HealthMonitor(s, self.store, self.leases, self.registry, self.leader)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.grpc_server: grpc.aio.Server | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> int:
+        server = grpc.aio.server()
+        pb_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            WorkerService(self.sessions, self.settings.agent_tokens), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        await server.start()
+        self.grpc_server = server
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.tasks = [
+            asyncio.create_task(coro, name=name)
+            for name, coro in (
+                ("leader", self.leader.run()),
+                ("scheduler", self.scheduler.run()),
+                ("monitor", self.monitor.run()),
+                ("delivery", self.sessions.listen()),
+            )
+        ]
+        log.info(
+            "server %s listening for agents on %s:%d",
+            self.settings.server_id,
+            self.settings.grpc_host,
+            self.port,
+            extra={"grpc_port": self.port, "server_id": self.settings.server_id},
+        )
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace_s)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+async def serve(settings: ServerSettings) -> None:
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    plane = ControlPlane(settings)
+    await plane.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("server %s stopping", settings.server_id)
+    await plane.stop()

@@ -1,0 +1,165 @@
+"""The gRPC WorkerService: translates protobuf to the session layer, and errors to status."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import empty_pb2
+
+from hodei import __version__
+from hodei.errors import NotFound
+from hodei.plugin.sessions import PinRefused, ProtocolError, Sessions
+from hodei.proto import hodei_pb2 as pb
+from hodei.proto import hodei_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+PIN_CODES = {
+    -2: grpc.StatusCode.FAILED_PRECONDITION,
+    -3: grpc.StatusCode.FAILED_PRECONDITION,
+    -4: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class WorkerService(pb_grpc.WorkerServiceServicer):
+    def __init__(self, sessions: Sessions, tokens: tuple[str, ...], pin_timeout_s: float = 10.0):
+        self.sessions = sessions
+        self.tokens = tokens
+        self.pin_timeout_s = pin_timeout_s
+
+    async def _authenticate(self, context: Context) -> None:
+        if not self.tokens:
+            return
+        metadata = dict(context.invocation_metadata() or ())
+        header = str(metadata.get("authorization", ""))
+        token = header.removeprefix("Bearer ").strip()
+        if not any(hmac.compare_digest(token, t) for t in self.tokens):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid agent token")
+
+    async def RegisterWorker(
+        self, request: pb.RegisterWorkerRequest, context: Context
+    ) -> pb.WorkerStatus:
+        await self._authenticate(context)
+        problem = _invalid_registration(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return await self.sessions.register(request, __version__)
+
+    async def Heartbeat(self, request: pb.Heartbeat, context: Context) -> empty_pb2.Empty:
+        await self._authenticate(context)
+        status = await self.sessions.heartbeat(request.worker_id, request.session_id, request)
+        if status == "unknown":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"worker {request.worker_id} unknown")
+        if status == "stale":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "stale session: register again"
+            )
+        return empty_pb2.Empty()
+
+    async def GetWorkerStatus(
+        self, request: pb.GetWorkerStatusRequest, context: Context
+    ) -> pb.WorkerStatus:
+        await self._authenticate(context)
+        try:
+            return await self.sessions.status(request.worker_id)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+
+    async def AssignJob(self, request: pb.AssignJobRequest, context: Context) -> pb.JobAccepted:
+        await self._authenticate(context)
+        if not request.invocation_id or not request.worker_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "invocation_id and worker_id are required"
+            )
+        try:
+            return await self.sessions.pin(
+                request.invocation_id, request.worker_id, self.pin_timeout_s
+            )
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except PinRefused as exc:
+            await context.abort(PIN_CODES.get(exc.code, grpc.StatusCode.ABORTED), str(exc))
+        except TimeoutError as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        raise AssertionError("unreachable")
+
+    async def JobStream(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.ServerMessage]:
+        await self._authenticate(context)
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "status" or not first.status.worker_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first JobStream message must be a WorkerStatus",
+            )
+        try:
+            session = await self.sessions.open(first.status.worker_id, first.status.session_id)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        except ProtocolError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        failure: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    try:
+                        await self.sessions.handle(session, message)
+                    except ProtocolError:
+                        raise
+                    except Exception:
+                        # One message that could not be handled must not cost the worker
+                        # its stream; what it carried is recovered by leases and resends.
+                        log.exception("worker %s: cannot handle %s", session.worker_id,
+                                      message.WhichOneof("kind"),
+                                      extra={"worker_id": session.worker_id})
+            except ProtocolError as exc:
+                failure.append(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "stream of worker %s broke: %s",
+                    session.worker_id,
+                    exc,
+                    extra={"worker_id": session.worker_id},
+                )
+            finally:
+                session.outbox.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self.sessions.close(session)
+        if failure:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(failure[0]))
+
+
+def _invalid_registration(r: pb.RegisterWorkerRequest) -> str:
+    if not r.worker_id:
+        return "worker_id is required"
+    c = r.capacity
+    if c.cpu_millicores <= 0 or c.memory_mb <= 0 or c.job_slots <= 0:
+        return "capacity: cpu_millicores, memory_mb and job_slots must be > 0"
+    if c.gpus < 0:
+        return "capacity: gpus must be >= 0"
+    if not r.runtimes:
+        return "at least one runtime is required"
+    return ""

@@ -1,0 +1,426 @@
+"""Agent sessions: the open JobStreams of this server and what their messages mean.
+
+An assignment is delivered on the stream of the server its worker is connected to; when
+that is another server replica it travels over a per-server pub/sub channel. A lost
+delivery is not lost work: the lease expires and the invocation is placed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+from hodei.errors import NotFound
+from hodei.logs import inv
+from hodei.plugin import metrics
+from hodei.plugin.keys import Keys
+from hodei.plugin.leasing import OUTCOMES, Leases
+from hodei.plugin.registry import Registry, WorkerState
+from hodei.plugin.scripts import RedisClient
+from hodei.plugin.store import Store, now_ms
+from hodei.proto import hodei_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ASSIGN, CANCEL = b"A", b"C"
+
+
+class ProtocolError(Exception):
+    """Raised when an agent sends a message that does not fit the protocol or its state."""
+
+
+@dataclass(eq=False)
+class Session:
+    worker_id: str
+    session_id: str
+    outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    draining: bool = False
+    terminated: bool = False
+
+    def send(self, message: pb.ServerMessage) -> None:
+        self.outbox.put_nowait(message)
+
+
+class Sessions:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        server_id: str,
+        store: Store,
+        leases: Leases,
+        registry: Registry,
+        events_maxlen: int,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.server_id = server_id
+        self.store = store
+        self.leases = leases
+        self.registry = registry
+        self.events_maxlen = events_maxlen
+        self.by_worker: dict[str, Session] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self, worker_id: str, session_id: str) -> Session:
+        record = await self.registry.get(worker_id)
+        if record is None:
+            raise NotFound(f"worker {worker_id} is not registered")
+        if record.get("session_id") != session_id or record.get("server_id") != self.server_id:
+            raise ProtocolError(f"session {session_id} of worker {worker_id} is stale")
+        if await self.registry.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
+            raise ProtocolError(f"worker {worker_id} is {record.get('state')}, cannot connect")
+        previous = self.by_worker.get(worker_id)
+        if previous is not None:
+            previous.outbox.put_nowait(None)
+        session = Session(worker_id, session_id)
+        self.by_worker[worker_id] = session
+        metrics.STREAMS.set(len(self.by_worker))
+        log.info(
+            "worker %s connected (session %s)",
+            worker_id,
+            session_id,
+            extra={"worker_id": worker_id},
+        )
+        return session
+
+    async def close(self, session: Session) -> None:
+        if self.by_worker.get(session.worker_id) is session:
+            del self.by_worker[session.worker_id]
+        metrics.STREAMS.set(len(self.by_worker))
+        if session.terminated:
+            return
+        # The seed's "Running -> Unhealthy: connection lost": no new work; its leases run
+        # out unless it reconnects and renews them.
+        if await self.registry.transition(
+            session.worker_id, WorkerState.UNHEALTHY, session.session_id
+        ):
+            log.warning(
+                "worker %s lost its stream",
+                session.worker_id,
+                extra={"worker_id": session.worker_id},
+            )
+
+    # -- delivery ----------------------------------------------------------------------
+    async def deliver(self, worker_id: str, server_id: str, request: pb.AssignJobRequest) -> None:
+        session = self.by_worker.get(worker_id)
+        if session is not None:
+            session.send(pb.ServerMessage(assign=request))
+        elif server_id and server_id != self.server_id:
+            await self.redis.publish(
+                self.keys.server_channel(server_id),
+                ASSIGN + worker_id.encode() + b"\0" + request.SerializeToString(),
+            )
+        else:
+            log.warning(
+                "invocation %s: worker %s has no stream here; the lease will expire",
+                request.invocation_id,
+                worker_id,
+                extra=inv(request.invocation_id, request.attempt, worker_id=worker_id),
+            )
+
+    async def cancel(self, worker_id: str, invocation_id: str, attempt: int, reason: str) -> None:
+        request = pb.CancelJobRequest(invocation_id=invocation_id, attempt=attempt, reason=reason)
+        session = self.by_worker.get(worker_id)
+        if session is not None:
+            session.send(pb.ServerMessage(cancel=request))
+            return
+        record = await self.registry.get(worker_id)
+        if record and record.get("server_id"):
+            await self.redis.publish(
+                self.keys.server_channel(record["server_id"]),
+                CANCEL + worker_id.encode() + b"\0" + request.SerializeToString(),
+            )
+
+    def on_channel_message(self, data: bytes) -> None:
+        """A delivery another server replica routed to one of our streams."""
+        kind, rest = data[:1], data[1:]
+        worker, _, body = rest.partition(b"\0")
+        session = self.by_worker.get(worker.decode())
+        if session is None:
+            return
+        if kind == ASSIGN:
+            session.send(pb.ServerMessage(assign=pb.AssignJobRequest.FromString(body)))
+        elif kind == CANCEL:
+            session.send(pb.ServerMessage(cancel=pb.CancelJobRequest.FromString(body)))
+
+    async def listen(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.keys.server_channel(self.server_id))
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    self.on_channel_message(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    # -- agent messages ----------------------------------------------------------------
+    async def handle(self, session: Session, message: pb.AgentMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "heartbeat":
+            await self.heartbeat(session.worker_id, session.session_id, message.heartbeat, session)
+        elif kind == "accepted":
+            await self._accepted(session, message.accepted)
+        elif kind == "log":
+            await self._log(session, message.log)
+        elif kind == "result":
+            await self._result(session, message.result)
+        elif kind == "status":
+            await self._status(session, message.status)
+        else:
+            raise ProtocolError("empty AgentMessage")
+
+    async def heartbeat(
+        self, worker_id: str, session_id: str, beat: pb.Heartbeat, session: Session | None = None
+    ) -> str:
+        running = [(j.invocation_id, j.attempt) for j in beat.running_jobs]
+        status, revoked = await self.leases.renew(
+            worker_id, session_id, running, beat.cpu_usage_percent, beat.memory_usage_percent
+        )
+        if status == "ok":
+            metrics.WORKER_HEARTBEATS.labels(worker_id).inc()
+            metrics.WORKER_CPU.labels(worker_id).set(beat.cpu_usage_percent)
+            metrics.WORKER_MEMORY.labels(worker_id).set(beat.memory_usage_percent)
+            attempts = dict(running)
+            for invocation_id in revoked:
+                log.info(
+                    "invocation %s is no longer leased to %s: cancelling it there",
+                    invocation_id,
+                    worker_id,
+                    extra=inv(invocation_id, worker_id=worker_id),
+                )
+                if session is not None:
+                    session.send(
+                        pb.ServerMessage(
+                            cancel=pb.CancelJobRequest(
+                                invocation_id=invocation_id,
+                                attempt=attempts[invocation_id],
+                                reason="lease revoked",
+                            )
+                        )
+                    )
+        return status
+
+    async def _owned(self, session: Session, invocation_id: str, attempt: int) -> bool:
+        worker, current, status = await self.redis.hmget(
+            self.keys.invocation(invocation_id), "worker_id", "attempt", "status"
+        )
+        return (
+            status == b"running"
+            and worker is not None
+            and worker.decode() == session.worker_id
+            and current is not None
+            and int(current) == attempt
+        )
+
+    async def _accepted(self, session: Session, msg: pb.JobAccepted) -> None:
+        if not await self._owned(session, msg.invocation_id, msg.attempt):
+            log.warning(
+                "invocation %s attempt %d: acceptance from %s for a job it does not hold",
+                msg.invocation_id,
+                msg.attempt,
+                session.worker_id,
+                extra=inv(msg.invocation_id, msg.attempt, worker_id=session.worker_id),
+            )
+            session.send(
+                pb.ServerMessage(
+                    cancel=pb.CancelJobRequest(
+                        invocation_id=msg.invocation_id, attempt=msg.attempt, reason="unknown job"
+                    )
+                )
+            )
+            return
+        await self.redis.xadd(
+            self.keys.events,
+            {
+                "type": "started",
+                "invocation": msg.invocation_id,
+                "worker": session.worker_id,
+                "attempt": msg.attempt,
+            },
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+
+    async def _log(self, session: Session, entry: pb.LogEntry) -> None:
+        if not await self._owned(session, entry.invocation_id, entry.attempt):
+            log.warning(
+                "invocation %s attempt %d: dropping logs of a job %s does not hold",
+                entry.invocation_id,
+                entry.attempt,
+                session.worker_id,
+                extra=inv(entry.invocation_id, entry.attempt, worker_id=session.worker_id),
+            )
+            return
+        await self.store.append_logs(
+            entry.invocation_id,
+            entry.attempt,
+            [{"ts": line.ts_ms, "stream": line.stream, "line": line.line} for line in entry.lines],
+        )
+
+    async def _result(self, session: Session, result: pb.JobResult) -> None:
+        outcome = OUTCOMES.get(result.outcome)
+        if outcome is None:
+            raise ProtocolError(f"JobResult for {result.invocation_id} has no outcome")
+        function = await self.redis.hget(self.keys.invocation(result.invocation_id), "function")
+        finish = await self.leases.finish(
+            result.invocation_id,
+            result.attempt,
+            session.worker_id,
+            outcome,
+            exit_code=result.exit_code if outcome != "handed_back" else None,
+            error=result.error,
+            output=result.output,
+            truncated=result.output_truncated,
+            started_ms=result.started_at_ms or None,
+            finished_ms=result.finished_at_ms or now_ms(),
+        )
+        if finish.recorded:
+            metrics.INVOCATIONS.labels((function or b"").decode(), finish.detail).inc()
+        elif finish.requeued:
+            if finish.detail == "retry":
+                metrics.RETRIES.inc()
+        else:
+            metrics.STALE_RESULTS.inc()
+        session.send(
+            pb.ServerMessage(
+                ack=pb.ResultAck(
+                    invocation_id=result.invocation_id,
+                    attempt=result.attempt,
+                    recorded=finish.recorded or finish.requeued,
+                    reason=finish.detail,
+                )
+            )
+        )
+
+    async def _status(self, session: Session, status: pb.WorkerStatus) -> None:
+        if status.state == pb.WORKER_STATE_DRAINING:
+            session.draining = True
+            await self.registry.transition(
+                session.worker_id, WorkerState.DRAINING, session.session_id
+            )
+        elif status.state == pb.WORKER_STATE_TERMINATED:
+            if await self.registry.jobs_of(session.worker_id):
+                raise ProtocolError("a worker cannot terminate while it holds leases")
+            session.terminated = True
+            await self.registry.transition(
+                session.worker_id, WorkerState.TERMINATED, session.session_id
+            )
+        else:
+            raise ProtocolError(f"unexpected worker state {status.state} on the stream")
+
+    # -- unary RPCs --------------------------------------------------------------------
+    async def register(self, req: pb.RegisterWorkerRequest, version: str) -> pb.WorkerStatus:
+        fields = {
+            "hostname": req.hostname,
+            "version": req.version or version,
+            "cpu_total": req.capacity.cpu_millicores,
+            "mem_total": req.capacity.memory_mb,
+            "gpu_total": req.capacity.gpus,
+            "slots_total": req.capacity.job_slots,
+            "labels": json.dumps(dict(req.labels)),
+            "runtimes": ",".join(req.runtimes),
+        }
+        running = {j.invocation_id: j.attempt for j in req.running_jobs}
+        reg = await self.registry.register(req.worker_id, self.server_id, fields, list(running))
+        for invocation_id in reg.orphans:
+            attempt = await self.redis.hget(self.keys.invocation(invocation_id), "attempt")
+            await self.leases.finish(
+                invocation_id,
+                int(attempt or 0),
+                req.worker_id,
+                "lost",
+                error="lost: the worker came back without it",
+            )
+        kept = [(i, a) for i, a in running.items() if i not in reg.revoked]
+        _, stale = await self.leases.renew(req.worker_id, reg.session_id, kept, 0.0, 0.0)
+        revoked = set(reg.revoked) | set(stale)
+        log.info(
+            "worker %s registered (session %s): %d jobs kept, %d revoked, %d lost",
+            req.worker_id,
+            reg.session_id,
+            len(running) - len(revoked),
+            len(revoked),
+            len(reg.orphans),
+            extra={"worker_id": req.worker_id},
+        )
+        return pb.WorkerStatus(
+            worker_id=req.worker_id,
+            state=pb.WORKER_STATE_REGISTERING,
+            session_id=reg.session_id,
+            capacity=req.capacity,
+            revoked_jobs=[pb.RunningJob(invocation_id=i, attempt=running[i]) for i in revoked],
+        )
+
+    async def status(self, worker_id: str) -> pb.WorkerStatus:
+        h = await self.registry.get(worker_id)
+        if h is None:
+            raise NotFound(f"worker {worker_id} is not registered")
+        jobs = []
+        for invocation_id in await self.registry.jobs_of(worker_id):
+            attempt = await self.redis.hget(self.keys.invocation(invocation_id), "attempt")
+            jobs.append(pb.RunningJob(invocation_id=invocation_id, attempt=int(attempt or 0)))
+        return pb.WorkerStatus(
+            worker_id=worker_id,
+            state=pb.WorkerState.Value(f"WORKER_STATE_{h['state'].upper()}"),
+            capacity=pb.Resources(
+                cpu_millicores=int(h["cpu_total"]),
+                memory_mb=int(h["mem_total"]),
+                gpus=int(h["gpu_total"]),
+                job_slots=int(h["slots_total"]),
+            ),
+            allocated=pb.Resources(
+                cpu_millicores=int(h["cpu_used"]),
+                memory_mb=int(h["mem_used"]),
+                gpus=int(h["gpu_used"]),
+                job_slots=int(h["slots_used"]),
+            ),
+            jobs=jobs,
+        )
+
+    async def pin(self, invocation_id: str, worker_id: str, timeout_s: float) -> pb.JobAccepted:
+        """Lease a queued invocation to a chosen worker and wait until its agent accepts it."""
+        if not await self.redis.exists(self.keys.invocation(invocation_id)):
+            raise NotFound(f"invocation {invocation_id} does not exist")
+        record = await self.registry.get(worker_id)
+        if record is None:
+            raise NotFound(f"worker {worker_id} is not registered")
+        last = await self.redis.xrevrange(self.keys.events, count=1)
+        cursor = last[0][0] if last else b"0-0"
+        reply = await self.leases.assign_call(invocation_id, worker_id, "")
+        code = int(reply[0])
+        if code != 1:
+            raise PinRefused(code, reply[1].decode())
+        request = self.leases.assignment(invocation_id, reply)
+        await self.deliver(worker_id, record.get("server_id", ""), request)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            reply = await self.redis.xread(
+                {self.keys.events: cursor}, count=500, block=max(1, int(left * 1000))
+            )
+            for _stream, entries in reply or []:
+                for entry_id, f in entries:
+                    cursor = entry_id
+                    if (
+                        f.get(b"type") == b"started"
+                        and f.get(b"invocation") == invocation_id.encode()
+                    ):
+                        return pb.JobAccepted(
+                            invocation_id=invocation_id,
+                            attempt=request.attempt,
+                            worker_id=worker_id,
+                            started_at_ms=now_ms(),
+                        )
+        raise TimeoutError(f"worker {worker_id} did not accept {invocation_id} in {timeout_s}s")
+
+
+class PinRefused(Exception):
+    """Raised when assign.lua refuses a pinned assignment; ``code`` is its reply code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code

@@ -1,0 +1,50 @@
+"""Typed settings of the control-plane process (``hodei server``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hodei.config import from_env
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "hodei"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 7070
+    metrics_port: int = 9464
+    server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    agent_tokens: tuple[str, ...] = ()
+    heartbeat_interval_s: float = 5.0
+    missed_heartbeats: int = 3
+    # A worker Unhealthy for this long is Failed and dropped from the fleet.
+    failed_after_s: float = 300.0
+    lease_ttl_s: float = 20.0
+    leader_ttl_s: float = 6.0
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    max_queue: int = 100_000
+    ageing_s: float = 60.0
+    scheduler_batch: int = 256
+    max_candidates: int = 16
+    max_scan: int = 512
+    events_maxlen: int = 100_000
+    log_level: str = "info"
+
+    @property
+    def unhealthy_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.missed_heartbeats
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
+        settings: ServerSettings = from_env(
+            cls(), env if env is not None else os.environ, overrides
+        )
+        return settings
