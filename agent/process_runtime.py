@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -13,20 +14,23 @@ from hodei.agent.runtime import CappedBuffer, LineSplitter, LogSink, Outcome, fu
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
+PR_SET_PDEATHSIG = 1
 # Variables a command needs to be found and run; the agent's other variables (tokens,
 # addresses) are not the function's business.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
-def _memory_limit(memory_mb: int) -> Callable[[], None] | None:
-    if memory_mb <= 0:
-        return None
+def _child_setup(memory_mb: int) -> Callable[[], None]:
     limit = memory_mb * 1024 * 1024
+    libc = ctypes.CDLL(None, use_errno=True)
 
     def apply() -> None:
-        # RLIMIT_DATA counts the heap and private writable mappings, close to what a
-        # process really uses; RLIMIT_AS would also count reserved address space.
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        # Die with the agent: a function must not outlive the process that supervises it.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if limit > 0:
+            # RLIMIT_DATA counts the heap and private writable mappings, close to what a
+            # process really uses; RLIMIT_AS would also count reserved address space.
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
     return apply
 
@@ -51,7 +55,7 @@ class ProcessRuntime:
                 env=env,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_memory_limit(job.resources.memory_mb),
+                preexec_fn=_child_setup(job.resources.memory_mb),
             )
         except OSError as exc:
             return Outcome(

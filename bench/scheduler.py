@@ -14,7 +14,15 @@ import time
 from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView
 
 CPU, MEM, SLOTS = 8000, 16384, 16
-SIZES = [(250, 512), (500, 1024), (1000, 2048), (2000, 4096), (4000, 8192), (500, 4096), (2000, 1024)]
+SIZES = [
+    (250, 512),
+    (500, 1024),
+    (1000, 2048),
+    (2000, 4096),
+    (4000, 8192),
+    (500, 4096),
+    (2000, 1024),
+]
 
 
 def make_fleet(n: int) -> Fleet:
@@ -92,8 +100,12 @@ def hodei_placed(workers: int, jobs: list[Demand]) -> float:
 
 
 def ffd_bins(jobs: list[Demand]) -> int:
-    return _bins(sorted(jobs, key=size, reverse=True), lambda free, d: next(
-        (i for i, f in enumerate(free) if f[0] >= d.cpu and f[1] >= d.mem and f[2] >= 1), None))
+    return _bins(
+        sorted(jobs, key=size, reverse=True),
+        lambda free, d: next(
+            (i for i, f in enumerate(free) if f[0] >= d.cpu and f[1] >= d.mem and f[2] >= 1), None
+        ),
+    )
 
 
 def _bins(jobs: list[Demand], choose) -> int:  # type: ignore[no-untyped-def]

@@ -43,6 +43,10 @@ class Keys:
         return f"{self.prefix}:queue"
 
     @property
+    def sequence(self) -> str:
+        return f"{self.prefix}:queue:seq"
+
+    @property
     def delayed(self) -> str:
         return f"{self.prefix}:delayed"
 

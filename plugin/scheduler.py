@@ -82,6 +82,10 @@ class Scheduler:
                     await asyncio.sleep(0.5)
                     continue
             metrics.IS_LEADER.set(0)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A library below swallowed our cancellation; honour it anyway.
+                raise asyncio.CancelledError
             await self.leader.changed.wait()
 
     async def _lead(self, token: str) -> None:

@@ -117,7 +117,10 @@ class ControlPlane:
             await self.grpc_server.stop(grace_s)
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=5)
+            for task in stuck:
+                log.error("task %s did not stop", task.get_name())
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 

@@ -123,9 +123,12 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     except Exception:
                         # One message that could not be handled must not cost the worker
                         # its stream; what it carried is recovered by leases and resends.
-                        log.exception("worker %s: cannot handle %s", session.worker_id,
-                                      message.WhichOneof("kind"),
-                                      extra={"worker_id": session.worker_id})
+                        log.exception(
+                            "worker %s: cannot handle %s",
+                            session.worker_id,
+                            message.WhichOneof("kind"),
+                            extra={"worker_id": session.worker_id},
+                        )
             except ProtocolError as exc:
                 failure.append(exc)
             except asyncio.CancelledError:

@@ -107,7 +107,6 @@ class Store:
             "max_retries": spec.max_retries,
             "priority": prio.value,
             "created_at": created,
-            "score": queue_score(prio, created, self.ageing_s),
             "queue_deadline": created + int(spec.queue_timeout_s * 1000),
             "runtime": spec.runtime,
             "image": spec.image,
@@ -124,7 +123,7 @@ class Store:
         }
         args: list[Any] = [
             invocation_id,
-            record["score"],
+            queue_score(prio, created, self.ageing_s),
             self.max_queue,
             created,
             self.events_maxlen,
@@ -138,6 +137,7 @@ class Store:
                 self.keys.queue,
                 self.keys.invocations,
                 self.keys.events,
+                self.keys.sequence,
             ],
             args,
         )

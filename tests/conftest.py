@@ -1,0 +1,203 @@
+"""Shared fixtures: a real Redis on an isolated, flushed database; control planes and agents.
+
+A missing Redis skips the tests that need it locally, and fails them under CI=true, so
+nothing silently skips in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from hodei.plugin.models import FunctionSpec, Invocation
+from hodei.plugin.server import ControlPlane
+from hodei.plugin.settings import ServerSettings
+
+REDIS_URL = os.environ.get("HODEI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(service: str, available: bool) -> None:
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{service} is not available, and CI must run every test")
+    pytest.skip(f"{service} is not available")
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(sync_redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    require("Redis", _redis_up())
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def fast_settings(redis_url: str, **overrides: Any) -> ServerSettings:
+    """Timings scaled down so failure handling happens within a test's patience."""
+    base = ServerSettings(
+        redis_url=redis_url,
+        grpc_port=0,
+        metrics_port=-1,
+        heartbeat_interval_s=0.2,
+        missed_heartbeats=3,
+        failed_after_s=30,
+        lease_ttl_s=1.5,
+        leader_ttl_s=1.0,
+        retry_base_s=0.05,
+        retry_cap_s=0.2,
+        ageing_s=60,
+    )
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> ServerSettings:
+    return fast_settings(redis_url)
+
+
+@pytest.fixture
+async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(settings)
+    await cp.start()
+    await wait_for(lambda: cp.leader.is_leader, 5)
+    yield cp
+    await cp.stop(0.5)
+
+
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def final(cp: ControlPlane, invocation_id: str, timeout: float = 15) -> Invocation:
+    async def done() -> Invocation | None:
+        inv = await cp.store.get(invocation_id)
+        return inv if inv.status.final else None
+
+    result: Invocation = await wait_for(done, timeout)
+    return result
+
+
+async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
+    fn = FunctionSpec.from_dict(name, spec)
+    await cp.store.put_function(fn)
+    return fn
+
+
+class AgentProcess:
+    """``hodei agent`` as its own OS process."""
+
+    def __init__(self, port: int, worker_id: str, *extra: str, token: str = "") -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "hodei.cli",
+            "agent",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--worker-id",
+            worker_id,
+            "--metrics-port",
+            "-1",
+            "--heartbeat-interval-s",
+            "0.2",
+            "--reconnect-base-s",
+            "0.05",
+            "--reconnect-cap-s",
+            "0.5",
+            "--drain-grace-s",
+            "1",
+            *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+        if token:
+            env["HODEI_TOKEN"] = token
+        self.worker_id = worker_id
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"hodei-agent-{worker_id}-{os.getpid()}.log"
+        )
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    async def stop(self) -> None:
+        """SIGTERM (a clean drain), then SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await wait_for(lambda: self.proc.poll() is not None, 8)
+            except AssertionError:
+                self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+async def agents(plane: ControlPlane) -> AsyncIterator[list[AgentProcess]]:
+    """Agents of the test; they stop before the control plane, while it still answers."""
+    started: list[AgentProcess] = []
+    yield started
+    await asyncio.gather(*(agent.stop() for agent in started))
+
+
+async def start_agent(
+    cp: ControlPlane, agents: list[AgentProcess], worker_id: str, *extra: str, token: str = ""
+) -> AgentProcess:
+    agent = AgentProcess(cp.port, worker_id, *extra, token=token)
+    agents.append(agent)
+
+    async def connected() -> bool:
+        h = await cp.registry.get(worker_id)
+        return bool(h and h.get("state") in ("available", "running"))
+
+    await wait_for(connected, 15)
+    return agent

@@ -1,0 +1,294 @@
+"""End to end: the in-process control plane and agents as separate OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import AgentProcess, deploy, final, start_agent, wait_for
+
+from hodei.errors import Conflict
+from hodei.plugin.models import Priority, Status
+from hodei.plugin.server import ControlPlane
+
+SMALL = ["--cpu-millicores", "4000", "--memory-mb", "4096", "--job-slots", "4"]
+
+
+async def test_result_logs_and_exit_code(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane,
+        "shout",
+        command=[
+            "sh",
+            "-c",
+            'echo "working on $HODEI_INVOCATION_ID" >&2; echo line2 >&2; tr a-z A-Z',
+        ],
+    )
+    inv_id = await plane.store.invoke(fn, b"hello world")
+    inv = await final(plane, inv_id)
+    assert inv.status is Status.SUCCEEDED
+    assert inv.exit_code == 0 and inv.attempt == 1 and inv.worker_id == "w1"
+    assert inv.duration_ms is not None and inv.started_at and inv.finished_at
+    _, out = await plane.store.result(inv_id)
+    assert out == b"HELLO WORLD"
+    lines = [entry["line"] for entry in await plane.store.logs(inv_id)]
+    assert lines == [f"working on {inv_id}", "line2"]
+
+
+async def test_function_environment(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane,
+        "env",
+        command=["sh", "-c", 'echo "$HODEI_FUNCTION $HODEI_ATTEMPT $GREETING $TRACEPARENT"'],
+        env={"GREETING": "hola"},
+    )
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    inv_id = await plane.store.invoke(fn, b"", traceparent=tp)
+    await final(plane, inv_id)
+    _, out = await plane.store.result(inv_id)
+    assert out.decode().split() == ["env", "1", "hola", tp]
+
+
+async def test_non_zero_exit_fails_without_retries(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(plane, "bad", command=["sh", "-c", "echo partial; exit 3"], max_retries=0)
+    inv = await final(plane, await plane.store.invoke(fn, b""))
+    assert inv.status is Status.FAILED and inv.exit_code == 3
+    assert inv.error == "exit code 3"
+    assert inv.id in await plane.store.dead_letters()
+
+
+async def test_retries_with_backoff_then_dead_letter_and_replay(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane, "flaky", command=["sh", "-c", "echo try $HODEI_ATTEMPT >&2; exit 1"], max_retries=2
+    )
+    inv_id = await plane.store.invoke(fn, b"x")
+    inv = await final(plane, inv_id)
+    assert inv.status is Status.FAILED
+    assert inv.attempt == 3 and inv.failures == 3
+    tries = [e["line"] for e in await plane.store.logs(inv_id)]
+    assert tries == ["try 1", "try 2", "try 3"]
+    assert await plane.store.dead_letters() == [inv_id]
+    replayed = await plane.store.replay(inv_id)
+    assert replayed != inv_id
+    assert (await final(plane, replayed)).status is Status.FAILED
+    assert inv_id not in await plane.store.dead_letters()
+
+
+async def test_retry_succeeds_on_second_attempt(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane,
+        "second",
+        command=["sh", "-c", 'test "$HODEI_ATTEMPT" -ge 2 && echo ok || exit 1'],
+        max_retries=3,
+    )
+    inv = await final(plane, await plane.store.invoke(fn, b""))
+    assert inv.status is Status.SUCCEEDED and inv.attempt == 2
+    assert inv.error == ""
+
+
+async def test_timeout_kills_the_whole_process_group(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane, "slow", command=["sh", "-c", "sleep 29.5 & sleep 29.5; echo never"], timeout_s=0.5
+    )
+    inv = await final(plane, await plane.store.invoke(fn, b""))
+    assert inv.status is Status.TIMED_OUT
+    assert "timed out" in inv.error
+    assert inv.duration_ms is not None and inv.duration_ms < 5000
+    # No orphaned "sleep 30" left behind by the function.
+    ps = await asyncio.create_subprocess_exec(
+        "pgrep", "-f", "sleep 29.5", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await ps.communicate()
+    assert out.strip() == b""
+
+
+async def test_memory_limit(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane,
+        "hog",
+        command=["python3", "-c", "x = bytearray(400 * 1024 * 1024); print('allocated')"],
+        resources={"cpu_millicores": 100, "memory_mb": 64},
+        max_retries=0,
+    )
+    inv = await final(plane, await plane.store.invoke(fn, b""))
+    assert inv.status is Status.FAILED
+    assert "MemoryError" in " ".join(e["line"] for e in await plane.store.logs(inv.id))
+
+
+async def test_cancel_queued_never_runs(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    fn = await deploy(plane, "touch", command=["sh", "-c", "echo ran"])
+    inv_id = await plane.store.invoke(fn, b"")
+    cancelled = await plane.store.cancel(inv_id)
+    assert cancelled.status == "cancelled"
+    await start_agent(plane, agents, "w1", *SMALL)
+    await asyncio.sleep(0.5)
+    inv = await plane.store.get(inv_id)
+    assert inv.status is Status.CANCELLED and inv.worker_id == ""
+    with pytest.raises(Conflict):
+        await plane.store.cancel(inv_id)
+
+
+async def test_cancel_running_kills_it(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(plane, "forever", command=["sh", "-c", "echo started >&2; sleep 60"])
+    inv_id = await plane.store.invoke(fn, b"")
+
+    async def started() -> bool:
+        return bool(await plane.store.logs(inv_id))
+
+    await wait_for(started, 10)
+    result = await plane.store.cancel(inv_id)
+    assert result.status == "running" and result.worker_id == "w1"
+    await plane.sessions.cancel(result.worker_id, inv_id, result.attempt, "user request")
+    inv = await final(plane, inv_id, 10)
+    assert inv.status is Status.CANCELLED and inv.attempt == 1
+
+
+async def test_high_priority_overtakes_low_and_low_still_runs(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    fn = await deploy(plane, "order", command=["sh", "-c", "sleep 0.05; echo done"])
+    low = [await plane.store.invoke(fn, b"", priority=Priority.LOW) for _ in range(4)]
+    high = [await plane.store.invoke(fn, b"", priority=Priority.HIGH) for _ in range(4)]
+    await start_agent(plane, agents, "w1", "--job-slots", "1")
+    done = {i: await final(plane, i, 30) for i in low + high}
+    assert all(inv.status is Status.SUCCEEDED for inv in done.values())
+    order = sorted(done, key=lambda i: done[i].started_at or 0)
+    assert order[:4] == high and order[4:] == low
+
+
+async def test_job_too_big_shows_reason_and_fails_after_queue_timeout(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    big = await deploy(
+        plane,
+        "big",
+        command=["true"],
+        queue_timeout_s=1.5,
+        resources={"cpu_millicores": 64000, "memory_mb": 128},
+    )
+    small = await deploy(plane, "small", command=["sh", "-c", "echo small"])
+    big_id = await plane.store.invoke(big, b"")
+    small_id = await plane.store.invoke(small, b"")
+    assert (await final(plane, small_id)).status is Status.SUCCEEDED
+
+    async def reason() -> str:
+        return (await plane.store.get(big_id)).pending_reason
+
+    assert "fits nowhere" in await wait_for(reason, 5)
+    inv = await final(plane, big_id)
+    assert inv.status is Status.FAILED and inv.error.startswith("queue_timeout")
+    assert "fits nowhere" in inv.error
+
+
+async def test_capacity_is_never_exceeded(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    for n in (1, 2):
+        await start_agent(
+            plane,
+            agents,
+            f"w{n}",
+            "--cpu-millicores",
+            "2000",
+            "--memory-mb",
+            "2048",
+            "--job-slots",
+            "3",
+        )
+    fn = await deploy(
+        plane,
+        "span",
+        command=["sh", "-c", "date +%s%N; sleep 0.3; date +%s%N"],
+        resources={"cpu_millicores": 700, "memory_mb": 256},
+    )
+    ids = [await plane.store.invoke(fn, b"") for _ in range(12)]
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for i in ids:
+        inv = await final(plane, i, 30)
+        assert inv.status is Status.SUCCEEDED
+        start, end = map(int, (await plane.store.result(i))[1].split())
+        spans.setdefault(inv.worker_id, []).append((start, end))
+    assert set(spans) == {"w1", "w2"}
+    for worker, intervals in spans.items():
+        # 2000m / 700m: at most two at once on each worker, although it has three slots.
+        events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+        running = peak = 0
+        for _, delta in events:
+            running += delta
+            peak = max(peak, running)
+        assert peak <= 2, (worker, peak)
+    h = await plane.registry.get("w1")
+    assert h is not None and int(h["cpu_used"]) == 0 and int(h["slots_used"]) == 0
+
+
+async def test_mixed_workload_lands_in_target_band(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    for n in range(1, 5):
+        await start_agent(
+            plane,
+            agents,
+            f"w{n}",
+            "--cpu-millicores",
+            "4000",
+            "--memory-mb",
+            "8192",
+            "--job-slots",
+            "8",
+        )
+    sizes = [1000, 500, 1000, 500, 250, 250, 500, 1000, 500, 250, 500, 1000, 250, 250, 500, 250]
+    fns = {
+        c: await deploy(
+            plane,
+            f"hold-{c}",
+            command=["sleep", "30"],
+            resources={"cpu_millicores": c, "memory_mb": c},
+        )
+        for c in set(sizes)
+    }
+    ids = [await plane.store.invoke(fns[c], b"") for c in sizes]  # 8500m of 16000m
+
+    async def all_running() -> bool:
+        return all([(await plane.store.get(i)).status is Status.RUNNING for i in ids])
+
+    await wait_for(all_running, 15)
+    used = sorted(
+        [int((await plane.registry.get(f"w{n}") or {})["cpu_used"]) / 4000 for n in range(1, 5)]
+    )
+    busy = [u for u in used if u > 0]
+    # Every worker taken into use sits in the 60-85 % band, but for the last one opened.
+    assert all(0.60 <= u <= 0.85 for u in busy[1:]), used
+    assert len(busy) == 3, used
+    for i in ids:
+        await plane.store.cancel(i)
+
+
+async def test_events_record_the_lifecycle(plane: ControlPlane, agents: list[AgentProcess]) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(plane, "evt", command=["true"])
+    inv_id = await plane.store.invoke(fn, b"")
+    await final(plane, inv_id)
+
+    async def kinds() -> list[str]:
+        entries = await plane.redis.xrange(plane.keys.events)
+        found = [f[b"type"].decode() for _, f in entries if f.get(b"invocation") == inv_id.encode()]
+        return found if "finished" in found else []
+
+    assert await wait_for(kinds, 5) == ["queued", "assigned", "started", "finished"]
+    assert json.loads(json.dumps(True))
