@@ -52,8 +52,11 @@ class ServerConnection:
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
         )
-        self.channel = grpc.aio.insecure_channel(settings.server)
-        self.stub: Any = pb_grpc.WorkerServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        # Several servers may be given (comma-separated): after a failure the agent moves
+        # on to the next, so losing one server replica does not strand its agents.
+        self.servers = [a.strip() for a in settings.server.split(",") if a.strip()]
+        self.server = self.servers[0]
+        self._use(self.server)
         self.session_id = ""
         self.connected = asyncio.Event()
         self.unacked: dict[tuple[str, int], pb.JobResult] = {}
@@ -130,6 +133,16 @@ class ServerConnection:
     async def close(self) -> None:
         await self.channel.close(grace=None)
 
+    def _use(self, address: str) -> None:
+        self.server = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub: Any = pb_grpc.WorkerServiceStub(self.channel)  # type: ignore[no-untyped-call]
+
+    async def _next_server(self) -> None:
+        if len(self.servers) > 1:
+            await self.channel.close(grace=None)
+            self._use(self.servers[(self.servers.index(self.server) + 1) % len(self.servers)])
+
     # -- the connection loop -----------------------------------------------------------
     async def run(self) -> None:
         """Stay connected until terminated; raises AgentRejected when the server refuses."""
@@ -143,11 +156,9 @@ class ServerConnection:
                     raise AgentRejected(f"{exc.code().name}: {exc.details()}") from exc
                 failures += 1
                 log.warning(
-                    "connection to %s lost: %s %s",
-                    self.settings.server,
-                    exc.code().name,
-                    exc.details(),
+                    "connection to %s lost: %s %s", self.server, exc.code().name, exc.details()
                 )
+                await self._next_server()
             finally:
                 self.connected.clear()
             if self._closing:
@@ -213,7 +224,7 @@ class ServerConnection:
         self.connected.set()
         log.info(
             "connected to %s as %s (session %s)",
-            self.settings.server,
+            self.server,
             self.settings.worker_id,
             self.session_id,
         )

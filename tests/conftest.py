@@ -100,8 +100,8 @@ async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
     await cp.stop(0.5)
 
 
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
@@ -109,16 +109,16 @@ async def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> An
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 
 
-async def final(cp: ControlPlane, invocation_id: str, timeout: float = 15) -> Invocation:
+async def final(cp: ControlPlane, invocation_id: str, within: float = 15) -> Invocation:
     async def done() -> Invocation | None:
         inv = await cp.store.get(invocation_id)
         return inv if inv.status.final else None
 
-    result: Invocation = await wait_for(done, timeout)
+    result: Invocation = await wait_for(done, within)
     return result
 
 
@@ -201,3 +201,50 @@ async def start_agent(
 
     await wait_for(connected, 15)
     return agent
+
+
+class ServerProcess:
+    """``hodei server`` as its own OS process, on a fixed port so it can come back."""
+
+    def __init__(self, settings: ServerSettings, port: int, server_id: str) -> None:
+        self.port = port
+        self.server_id = server_id
+        self.settings = settings
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"hodei-server-{server_id}-{os.getpid()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        s = self.settings
+        args = [
+            sys.executable, "-m", "hodei.cli", "server", "--redis-url", s.redis_url,
+            "--grpc-port", str(self.port), "--metrics-port", "-1", "--server-id", self.server_id,
+            "--heartbeat-interval-s", str(s.heartbeat_interval_s),
+            "--lease-ttl-s", str(s.lease_ttl_s), "--leader-ttl-s", str(s.leader_ttl_s),
+            "--retry-base-s", str(s.retry_base_s), "--retry-cap-s", str(s.retry_cap_s),
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=ROOT)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.stop()

@@ -1,0 +1,194 @@
+"""Failures: agents killed, servers killed and restarted, leadership lost, nodes drained.
+
+Nothing acknowledged is lost and nothing is recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+from conftest import (
+    AgentProcess,
+    ServerProcess,
+    deploy,
+    final,
+    free_port,
+    start_agent,
+    wait_for,
+)
+
+from hodei.plugin.models import Status
+from hodei.plugin.server import ControlPlane
+from hodei.plugin.settings import ServerSettings
+from hodei.proto import hodei_pb2 as pb
+from hodei.proto import hodei_pb2_grpc as pb_grpc
+
+ONE_SLOT = ["--cpu-millicores", "2000", "--memory-mb", "2048", "--job-slots", "1"]
+
+
+async def finished_events(cp: ControlPlane, invocation_id: str) -> int:
+    entries = await cp.redis.xrange(cp.keys.events)
+    return sum(1 for _, f in entries
+               if f.get(b"type") == b"finished" and f.get(b"invocation") == invocation_id.encode())
+
+
+async def running_on(cp: ControlPlane, invocation_id: str, worker: str) -> bool:
+    inv = await cp.store.get(invocation_id)
+    return inv.status is Status.RUNNING and inv.worker_id == worker and bool(
+        await cp.store.logs(invocation_id))
+
+
+async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rejected(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    first = await start_agent(plane, agents, "w1", *ONE_SLOT)
+    fn = await deploy(plane, "work", command=[
+        "sh", "-c", 'echo "attempt $HODEI_ATTEMPT" >&2; sleep 1; echo "done $HODEI_ATTEMPT"'])
+    inv_id = await plane.store.invoke(fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    await start_agent(plane, agents, "w2", *ONE_SLOT)
+    first.proc.send_signal(signal.SIGKILL)
+
+    inv = await final(plane, inv_id, 20)
+    assert inv.status is Status.SUCCEEDED
+    assert inv.attempt == 2 and inv.worker_id == "w2"
+    assert (await plane.store.result(inv_id))[1] == b"done 2\n"
+
+    # The dead worker comes back (same id) and reports attempt 1's result, late.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        stub = pb_grpc.WorkerServiceStub(channel)
+        status = await stub.RegisterWorker(pb.RegisterWorkerRequest(
+            worker_id="w1", capacity=pb.Resources(cpu_millicores=1000, memory_mb=512, job_slots=1),
+            runtimes=["process"], running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)]))
+        assert [j.invocation_id for j in status.revoked_jobs] == [inv_id]
+        call = stub.JobStream()
+        await call.write(pb.AgentMessage(status=pb.WorkerStatus(
+            worker_id="w1", session_id=status.session_id)))
+        await call.write(pb.AgentMessage(result=pb.JobResult(
+            invocation_id=inv_id, attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED,
+            output=b"late result of attempt 1")))
+        reply = await call.read()
+        assert reply.ack.invocation_id == inv_id and not reply.ack.recorded
+        assert reply.ack.reason in ("not_running", "stale_attempt")
+        await call.done_writing()
+
+    assert (await plane.store.result(inv_id))[1] == b"done 2\n"
+    assert await finished_events(plane, inv_id) == 1
+    h = await plane.registry.get("w2")
+    assert h is not None and h["slots_used"] == "0"
+
+
+async def test_server_killed_and_restarted_records_results_finished_meanwhile(
+    settings: ServerSettings, servers: list[ServerProcess]
+) -> None:
+    port = free_port()
+    server = ServerProcess(settings, port, "s1")
+    servers.append(server)
+    server.start()
+    view = ControlPlane(settings)  # only its store and registry, to look at Redis
+    agent = AgentProcess(port, "w1", *ONE_SLOT)
+    try:
+        await wait_for(lambda: view.registry.get("w1"), 15)
+        fn = await deploy(view, "outlive", command=[
+            "sh", "-c", 'echo begin >&2; sleep 1.5; echo "survived $HODEI_ATTEMPT"'])
+        inv_id = await view.store.invoke(fn, b"")
+        await wait_for(lambda: running_on(view, inv_id, "w1"), 15)
+        server.kill()
+        await asyncio.sleep(2.0)  # the job ends while no server is there
+        assert (await view.store.get(inv_id)).status is Status.RUNNING
+        server.start()
+        inv = await final(view, inv_id, 20)
+        assert inv.status is Status.SUCCEEDED and inv.attempt == 1
+        assert (await view.store.result(inv_id))[1] == b"survived 1\n"
+        assert await finished_events(view, inv_id) == 1
+        # And the reconnected agent takes new work.
+        again = await view.store.invoke(fn, b"")
+        assert (await final(view, again, 20)).status is Status.SUCCEEDED
+    finally:
+        await agent.stop()
+        await view.redis.aclose()
+
+
+async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
+    settings: ServerSettings, servers: list[ServerProcess]
+) -> None:
+    leader_port, standby_port = free_port(), free_port()
+    leader = ServerProcess(settings, leader_port, "leader")
+    standby = ServerProcess(settings, standby_port, "standby")
+    servers += [leader, standby]
+    leader.start()
+    view = ControlPlane(settings)
+
+    async def led_by(server_id: str) -> bool:
+        value = await view.redis.get(view.keys.leader)
+        return bool(value and value.decode().startswith(server_id + ":"))
+
+    await wait_for(lambda: led_by("leader"), 10)
+    standby.start()
+    # The agent is connected to the standby: the leader's assignments reach it through the
+    # standby's delivery channel.
+    agent = AgentProcess(standby_port, "w1", *ONE_SLOT)
+    try:
+        await wait_for(lambda: view.registry.get("w1"), 15)
+        fn = await deploy(view, "hop", command=["sh", "-c", 'echo "hop $HODEI_ATTEMPT"'])
+        first = await view.store.invoke(fn, b"")
+        assert (await final(view, first, 15)).status is Status.SUCCEEDED
+        leader.kill()
+        queued = [await view.store.invoke(fn, b"") for _ in range(3)]
+        await wait_for(lambda: led_by("standby"), 10)
+        for inv_id in queued:
+            inv = await final(view, inv_id, 20)
+            assert inv.status is Status.SUCCEEDED and inv.attempt == 1
+            assert await finished_events(view, inv_id) == 1
+    finally:
+        await agent.stop()
+        await view.redis.aclose()
+
+
+async def test_drain_finishes_running_work_takes_no_new_work_and_deregisters(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    draining = await start_agent(plane, agents, "w1", "--job-slots", "2")
+    fn = await deploy(plane, "finish-me", command=[
+        "sh", "-c", 'echo go >&2; sleep 0.6; echo "finished on attempt $HODEI_ATTEMPT"'])
+    inv_id = await plane.store.invoke(fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    draining.proc.send_signal(signal.SIGTERM)
+
+    async def state(worker: str) -> str:
+        return ((await plane.registry.get(worker)) or {}).get("state", "")
+
+    async def is_draining() -> bool:
+        return await state("w1") == "draining"
+
+    await wait_for(is_draining, 5)
+    later = await plane.store.invoke(fn, b"")
+    inv = await final(plane, inv_id, 10)
+    assert inv.status is Status.SUCCEEDED and inv.attempt == 1
+    await wait_for(lambda: draining.proc.poll() is not None, 10)
+    assert draining.proc.returncode == 0
+    assert await state("w1") == "terminated"
+    # Work that arrived meanwhile waits for another worker and runs there.
+    assert (await plane.store.get(later)).status is Status.QUEUED
+    await start_agent(plane, agents, "w2")
+    assert (await final(plane, later, 10)).worker_id == "w2"
+
+
+async def test_drain_grace_over_hands_back_work_without_counting_a_failure(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    quitting = await start_agent(plane, agents, "w1", "--drain-grace-s", "0.3")
+    fn = await deploy(plane, "long", command=[
+        "sh", "-c", 'echo go >&2; sleep 1; echo "attempt $HODEI_ATTEMPT"'], max_retries=0)
+    inv_id = await plane.store.invoke(fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    quitting.proc.send_signal(signal.SIGTERM)
+    await wait_for(lambda: quitting.proc.poll() is not None, 10)
+    assert quitting.proc.returncode == 0
+    inv = await plane.store.get(inv_id)
+    assert inv.status is Status.QUEUED and inv.attempt == 2 and inv.failures == 0
+    await start_agent(plane, agents, "w2")
+    done = await final(plane, inv_id, 15)
+    assert done.status is Status.SUCCEEDED and done.attempt == 2
