@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from hodei.agent import metrics
 from hodei.agent.client import ServerConnection
 from hodei.agent.process_manager import ProcessManager
-from hodei.agent.process_runtime import ProcessRuntime
+from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
 from hodei.agent.settings import AgentSettings
@@ -43,7 +43,7 @@ class Agent:
         self.settings = settings
         self.state = AgentState.CREATING
         self.runtimes: dict[str, Runtime] = runtimes or {
-            "process": ProcessRuntime(settings.output_cap_bytes)
+            "process": ProcessRuntime(settings.output_cap_bytes, settings.worker_id)
         }
         self.monitor = ResourceMonitor()
         self.connection = ServerConnection(
@@ -110,6 +110,9 @@ class Agent:
 
     async def run(self) -> int:
         """Run until drained; returns the process exit code."""
+        leftovers = await asyncio.to_thread(reap_leftovers, self.settings.worker_id)
+        if leftovers:
+            log.warning("killed %d function processes left by an earlier run", leftovers)
         self.state = AgentState.REGISTERING
         connection = asyncio.create_task(self.connection.run())
         heartbeats = asyncio.create_task(self._heartbeats())

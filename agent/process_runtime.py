@@ -4,47 +4,67 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import resource
 import signal
 from collections.abc import Callable
 
+import psutil
+
 from hodei.agent.runtime import CappedBuffer, LineSplitter, LogSink, Outcome, function_env, now_ms
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
-PR_SET_PDEATHSIG = 1
+MARKER = "HODEI_WORKER_ID"
 # Variables a command needs to be found and run; the agent's other variables (tokens,
 # addresses) are not the function's business.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
 
 
-def _child_setup(memory_mb: int) -> Callable[[], None]:
-    limit = memory_mb * 1024 * 1024
-    libc = ctypes.CDLL(None, use_errno=True)
+def _limit_memory(pid: int, memory_mb: int) -> None:
+    """Cap the child's data segment (heap and private writable mappings, close to what a
+    process really uses; RLIMIT_AS would also count reserved address space).
 
-    def apply() -> None:
-        # Die with the agent: a function must not outlive the process that supervises it.
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if limit > 0:
-            # RLIMIT_DATA counts the heap and private writable mappings, close to what a
-            # process really uses; RLIMIT_AS would also count reserved address space.
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    Set from outside right after the spawn rather than in a preexec hook: a hook forces a
+    full fork() of the agent and divides the spawn rate by three. The child has run for
+    microseconds by then, long before any allocation worth limiting.
+    """
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            resource.prlimit(pid, resource.RLIMIT_DATA, (limit, limit))
 
-    return apply
+
+def reap_leftovers(worker_id: str) -> int:
+    """Kill function processes an earlier life of this worker left running (the agent was
+    killed without a chance to stop them); they are marked by HODEI_WORKER_ID."""
+    marker = f"{MARKER}={worker_id}"
+    killed = 0
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid():
+                continue
+            environ = proc.environ()
+            if f"{MARKER}={environ.get(MARKER)}" == marker:
+                proc.kill()
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    return killed
 
 
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, output_cap_bytes: int, workdir: str = "/tmp") -> None:
+    def __init__(self, output_cap_bytes: int, worker_id: str, workdir: str = "/tmp") -> None:
         self.output_cap_bytes = output_cap_bytes
+        self.worker_id = worker_id
         self.workdir = workdir
 
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
         env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
         env.update(function_env(job))
+        env[MARKER] = self.worker_id
         started = now_ms()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -55,7 +75,6 @@ class ProcessRuntime:
                 env=env,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_child_setup(job.resources.memory_mb),
             )
         except OSError as exc:
             return Outcome(
@@ -65,6 +84,7 @@ class ProcessRuntime:
                 started_ms=started,
                 finished_ms=now_ms(),
             )
+        _limit_memory(proc.pid, job.resources.memory_mb)
         stdout = CappedBuffer(self.output_cap_bytes)
         stderr = LineSplitter("stderr", logs)
         assert proc.stdin and proc.stdout and proc.stderr

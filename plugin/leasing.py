@@ -8,7 +8,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from hodei import backoff
 from hodei.logs import inv
 from hodei.plugin.keys import Keys
 from hodei.plugin.scripts import RedisClient, Scripts
@@ -33,6 +32,7 @@ class Finish:
     recorded: bool
     requeued: bool
     detail: str
+    function: str = ""
 
 
 class Leases:
@@ -115,12 +115,9 @@ class Leases:
         started_ms: int | None = None,
         finished_ms: int | None = None,
     ) -> Finish:
-        failures = await self.redis.hget(self.keys.invocation(invocation_id), "failures")
-        delay_ms = int(
-            backoff.delay(int(failures or 0) + 1, self.retry_base_s, self.retry_cap_s, self.rng)
-            * 1000
-        )
-        code, detail = await self.scripts.run(
+        base_ms, cap_ms = int(self.retry_base_s * 1000), int(self.retry_cap_s * 1000)
+        retry = f"{base_ms}:{cap_ms}:{self.rng.random():.6f}"
+        reply = await self.scripts.run(
             "finish",
             [
                 self.keys.invocation(invocation_id),
@@ -143,12 +140,14 @@ class Leases:
                 int(truncated),
                 "" if started_ms is None else started_ms,
                 finished_ms or now_ms(),
-                delay_ms,
+                retry,
                 self.events_maxlen,
                 self.keys.completed_channel,
             ],
         )
-        result = Finish(code == 1, code == 2, detail.decode())
+        code = int(reply[0])
+        function = reply[2].decode() if len(reply) > 2 and reply[2] else ""
+        result = Finish(code == 1, code == 2, reply[1].decode(), function)
         log.info(
             "invocation %s attempt %d on %s ended %s: %s",
             invocation_id,

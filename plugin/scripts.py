@@ -27,6 +27,8 @@ NAMES = (
     "release_leader",
     "register",
     "worker_state",
+    "accept",
+    "append_logs",
 )
 
 

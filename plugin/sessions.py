@@ -205,49 +205,36 @@ class Sessions:
                     )
         return status
 
-    async def _owned(self, session: Session, invocation_id: str, attempt: int) -> bool:
-        worker, current, status = await self.redis.hmget(
-            self.keys.invocation(invocation_id), "worker_id", "attempt", "status"
-        )
-        return (
-            status == b"running"
-            and worker is not None
-            and worker.decode() == session.worker_id
-            and current is not None
-            and int(current) == attempt
-        )
-
     async def _accepted(self, session: Session, msg: pb.JobAccepted) -> None:
-        if not await self._owned(session, msg.invocation_id, msg.attempt):
-            log.warning(
-                "invocation %s attempt %d: acceptance from %s for a job it does not hold",
-                msg.invocation_id,
-                msg.attempt,
-                session.worker_id,
-                extra=inv(msg.invocation_id, msg.attempt, worker_id=session.worker_id),
-            )
-            session.send(
-                pb.ServerMessage(
-                    cancel=pb.CancelJobRequest(
-                        invocation_id=msg.invocation_id, attempt=msg.attempt, reason="unknown job"
-                    )
+        announced = await self.store.scripts.run(
+            "accept",
+            [self.keys.invocation(msg.invocation_id), self.keys.events],
+            [msg.invocation_id, msg.attempt, session.worker_id, self.events_maxlen],
+        )
+        if announced:
+            return
+        log.warning(
+            "invocation %s attempt %d: acceptance from %s for a job it does not hold",
+            msg.invocation_id,
+            msg.attempt,
+            session.worker_id,
+            extra=inv(msg.invocation_id, msg.attempt, worker_id=session.worker_id),
+        )
+        session.send(
+            pb.ServerMessage(
+                cancel=pb.CancelJobRequest(
+                    invocation_id=msg.invocation_id, attempt=msg.attempt, reason="unknown job"
                 )
             )
-            return
-        await self.redis.xadd(
-            self.keys.events,
-            {
-                "type": "started",
-                "invocation": msg.invocation_id,
-                "worker": session.worker_id,
-                "attempt": msg.attempt,
-            },
-            maxlen=self.events_maxlen,
-            approximate=True,
         )
 
     async def _log(self, session: Session, entry: pb.LogEntry) -> None:
-        if not await self._owned(session, entry.invocation_id, entry.attempt):
+        lines = [
+            {"ts": line.ts_ms, "stream": line.stream, "line": line.line} for line in entry.lines
+        ]
+        if not await self.store.append_logs(
+            entry.invocation_id, entry.attempt, session.worker_id, lines
+        ):
             log.warning(
                 "invocation %s attempt %d: dropping logs of a job %s does not hold",
                 entry.invocation_id,
@@ -255,18 +242,11 @@ class Sessions:
                 session.worker_id,
                 extra=inv(entry.invocation_id, entry.attempt, worker_id=session.worker_id),
             )
-            return
-        await self.store.append_logs(
-            entry.invocation_id,
-            entry.attempt,
-            [{"ts": line.ts_ms, "stream": line.stream, "line": line.line} for line in entry.lines],
-        )
 
     async def _result(self, session: Session, result: pb.JobResult) -> None:
         outcome = OUTCOMES.get(result.outcome)
         if outcome is None:
             raise ProtocolError(f"JobResult for {result.invocation_id} has no outcome")
-        function = await self.redis.hget(self.keys.invocation(result.invocation_id), "function")
         finish = await self.leases.finish(
             result.invocation_id,
             result.attempt,
@@ -280,7 +260,7 @@ class Sessions:
             finished_ms=result.finished_at_ms or now_ms(),
         )
         if finish.recorded:
-            metrics.INVOCATIONS.labels((function or b"").decode(), finish.detail).inc()
+            metrics.INVOCATIONS.labels(finish.function, finish.detail).inc()
         elif finish.requeued:
             if finish.detail == "retry":
                 metrics.RETRIES.inc()

@@ -166,15 +166,22 @@ class Store:
         return inv, out or b""
 
     async def append_logs(
-        self, invocation_id: str, attempt: int, lines: list[dict[str, Any]]
-    ) -> None:
+        self, invocation_id: str, attempt: int, worker_id: str, lines: list[dict[str, Any]]
+    ) -> bool:
+        """Append an attempt's log lines, if that worker holds that attempt."""
         if not lines:
-            return
-        key = self.keys.logs(invocation_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.rpush(key, *(json.dumps({**line, "attempt": attempt}) for line in lines))
-        pipe.ltrim(key, -LOG_LINES_KEPT, -1)
-        await pipe.execute()
+            return True
+        appended = await self.scripts.run(
+            "append_logs",
+            [self.keys.invocation(invocation_id), self.keys.logs(invocation_id)],
+            [
+                attempt,
+                worker_id,
+                LOG_LINES_KEPT,
+                *(json.dumps({**line, "attempt": attempt}) for line in lines),
+            ],
+        )
+        return bool(appended)
 
     async def logs(self, invocation_id: str, start: int = 0) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(self.keys.logs(invocation_id), start, -1)

@@ -210,22 +210,42 @@ class ServerProcess:
         self.port = port
         self.server_id = server_id
         self.settings = settings
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"hodei-server-{server_id}-{os.getpid()}.log"
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"hodei-server-{server_id}-{os.getpid()}.log"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         s = self.settings
         args = [
-            sys.executable, "-m", "hodei.cli", "server", "--redis-url", s.redis_url,
-            "--grpc-port", str(self.port), "--metrics-port", "-1", "--server-id", self.server_id,
-            "--heartbeat-interval-s", str(s.heartbeat_interval_s),
-            "--lease-ttl-s", str(s.lease_ttl_s), "--leader-ttl-s", str(s.leader_ttl_s),
-            "--retry-base-s", str(s.retry_base_s), "--retry-cap-s", str(s.retry_cap_s),
+            sys.executable,
+            "-m",
+            "hodei.cli",
+            "server",
+            "--redis-url",
+            s.redis_url,
+            "--grpc-port",
+            str(self.port),
+            "--metrics-port",
+            "-1",
+            "--server-id",
+            self.server_id,
+            "--heartbeat-interval-s",
+            str(s.heartbeat_interval_s),
+            "--lease-ttl-s",
+            str(s.lease_ttl_s),
+            "--leader-ttl-s",
+            str(s.leader_ttl_s),
+            "--retry-base-s",
+            str(s.retry_base_s),
+            "--retry-cap-s",
+            str(s.retry_cap_s),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=ROOT)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

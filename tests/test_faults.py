@@ -30,22 +30,35 @@ ONE_SLOT = ["--cpu-millicores", "2000", "--memory-mb", "2048", "--job-slots", "1
 
 async def finished_events(cp: ControlPlane, invocation_id: str) -> int:
     entries = await cp.redis.xrange(cp.keys.events)
-    return sum(1 for _, f in entries
-               if f.get(b"type") == b"finished" and f.get(b"invocation") == invocation_id.encode())
+    return sum(
+        1
+        for _, f in entries
+        if f.get(b"type") == b"finished" and f.get(b"invocation") == invocation_id.encode()
+    )
 
 
 async def running_on(cp: ControlPlane, invocation_id: str, worker: str) -> bool:
     inv = await cp.store.get(invocation_id)
-    return inv.status is Status.RUNNING and inv.worker_id == worker and bool(
-        await cp.store.logs(invocation_id))
+    return (
+        inv.status is Status.RUNNING
+        and inv.worker_id == worker
+        and bool(await cp.store.logs(invocation_id))
+    )
 
 
 async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rejected(
     plane: ControlPlane, agents: list[AgentProcess]
 ) -> None:
     first = await start_agent(plane, agents, "w1", *ONE_SLOT)
-    fn = await deploy(plane, "work", command=[
-        "sh", "-c", 'echo "attempt $HODEI_ATTEMPT" >&2; sleep 1; echo "done $HODEI_ATTEMPT"'])
+    fn = await deploy(
+        plane,
+        "work",
+        command=[
+            "sh",
+            "-c",
+            'echo "attempt $HODEI_ATTEMPT" >&2; sleep 1; echo "done $HODEI_ATTEMPT"',
+        ],
+    )
     inv_id = await plane.store.invoke(fn, b"")
     await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
     await start_agent(plane, agents, "w2", *ONE_SLOT)
@@ -59,16 +72,29 @@ async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rej
     # The dead worker comes back (same id) and reports attempt 1's result, late.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         stub = pb_grpc.WorkerServiceStub(channel)
-        status = await stub.RegisterWorker(pb.RegisterWorkerRequest(
-            worker_id="w1", capacity=pb.Resources(cpu_millicores=1000, memory_mb=512, job_slots=1),
-            runtimes=["process"], running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)]))
+        status = await stub.RegisterWorker(
+            pb.RegisterWorkerRequest(
+                worker_id="w1",
+                capacity=pb.Resources(cpu_millicores=1000, memory_mb=512, job_slots=1),
+                runtimes=["process"],
+                running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)],
+            )
+        )
         assert [j.invocation_id for j in status.revoked_jobs] == [inv_id]
         call = stub.JobStream()
-        await call.write(pb.AgentMessage(status=pb.WorkerStatus(
-            worker_id="w1", session_id=status.session_id)))
-        await call.write(pb.AgentMessage(result=pb.JobResult(
-            invocation_id=inv_id, attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED,
-            output=b"late result of attempt 1")))
+        await call.write(
+            pb.AgentMessage(status=pb.WorkerStatus(worker_id="w1", session_id=status.session_id))
+        )
+        await call.write(
+            pb.AgentMessage(
+                result=pb.JobResult(
+                    invocation_id=inv_id,
+                    attempt=1,
+                    outcome=pb.JOB_OUTCOME_SUCCEEDED,
+                    output=b"late result of attempt 1",
+                )
+            )
+        )
         reply = await call.read()
         assert reply.ack.invocation_id == inv_id and not reply.ack.recorded
         assert reply.ack.reason in ("not_running", "stale_attempt")
@@ -91,8 +117,11 @@ async def test_server_killed_and_restarted_records_results_finished_meanwhile(
     agent = AgentProcess(port, "w1", *ONE_SLOT)
     try:
         await wait_for(lambda: view.registry.get("w1"), 15)
-        fn = await deploy(view, "outlive", command=[
-            "sh", "-c", 'echo begin >&2; sleep 1.5; echo "survived $HODEI_ATTEMPT"'])
+        fn = await deploy(
+            view,
+            "outlive",
+            command=["sh", "-c", 'echo begin >&2; sleep 1.5; echo "survived $HODEI_ATTEMPT"'],
+        )
         inv_id = await view.store.invoke(fn, b"")
         await wait_for(lambda: running_on(view, inv_id, "w1"), 15)
         server.kill()
@@ -151,8 +180,11 @@ async def test_drain_finishes_running_work_takes_no_new_work_and_deregisters(
     plane: ControlPlane, agents: list[AgentProcess]
 ) -> None:
     draining = await start_agent(plane, agents, "w1", "--job-slots", "2")
-    fn = await deploy(plane, "finish-me", command=[
-        "sh", "-c", 'echo go >&2; sleep 0.6; echo "finished on attempt $HODEI_ATTEMPT"'])
+    fn = await deploy(
+        plane,
+        "finish-me",
+        command=["sh", "-c", 'echo go >&2; sleep 0.6; echo "finished on attempt $HODEI_ATTEMPT"'],
+    )
     inv_id = await plane.store.invoke(fn, b"")
     await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
     draining.proc.send_signal(signal.SIGTERM)
@@ -180,8 +212,12 @@ async def test_drain_grace_over_hands_back_work_without_counting_a_failure(
     plane: ControlPlane, agents: list[AgentProcess]
 ) -> None:
     quitting = await start_agent(plane, agents, "w1", "--drain-grace-s", "0.3")
-    fn = await deploy(plane, "long", command=[
-        "sh", "-c", 'echo go >&2; sleep 1; echo "attempt $HODEI_ATTEMPT"'], max_retries=0)
+    fn = await deploy(
+        plane,
+        "long",
+        command=["sh", "-c", 'echo go >&2; sleep 1; echo "attempt $HODEI_ATTEMPT"'],
+        max_retries=0,
+    )
     inv_id = await plane.store.invoke(fn, b"")
     await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
     quitting.proc.send_signal(signal.SIGTERM)

@@ -39,8 +39,9 @@ async def stub(secured: ControlPlane) -> AsyncIterator[pb_grpc.WorkerServiceStub
 
 
 def registration(worker_id: str = "fake", **changes: object) -> pb.RegisterWorkerRequest:
-    request = pb.RegisterWorkerRequest(worker_id=worker_id, capacity=CAPACITY,
-                                       runtimes=["process"], labels={"zone": "a"})
+    request = pb.RegisterWorkerRequest(
+        worker_id=worker_id, capacity=CAPACITY, runtimes=["process"], labels={"zone": "a"}
+    )
     for key, value in changes.items():
         if key == "capacity":
             request.capacity.CopyFrom(value)  # type: ignore[arg-type]
@@ -54,8 +55,9 @@ def registration(worker_id: str = "fake", **changes: object) -> pb.RegisterWorke
 async def connect(stub: pb_grpc.WorkerServiceStub, worker_id: str = "fake"):  # type: ignore[no-untyped-def]
     status = await stub.RegisterWorker(registration(worker_id), metadata=AUTH)
     call = stub.JobStream(metadata=AUTH)
-    await call.write(pb.AgentMessage(status=pb.WorkerStatus(
-        worker_id=worker_id, session_id=status.session_id)))
+    await call.write(
+        pb.AgentMessage(status=pb.WorkerStatus(worker_id=worker_id, session_id=status.session_id))
+    )
     return status, call
 
 
@@ -77,9 +79,11 @@ async def test_token_is_required(stub: pb_grpc.WorkerServiceStub) -> None:
     assert await code_of(stub.RegisterWorker(registration())) == grpc.StatusCode.UNAUTHENTICATED
     bad = (("authorization", "Bearer nope"),)
     assert await code_of(stub.RegisterWorker(registration(), metadata=bad)) == (
-        grpc.StatusCode.UNAUTHENTICATED)
+        grpc.StatusCode.UNAUTHENTICATED
+    )
     assert await code_of(stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="x"))) == (
-        grpc.StatusCode.UNAUTHENTICATED)
+        grpc.StatusCode.UNAUTHENTICATED
+    )
     call = stub.JobStream()
     await call.write(pb.AgentMessage(status=pb.WorkerStatus(worker_id="x")))
     assert await code_of(call.read()) == grpc.StatusCode.UNAUTHENTICATED
@@ -94,14 +98,17 @@ async def test_agent_process_without_token_fails_and_exits(secured: ControlPlane
     assert await secured.registry.get("tokenless") is None
 
 
-@pytest.mark.parametrize("changes", [
-    {"capacity": pb.Resources(cpu_millicores=0, memory_mb=1024, job_slots=1)},
-    {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=-5, job_slots=1)},
-    {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=0)},
-    {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=1, gpus=-1)},
-    {"runtimes": []},
-    {"worker_id": ""},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"capacity": pb.Resources(cpu_millicores=0, memory_mb=1024, job_slots=1)},
+        {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=-5, job_slots=1)},
+        {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=0)},
+        {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=1, gpus=-1)},
+        {"runtimes": []},
+        {"worker_id": ""},
+    ],
+)
 async def test_invalid_registration_is_refused(
     stub: pb_grpc.WorkerServiceStub, changes: dict[str, object]
 ) -> None:
@@ -123,8 +130,9 @@ async def test_stream_must_open_with_a_current_session(
     old = await stub.RegisterWorker(registration(), metadata=AUTH)
     await stub.RegisterWorker(registration(), metadata=AUTH)  # a newer session
     call = stub.JobStream(metadata=AUTH)
-    await call.write(pb.AgentMessage(status=pb.WorkerStatus(worker_id="fake",
-                                                            session_id=old.session_id)))
+    await call.write(
+        pb.AgentMessage(status=pb.WorkerStatus(worker_id="fake", session_id=old.session_id))
+    )
     assert await code_of(call.read()) == grpc.StatusCode.FAILED_PRECONDITION
     assert (await secured.registry.get("fake") or {})["state"] == "registering"
 
@@ -133,13 +141,19 @@ async def test_unknown_jobs_on_the_stream_are_answered_not_fatal(
     stub: pb_grpc.WorkerServiceStub, secured: ControlPlane
 ) -> None:
     _, call = await connect(stub)
-    await call.write(pb.AgentMessage(log=pb.LogEntry(
-        invocation_id="nope", attempt=1, lines=[pb.LogLine(line="x")])))
+    await call.write(
+        pb.AgentMessage(
+            log=pb.LogEntry(invocation_id="nope", attempt=1, lines=[pb.LogLine(line="x")])
+        )
+    )
     await call.write(pb.AgentMessage(accepted=pb.JobAccepted(invocation_id="nope", attempt=1)))
     reply = await call.read()
     assert reply.cancel.invocation_id == "nope" and reply.cancel.reason == "unknown job"
-    await call.write(pb.AgentMessage(result=pb.JobResult(
-        invocation_id="nope", attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED)))
+    await call.write(
+        pb.AgentMessage(
+            result=pb.JobResult(invocation_id="nope", attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED)
+        )
+    )
     reply = await call.read()
     assert reply.ack.invocation_id == "nope" and not reply.ack.recorded
     assert reply.ack.reason == "unknown"
@@ -166,8 +180,9 @@ async def test_terminating_with_leases_is_out_of_order(
     inv_id = await secured.store.invoke(fn, b"")
     assigned = await call.read()
     assert assigned.assign.invocation_id == inv_id
-    await call.write(pb.AgentMessage(status=pb.WorkerStatus(
-        worker_id="fake", state=pb.WORKER_STATE_TERMINATED)))
+    await call.write(
+        pb.AgentMessage(status=pb.WorkerStatus(worker_id="fake", state=pb.WORKER_STATE_TERMINATED))
+    )
     assert await code_of(call.read()) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -180,14 +195,19 @@ async def test_unary_heartbeat_renews_leases_and_knows_sessions(
     assert (await call.read()).assign.invocation_id == inv_id
     before = await secured.redis.zscore(secured.keys.leases, inv_id)
     await asyncio.sleep(0.05)
-    beat = pb.Heartbeat(worker_id="fake", session_id=status.session_id, cpu_usage_percent=12.5,
-                        running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)])
+    beat = pb.Heartbeat(
+        worker_id="fake",
+        session_id=status.session_id,
+        cpu_usage_percent=12.5,
+        running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)],
+    )
     await stub.Heartbeat(beat, metadata=AUTH)
     assert await secured.redis.zscore(secured.keys.leases, inv_id) > before
     assert (await secured.registry.get("fake") or {})["cpu_percent"] == "12.5"
     stale = pb.Heartbeat(worker_id="fake", session_id="old")
     assert await code_of(stub.Heartbeat(stale, metadata=AUTH)) == (
-        grpc.StatusCode.FAILED_PRECONDITION)
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
     ghost = pb.Heartbeat(worker_id="ghost", session_id="x")
     assert await code_of(stub.Heartbeat(ghost, metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
 
@@ -196,23 +216,33 @@ async def test_in_stream_heartbeat_revokes_jobs_the_worker_no_longer_holds(
     stub: pb_grpc.WorkerServiceStub,
 ) -> None:
     status, call = await connect(stub)
-    await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(
-        worker_id="fake", session_id=status.session_id,
-        running_jobs=[pb.RunningJob(invocation_id="stolen", attempt=3)])))
+    await call.write(
+        pb.AgentMessage(
+            heartbeat=pb.Heartbeat(
+                worker_id="fake",
+                session_id=status.session_id,
+                running_jobs=[pb.RunningJob(invocation_id="stolen", attempt=3)],
+            )
+        )
+    )
     reply = await call.read()
     assert reply.cancel.invocation_id == "stolen" and reply.cancel.attempt == 3
 
 
 async def test_get_worker_status(stub: pb_grpc.WorkerServiceStub, secured: ControlPlane) -> None:
-    assert await code_of(stub.GetWorkerStatus(
-        pb.GetWorkerStatusRequest(worker_id="ghost"), metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        await code_of(
+            stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="ghost"), metadata=AUTH)
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
     _, call = await connect(stub)
-    fn = await deploy(secured, "st", command=["true"],
-                      resources={"cpu_millicores": 500, "memory_mb": 256})
+    fn = await deploy(
+        secured, "st", command=["true"], resources={"cpu_millicores": 500, "memory_mb": 256}
+    )
     inv_id = await secured.store.invoke(fn, b"")
     assert (await call.read()).assign.invocation_id == inv_id
-    status = await stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="fake"),
-                                        metadata=AUTH)
+    status = await stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="fake"), metadata=AUTH)
     assert status.state == pb.WORKER_STATE_RUNNING
     assert status.capacity.cpu_millicores == 2000
     assert status.allocated.cpu_millicores == 500 and status.allocated.job_slots == 1
@@ -230,24 +260,37 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
     async def agent_side() -> None:
         message = await call.read()
         assert message.assign.invocation_id == inv_id and message.assign.payload == b"payload"
-        await call.write(pb.AgentMessage(accepted=pb.JobAccepted(
-            invocation_id=inv_id, attempt=message.assign.attempt, worker_id="fake")))
+        await call.write(
+            pb.AgentMessage(
+                accepted=pb.JobAccepted(
+                    invocation_id=inv_id, attempt=message.assign.attempt, worker_id="fake"
+                )
+            )
+        )
 
     accepting = asyncio.create_task(agent_side())
-    accepted = await stub.AssignJob(pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake"),
-                                    metadata=AUTH)
+    accepted = await stub.AssignJob(
+        pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake"), metadata=AUTH
+    )
     await accepting
     assert accepted.invocation_id == inv_id and accepted.worker_id == "fake"
     inv = await secured.store.get(inv_id)
     assert inv.status is Status.RUNNING and inv.worker_id == "fake"
     again = pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake")
     assert await code_of(stub.AssignJob(again, metadata=AUTH)) == (
-        grpc.StatusCode.FAILED_PRECONDITION)
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
     missing = pb.AssignJobRequest(invocation_id="nope", worker_id="fake")
     assert await code_of(stub.AssignJob(missing, metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
-    big = await deploy(secured, "huge", command=["true"], labels={"zone": "b"},
-                       resources={"cpu_millicores": 99000, "memory_mb": 1})
+    big = await deploy(
+        secured,
+        "huge",
+        command=["true"],
+        labels={"zone": "b"},
+        resources={"cpu_millicores": 99000, "memory_mb": 1},
+    )
     big_id = await secured.store.invoke(big, b"")
     too_big = pb.AssignJobRequest(invocation_id=big_id, worker_id="fake")
     assert await code_of(stub.AssignJob(too_big, metadata=AUTH)) == (
-        grpc.StatusCode.RESOURCE_EXHAUSTED)
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )

@@ -19,24 +19,31 @@ def test_defaults_and_round_trip() -> None:
     assert FunctionSpec.from_dict("resize-image", data) == spec
 
 
-@pytest.mark.parametrize(("name", "raw", "field"), [
-    ("Bad_Name", {"command": ["x"]}, "name"),
-    ("ok", {"command": ["x"], "resources": {"cpu_millicores": 0}}, "resources.cpu_millicores"),
-    ("ok", {"command": ["x"], "resources": {"memory_mb": -1}}, "resources.memory_mb"),
-    ("ok", {"command": ["x"], "resources": {"gpus": -1}}, "resources.gpus"),
-    ("ok", {"command": ["x"], "resources": {"cpu_millicores": "1"}}, "resources.cpu_millicores"),
-    ("ok", {"command": ["x"], "resources": {"disk": 1}}, "resources.disk"),
-    ("ok", {"runtime": "docker"}, "image"),
-    ("ok", {"runtime": "process"}, "command"),
-    ("ok", {"runtime": "wasm", "command": ["x"]}, "runtime"),
-    ("ok", {"command": "x"}, "command"),
-    ("ok", {"command": ["x"], "timeout_s": 0}, "timeout_s"),
-    ("ok", {"command": ["x"], "max_retries": 1.5}, "max_retries"),
-    ("ok", {"command": ["x"], "priority": "urgent"}, "priority"),
-    ("ok", {"command": ["x"], "env": {"A": 1}}, "env"),
-    ("ok", {"command": ["x"], "network": "yes"}, "network"),
-    ("ok", {"command": ["x"], "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("name", "raw", "field"),
+    [
+        ("Bad_Name", {"command": ["x"]}, "name"),
+        ("ok", {"command": ["x"], "resources": {"cpu_millicores": 0}}, "resources.cpu_millicores"),
+        ("ok", {"command": ["x"], "resources": {"memory_mb": -1}}, "resources.memory_mb"),
+        ("ok", {"command": ["x"], "resources": {"gpus": -1}}, "resources.gpus"),
+        (
+            "ok",
+            {"command": ["x"], "resources": {"cpu_millicores": "1"}},
+            "resources.cpu_millicores",
+        ),
+        ("ok", {"command": ["x"], "resources": {"disk": 1}}, "resources.disk"),
+        ("ok", {"runtime": "docker"}, "image"),
+        ("ok", {"runtime": "process"}, "command"),
+        ("ok", {"runtime": "wasm", "command": ["x"]}, "runtime"),
+        ("ok", {"command": "x"}, "command"),
+        ("ok", {"command": ["x"], "timeout_s": 0}, "timeout_s"),
+        ("ok", {"command": ["x"], "max_retries": 1.5}, "max_retries"),
+        ("ok", {"command": ["x"], "priority": "urgent"}, "priority"),
+        ("ok", {"command": ["x"], "env": {"A": 1}}, "env"),
+        ("ok", {"command": ["x"], "network": "yes"}, "network"),
+        ("ok", {"command": ["x"], "colour": "red"}, "colour"),
+    ],
+)
 def test_invalid_specs_name_the_field(name: str, raw: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidSpec) as info:
         FunctionSpec.from_dict(name, raw)

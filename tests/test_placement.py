@@ -45,9 +45,11 @@ def test_feasibility_checks_every_dimension() -> None:
     assert fleet.place(Demand(100, 100, gpu=1, runtime="docker")).id == "gpu"  # type: ignore[union-attr]
     assert fleet.place(Demand(100, 100, labels=(("zone", "eu"),))).id == "eu"  # type: ignore[union-attr]
     assert fleet.place(Demand(100, 100, runtime="wasm")) == Pending(
-        "no worker offers the wasm runtime")
+        "no worker offers the wasm runtime"
+    )
     assert fleet.place(Demand(100, 100, labels=(("zone", "us"),))) == Pending(
-        "no worker has label zone=us")
+        "no worker has label zone=us"
+    )
     reason = fleet.place(Demand(9000, 100))
     assert isinstance(reason, Pending) and "fits nowhere" in reason.reason
 
@@ -89,7 +91,8 @@ def test_full_slots_and_no_workers_reasons() -> None:
     fleet = fleet_of(1, slots=1)
     fleet.reserve("w0", Demand(1, 1))
     assert fleet.place(Demand(1, 1)) == Pending(
-        "every eligible worker has all its job slots in use")
+        "every eligible worker has all its job slots in use"
+    )
 
 
 @pytest.mark.parametrize("size", [1_000, 10_000])

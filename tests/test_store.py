@@ -25,10 +25,21 @@ async def cp(settings: ServerSettings) -> ControlPlane:
 
 
 async def register(cp: ControlPlane, worker_id: str, cpu: int = 1000, slots: int = 2) -> str:
-    reg = await cp.registry.register(worker_id, "s1", {
-        "cpu_total": cpu, "mem_total": 1024, "gpu_total": 0, "slots_total": slots,
-        "labels": "{}", "runtimes": "process"}, [])
+    reg = await cp.registry.register(
+        worker_id,
+        "s1",
+        {
+            "cpu_total": cpu,
+            "mem_total": 1024,
+            "gpu_total": 0,
+            "slots_total": slots,
+            "labels": "{}",
+            "runtimes": "process",
+        },
+        [],
+    )
     from hodei.plugin.registry import WorkerState
+
     await cp.registry.transition(worker_id, WorkerState.AVAILABLE, reg.session_id)
     return reg.session_id
 
@@ -86,8 +97,9 @@ async def test_functions_crud(cp: ControlPlane) -> None:
 
 async def test_assignment_respects_capacity_and_fencing(cp: ControlPlane) -> None:
     await register(cp, "w1", cpu=1000, slots=5)
-    fn = await deploy(cp, "f", command=["true"], resources={"cpu_millicores": 600,
-                                                             "memory_mb": 100})
+    fn = await deploy(
+        cp, "f", command=["true"], resources={"cpu_millicores": 600, "memory_mb": 100}
+    )
     first, second = await cp.store.invoke(fn, b""), await cp.store.invoke(fn, b"")
     lock = RedisLeaderLock(cp.redis, cp.keys, cp.scripts, "me", 5)
     assert await lock.try_acquire()

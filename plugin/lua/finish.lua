@@ -7,12 +7,14 @@
 -- ARGV[4] outcome: succeeded | failed | timed_out | cancelled | handed_back | lease_expired |
 --   lost (the worker re-registered without it)
 -- ARGV[5] exit code ('' = none)   ARGV[6] error   ARGV[7] output   ARGV[8] output truncated (0/1)
--- ARGV[9] started ms (agent clock, '' = keep)   ARGV[10] finished ms   ARGV[11] retry delay ms
+-- ARGV[9] started ms (agent clock, '' = keep)   ARGV[10] finished ms
+-- ARGV[11] retry backoff as "base_ms:cap_ms:jitter" (jitter in [0, 1) drawn by the caller)
 -- ARGV[12] events maxlen          ARGV[13] completion channel
--- Returns {1, final status} recorded, {2, 'retry'|'requeued'} back in line, {0, reason} stale.
+-- Returns {1, final status, function} recorded, {2, 'retry'|'requeued', function} back in
+-- line, {0, reason} stale.
 local id = ARGV[1]
 local h = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'cpu', 'mem', 'gpu',
-  'failures', 'max_retries', 'cancel_requested', 'started_at', 'score')
+  'failures', 'max_retries', 'cancel_requested', 'started_at', 'score', 'function')
 if not h[1] then return {0, 'unknown'} end
 if h[1] ~= 'running' then return {0, 'not_running'} end
 if h[2] ~= ARGV[2] or h[3] ~= ARGV[3] then return {0, 'stale_attempt'} end
@@ -51,7 +53,10 @@ if outcome == 'handed_back' or (failed and failures <= tonumber(h[8])) then
     fields[#fields + 1] = 'pending_reason'; fields[#fields + 1] = ''
   else
     kind = 'retry'
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[11]), id)
+    -- Exponential backoff with jitter: uniform in [ceiling/2, ceiling].
+    local base, cap, jitter = string.match(ARGV[11], '([^:]+):([^:]+):([^:]+)')
+    local ceiling = math.min(tonumber(cap), tonumber(base) * 2 ^ (failures - 1))
+    redis.call('ZADD', KEYS[5], now + math.floor(ceiling / 2 + tonumber(jitter) * ceiling / 2), id)
     fields[#fields + 1] = 'pending_reason'; fields[#fields + 1] = 'retry backoff after ' .. outcome
     fields[#fields + 1] = 'error'; fields[#fields + 1] = ARGV[6]
     fields[#fields + 1] = 'exit_code'; fields[#fields + 1] = ARGV[5]
@@ -59,7 +64,7 @@ if outcome == 'handed_back' or (failed and failures <= tonumber(h[8])) then
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[12], '*', 'type', kind, 'invocation', id,
     'worker', ARGV[3], 'attempt', attempt, 'outcome', outcome)
-  return {2, kind}
+  return {2, kind, h[12]}
 end
 
 local status = outcome
@@ -77,4 +82,4 @@ end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[12], '*', 'type', 'finished', 'invocation', id,
   'worker', ARGV[3], 'attempt', attempt, 'status', status)
 redis.call('PUBLISH', ARGV[13], id)
-return {1, status}
+return {1, status, h[12]}
