@@ -12,6 +12,8 @@ import enum
 import logging
 import signal
 
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from hodei.agent import metrics
@@ -63,6 +65,31 @@ class Agent:
             settings.log_flush_s,
         )
         self.stopping = asyncio.Event()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health_port = 0
+
+    async def _serve_health(self) -> grpc.aio.Server | None:
+        if self.settings.health_port < 0:
+            return None
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = server.add_insecure_port(
+            f"{self.settings.metrics_host}:{self.settings.health_port}"
+        )
+        await server.start()
+        await self._publish_health()
+        return server
+
+    async def _publish_health(self) -> None:
+        serving = self.state in (AgentState.AVAILABLE, AgentState.RUNNING) and (
+            self.connection.connected.is_set()
+        )
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
 
     async def _on_assign(self, request: pb.AssignJobRequest) -> None:
         if self.state is AgentState.DRAINING:
@@ -114,6 +141,7 @@ class Agent:
         if leftovers:
             log.warning("killed %d function processes left by an earlier run", leftovers)
         self.state = AgentState.REGISTERING
+        health_server = await self._serve_health()
         connection = asyncio.create_task(self.connection.run())
         heartbeats = asyncio.create_task(self._heartbeats())
         stop = asyncio.create_task(self.stopping.wait())
@@ -124,6 +152,7 @@ class Agent:
             )
             if connected in done:
                 self.state = AgentState.AVAILABLE
+                await self._publish_health()
                 done, _ = await asyncio.wait(
                     {connection, stop}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -144,11 +173,14 @@ class Agent:
             await asyncio.gather(heartbeats, stop, connected, connection, return_exceptions=True)
             self.jobs.hand_back_all()
             await self.connection.close()
+            if health_server is not None:
+                await health_server.stop(0)
 
     async def drain(self) -> None:
         """No new jobs; let running ones finish within the grace period, hand back the rest,
         wait until every result is acknowledged and the server holds no lease for us."""
         self.state = AgentState.DRAINING
+        await self._publish_health()
         log.info(
             "draining: %d jobs running, grace %.0fs",
             len(self.jobs.jobs),
@@ -176,7 +208,9 @@ class Agent:
 
 async def serve(settings: AgentSettings) -> int:
     if settings.metrics_port >= 0:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY
+        )
     agent = Agent(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,6 +25,8 @@ class AgentSettings:
     runtimes: tuple[str, ...] = ("process",)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465
+    # grpc.health.v1 for Nomad/Consul checks: SERVING while connected and taking work.
+    health_port: int = 7071
     heartbeat_interval_s: float = 5.0
     drain_grace_s: float = 30.0
     output_cap_bytes: int = 6 * 1024 * 1024

@@ -96,6 +96,8 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
             "bench",
             "--metrics-port",
             "-1",
+            "--health-port",
+            "-1",
             "--job-slots",
             str(concurrency * 2),
             "--cpu-millicores",

@@ -168,7 +168,12 @@ class Leases:
         mem_percent: float,
     ) -> tuple[str, list[str]]:
         """Heartbeat: liveness, usage, lease renewal. Returns (status, revoked ids)."""
-        keys = [self.keys.worker(worker_id), self.keys.heartbeats, self.keys.leases]
+        keys = [
+            self.keys.worker(worker_id),
+            self.keys.heartbeats,
+            self.keys.leases,
+            self.keys.events,
+        ]
         args: list[Any] = [
             worker_id,
             session_id,
@@ -176,6 +181,7 @@ class Leases:
             self.lease_ttl_ms,
             round(cpu_percent, 2),
             round(mem_percent, 2),
+            self.events_maxlen,
         ]
         for invocation_id, attempt in running:
             keys.append(self.keys.invocation(invocation_id))

@@ -13,7 +13,7 @@ from google.protobuf import empty_pb2
 
 from hodei import __version__
 from hodei.errors import NotFound
-from hodei.plugin.sessions import PinRefused, ProtocolError, Sessions
+from hodei.plugin.sessions import PinRefused, ProtocolError, Sessions, StaleSession
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 
@@ -152,7 +152,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             await asyncio.gather(reader, return_exceptions=True)
             await self.sessions.close(session)
         if failure:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(failure[0]))
+            stale = isinstance(failure[0], StaleSession)
+            code = grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(failure[0]))
 
 
 def _invalid_registration(r: pb.RegisterWorkerRequest) -> str:

@@ -32,6 +32,10 @@ class ProtocolError(Exception):
     """Raised when an agent sends a message that does not fit the protocol or its state."""
 
 
+class StaleSession(ProtocolError):
+    """Raised when a stream's session was superseded or its worker declared Failed."""
+
+
 @dataclass(eq=False)
 class Session:
     worker_id: str
@@ -162,7 +166,12 @@ class Sessions:
     async def handle(self, session: Session, message: pb.AgentMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
-            await self.heartbeat(session.worker_id, session.session_id, message.heartbeat, session)
+            status = await self.heartbeat(
+                session.worker_id, session.session_id, message.heartbeat, session
+            )
+            if status != "ok":
+                # Declared Failed, or superseded: the agent must register again.
+                raise StaleSession(f"session {session.session_id} is {status}: register again")
         elif kind == "accepted":
             await self._accepted(session, message.accepted)
         elif kind == "log":

@@ -143,6 +143,8 @@ class AgentProcess:
             worker_id,
             "--metrics-port",
             "-1",
+            "--health-port",
+            "-1",
             "--heartbeat-interval-s",
             "0.2",
             "--reconnect-base-s",
@@ -206,8 +208,11 @@ async def start_agent(
 class ServerProcess:
     """``hodei server`` as its own OS process, on a fixed port so it can come back."""
 
-    def __init__(self, settings: ServerSettings, port: int, server_id: str) -> None:
+    def __init__(
+        self, settings: ServerSettings, port: int, server_id: str, metrics_port: int = -1
+    ) -> None:
         self.port = port
+        self.metrics_port = metrics_port
         self.server_id = server_id
         self.settings = settings
         self.log_path = (
@@ -227,7 +232,7 @@ class ServerProcess:
             "--grpc-port",
             str(self.port),
             "--metrics-port",
-            "-1",
+            str(self.metrics_port),
             "--server-id",
             self.server_id,
             "--heartbeat-interval-s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import replace
 
 import grpc
 from conftest import (
@@ -228,3 +229,54 @@ async def test_drain_grace_over_hands_back_work_without_counting_a_failure(
     await start_agent(plane, agents, "w2")
     done = await final(plane, inv_id, 15)
     assert done.status is Status.SUCCEEDED and done.attempt == 2
+
+
+async def worker_state(cp: ControlPlane, worker: str) -> str:
+    return ((await cp.registry.get(worker)) or {}).get("state", "")
+
+
+async def test_silent_worker_turns_unhealthy_gets_no_work_and_recovers(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    agent = await start_agent(plane, agents, "w1")
+    agent.proc.send_signal(signal.SIGSTOP)  # a frozen node: no heartbeats, stream still open
+    try:
+
+        async def unhealthy() -> bool:
+            return await worker_state(plane, "w1") == "unhealthy"
+
+        await wait_for(unhealthy, 5)
+        fn = await deploy(plane, "wait", command=["sh", "-c", "echo ok"])
+        inv_id = await plane.store.invoke(fn, b"")
+        await asyncio.sleep(0.5)
+        inv = await plane.store.get(inv_id)
+        assert inv.status is Status.QUEUED and inv.pending_reason == "no schedulable workers"
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    assert (await final(plane, inv_id, 10)).worker_id == "w1"
+    assert await worker_state(plane, "w1") == "available"
+
+
+async def test_worker_unhealthy_too_long_is_failed_and_must_register_again(
+    settings: ServerSettings,
+) -> None:
+    cp = ControlPlane(replace(settings, failed_after_s=0.5))
+    await cp.start()
+    agent = AgentProcess(cp.port, "w1")
+    try:
+
+        async def state_is(*states: str) -> bool:
+            return await worker_state(cp, "w1") in states
+
+        await wait_for(lambda: state_is("available"), 15)
+        agent.proc.send_signal(signal.SIGSTOP)
+        await wait_for(lambda: state_is("failed"), 10)
+        agent.proc.send_signal(signal.SIGCONT)
+        # Its heartbeats are refused as stale; it registers again and is back in service.
+        await wait_for(lambda: state_is("available", "running"), 10)
+        fn = await deploy(cp, "again", command=["true"])
+        assert (await final(cp, await cp.store.invoke(fn, b""), 10)).status is Status.SUCCEEDED
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        await agent.stop()
+        await cp.stop(0.5)

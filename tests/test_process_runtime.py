@@ -1,0 +1,89 @@
+"""The process runtime and the process manager on their own (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hodei.agent.process_manager import ProcessManager
+from hodei.agent.process_runtime import ProcessRuntime
+from hodei.agent.settings import AgentSettings
+from hodei.plugin.settings import ServerSettings
+from hodei.proto import hodei_pb2 as pb
+
+
+def job(*command: str, **kw: object) -> pb.AssignJobRequest:
+    return pb.AssignJobRequest(
+        invocation_id="i1",
+        attempt=1,
+        function="f",
+        runtime="process",
+        command=list(command),
+        timeout_s=5,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+async def test_stdout_is_capped_and_the_rest_drained() -> None:
+    runtime = ProcessRuntime(output_cap_bytes=1000, worker_id="w")
+    outcome = await runtime.run(
+        job("sh", "-c", "head -c 1000000 /dev/zero; echo done >&2"),
+        lambda s, line: None,
+        asyncio.Event(),
+    )
+    assert outcome.outcome == pb.JOB_OUTCOME_SUCCEEDED
+    assert outcome.output == b"\0" * 1000 and outcome.truncated
+
+
+async def test_payload_on_stdin_and_missing_command() -> None:
+    runtime = ProcessRuntime(output_cap_bytes=1 << 20, worker_id="w")
+    data = bytes(range(256)) * 4096
+    outcome = await runtime.run(job("cat", payload=data), lambda s, line: None, asyncio.Event())
+    assert outcome.output == data and not outcome.truncated
+    missing = await runtime.run(job("/no/such/binary"), lambda s, line: None, asyncio.Event())
+    assert missing.outcome == pb.JOB_OUTCOME_FAILED and missing.exit_code == 127
+    assert "cannot start" in missing.error
+
+
+async def test_logs_are_batched_and_results_reported() -> None:
+    sent: list[pb.AgentMessage] = []
+    results: list[pb.JobResult] = []
+    manager = ProcessManager(
+        {"process": ProcessRuntime(1 << 20, "w")},
+        sent.append,
+        results.append,
+        "w",
+        batch_lines=100,
+        flush_s=0.05,
+    )
+    manager.start(job("sh", "-c", "for i in $(seq 250); do echo line$i >&2; done; echo out"))
+    await asyncio.wait_for(manager.idle.wait(), 5)
+    kinds = [m.WhichOneof("kind") for m in sent]
+    assert kinds[0] == "accepted"
+    batches = [m.log for m in sent if m.WhichOneof("kind") == "log"]
+    assert [len(b.lines) for b in batches] == [100, 100, 50]
+    assert [line.line for b in batches for line in b.lines] == [f"line{i}" for i in range(1, 251)]
+    assert results[0].outcome == pb.JOB_OUTCOME_SUCCEEDED and results[0].output == b"out\n"
+
+
+async def test_unknown_runtime_fails_the_job_and_cancel_hands_back() -> None:
+    results: list[pb.JobResult] = []
+    manager = ProcessManager(
+        {"process": ProcessRuntime(1 << 20, "w")}, lambda m: None, results.append, "w"
+    )
+    manager.start(pb.AssignJobRequest(invocation_id="d", attempt=1, runtime="docker"))
+    manager.start(job("sleep", "30"))
+    await asyncio.sleep(0.2)
+    manager.hand_back_all()
+    await asyncio.wait_for(manager.idle.wait(), 5)
+    by_id = {r.invocation_id: r for r in results}
+    assert by_id["d"].outcome == pb.JOB_OUTCOME_FAILED and "docker" in by_id["d"].error
+    assert by_id["i1"].outcome == pb.JOB_OUTCOME_HANDED_BACK
+
+
+def test_settings_precedence_defaults_env_flags() -> None:
+    env = {"HODEI_GRPC_PORT": "9999", "HODEI_AGENT_TOKENS": "a, b", "HODEI_LEASE_TTL_S": "7.5"}
+    s = ServerSettings.from_env(env)
+    assert s.grpc_port == 9999 and s.agent_tokens == ("a", "b") and s.lease_ttl_s == 7.5
+    assert ServerSettings.from_env(env, grpc_port=1).grpc_port == 1
+    agent = AgentSettings.from_env({"HODEI_LABELS": "zone=eu,disk=ssd", "HODEI_JOB_SLOTS": "3"})
+    assert agent.label_map == {"zone": "eu", "disk": "ssd"} and agent.job_slots == 3
