@@ -153,7 +153,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             await self.sessions.close(session)
         if failure:
             stale = isinstance(failure[0], StaleSession)
-            code = grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT
+            code = (
+                grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT
+            )
             await context.abort(code, str(failure[0]))
 
 
