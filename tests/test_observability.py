@@ -67,7 +67,8 @@ async def test_metrics_logs_and_health_across_processes(
         async def settled() -> dict[str, float] | None:
             m = scrape(server_metrics)
             drained = m.get('hodei_scheduler_queue_size{priority="normal"}') == 0
-            return m if drained else None
+            idle = m.get('hodei_workers{state="available"}') == 1
+            return m if drained and idle else None
 
         m = await wait_for(settled, 10)
         assert m['hodei_invocations_total{function="ok",status="succeeded"}'] == 3
@@ -76,7 +77,6 @@ async def test_metrics_logs_and_health_across_processes(
         assert beats > 0 and 'hodei_worker_cpu_usage_percent{worker="w1"}' in m
         assert m["hodei_scheduler_leader"] == 1 and m["hodei_grpc_streams"] == 1
         assert m["hodei_scheduling_latency_seconds_count"] >= 5
-        assert m['hodei_workers{state="available"}'] == 1
         await wait_for(
             lambda: scrape(server_metrics)['hodei_worker_heartbeats_total{worker="w1"}'] > beats, 5
         )
