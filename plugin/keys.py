@@ -36,6 +36,19 @@ class Keys:
     def invocations(self) -> str:
         return f"{self.prefix}:invs"
 
+    @property
+    def inflight(self) -> str:
+        """Hash: function name -> invocations queued or running (for concurrency limits)."""
+        return f"{self.prefix}:inflight"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def callbacks(self) -> str:
+        """Zset: finished invocations whose callback is due, by the time it is due."""
+        return f"{self.prefix}:callbacks"
+
     # Scheduling: the ready queue, retries waiting for their backoff, leases by deadline,
     # the dead-letter index.
     @property

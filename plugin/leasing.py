@@ -128,6 +128,8 @@ class Leases:
                 self.keys.queue,
                 self.keys.dead,
                 self.keys.events,
+                self.keys.inflight,
+                self.keys.callbacks,
             ],
             [
                 invocation_id,
@@ -232,6 +234,8 @@ class Leases:
                     self.keys.queue,
                     self.keys.dead,
                     self.keys.events,
+                    self.keys.inflight,
+                    self.keys.callbacks,
                 ],
                 [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
             )

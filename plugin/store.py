@@ -15,6 +15,7 @@ from hodei.plugin.scripts import RedisClient, Scripts
 
 PRIORITY_OFFSET = {Priority.HIGH: -1, Priority.NORMAL: 0, Priority.LOW: 1}
 LOG_LINES_KEPT = 10_000
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 def now_ms() -> int:
@@ -93,8 +94,11 @@ class Store:
         priority: Priority | None = None,
         traceparent: str = "",
         invocation_id: str | None = None,
+        callback_url: str = "",
+        idempotency_key: str = "",
     ) -> str:
-        """Record an invocation and enqueue it atomically; returns its id."""
+        """Record an invocation and enqueue it atomically; returns its id (the earlier
+        invocation's id when the idempotency key was seen within the last day)."""
         invocation_id = invocation_id or uuid.uuid4().hex
         prio = priority or spec.priority
         created = now_ms()
@@ -119,6 +123,7 @@ class Store:
             "mem": spec.resources.memory_mb,
             "gpu": spec.resources.gpus,
             "traceparent": traceparent,
+            "callback_url": callback_url,
             "payload": payload,
         }
         args: list[Any] = [
@@ -127,10 +132,13 @@ class Store:
             self.max_queue,
             created,
             self.events_maxlen,
+            spec.name,
+            spec.concurrency,
+            IDEMPOTENCY_TTL_S if idempotency_key else 0,
         ]
         for key, value in record.items():
             args += [key, value]
-        code = await self.scripts.run(
+        reply = await self.scripts.run(
             "enqueue",
             [
                 self.keys.invocation(invocation_id),
@@ -138,14 +146,21 @@ class Store:
                 self.keys.invocations,
                 self.keys.events,
                 self.keys.sequence,
+                self.keys.inflight,
+                self.keys.idempotency(f"{spec.name}:{idempotency_key}"),
             ],
             args,
         )
+        code = int(reply[0])
         if code == 0:
             raise QueueFull(f"the queue holds {self.max_queue} invocations already")
         if code == -1:
             raise Conflict(f"invocation {invocation_id} already exists")
-        return invocation_id
+        if code == -2:
+            raise QueueFull(
+                f"function {spec.name} has {spec.concurrency} invocations in flight already"
+            )
+        return str(reply[1].decode())
 
     async def job(self, name: str, raw_spec: dict[str, Any], payload: bytes) -> str:
         """Enqueue a one-off job from an inline spec (validated like a function)."""
@@ -196,6 +211,8 @@ class Store:
                 self.keys.queue,
                 self.keys.delayed,
                 self.keys.events,
+                self.keys.inflight,
+                self.keys.callbacks,
             ],
             [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
         )

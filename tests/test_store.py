@@ -216,3 +216,31 @@ async def test_list_invocations_filters_newest_first(cp: ControlPlane) -> None:
     assert len(await cp.store.list_invocations(limit=1)) == 1
     depth = await cp.store.queue_depth()
     assert depth == {"high": 0, "normal": 2, "low": 0, "retrying": 0}
+
+
+async def test_idempotency_key_returns_the_same_invocation(cp: ControlPlane) -> None:
+    fn = await deploy(cp, "f", command=["true"])
+    first = await cp.store.invoke(fn, b"a", idempotency_key="order-42")
+    again = await cp.store.invoke(fn, b"b", idempotency_key="order-42")
+    other = await cp.store.invoke(fn, b"c", idempotency_key="order-43")
+    assert again == first and other != first
+    assert await cp.redis.zcard(cp.keys.queue) == 2
+
+
+async def test_concurrency_counts_queued_and_running_until_final(cp: ControlPlane) -> None:
+    await register(cp, "w1")
+    fn = await deploy(cp, "limited", command=["true"], concurrency=2, max_retries=0)
+    a = await cp.store.invoke(fn, b"")
+    b = await cp.store.invoke(fn, b"")
+    with pytest.raises(QueueFull):
+        await cp.store.invoke(fn, b"")
+    await cp.store.cancel(b)  # final: frees a place
+    c = await cp.store.invoke(fn, b"", callback_url="http://127.0.0.1:9/hook")
+    assert (await cp.leases.assign_call(c, "w1", ""))[0] == 1
+    with pytest.raises(QueueFull):
+        await cp.store.invoke(fn, b"")
+    await cp.leases.finish(c, 1, "w1", "failed", exit_code=1)
+    assert await cp.redis.hget(cp.keys.inflight, "limited") == b"1"
+    assert [i.decode() for i in await cp.redis.zrange(cp.keys.callbacks, 0, -1)] == [c]
+    await cp.store.cancel(a)
+    assert await cp.redis.hget(cp.keys.inflight, "limited") == b"0"

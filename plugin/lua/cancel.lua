@@ -1,10 +1,12 @@
 -- Cancel an invocation. A queued (or retry-waiting) one is finished as cancelled right here;
 -- a running one is flagged, and the caller tells its worker to kill it.
 -- KEYS[1] invocation hash   KEYS[2] queue   KEYS[3] delayed   KEYS[4] events stream
+-- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)
 -- ARGV[1] invocation id     ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] completion channel
 -- Returns {1, 'cancelled'}, {2, worker id, attempt} when running, {0, status} when final,
 -- {-1, 'unknown'} when there is no such invocation.
-local h = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'attempt')
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'attempt', 'function',
+  'callback_url')
 if not h[1] then return {-1, 'unknown'} end
 if h[1] == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
@@ -17,5 +19,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'pend
   'cancel_requested', '1')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'finished', 'invocation', ARGV[1],
   'attempt', h[3], 'status', 'cancelled')
+redis.call('HINCRBY', KEYS[5], h[4], -1)
+if h[5] and h[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {1, 'cancelled'}

@@ -3,6 +3,7 @@
 -- the final state (dead-lettered when it failed) and announce the completion.
 -- KEYS[1] invocation hash   KEYS[2] leases     KEYS[3] worker hash   KEYS[4] worker jobs
 -- KEYS[5] delayed (zset)    KEYS[6] queue      KEYS[7] dead (zset)   KEYS[8] events stream
+-- KEYS[9] in-flight counts (hash)   KEYS[10] callbacks due (zset)
 -- ARGV[1] invocation id     ARGV[2] attempt    ARGV[3] worker id
 -- ARGV[4] outcome: succeeded | failed | timed_out | cancelled | handed_back | lease_expired |
 --   lost (the worker re-registered without it)
@@ -14,7 +15,7 @@
 -- line, {0, reason} stale.
 local id = ARGV[1]
 local h = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'worker_id', 'cpu', 'mem', 'gpu',
-  'failures', 'max_retries', 'cancel_requested', 'started_at', 'score', 'function')
+  'failures', 'max_retries', 'cancel_requested', 'started_at', 'score', 'function', 'callback_url')
 if not h[1] then return {0, 'unknown'} end
 if h[1] ~= 'running' then return {0, 'not_running'} end
 if h[2] ~= ARGV[2] or h[3] ~= ARGV[3] then return {0, 'stale_attempt'} end
@@ -79,6 +80,8 @@ redis.call('HSET', KEYS[1], 'status', status, 'failures', failures, 'exit_code',
 if status == 'failed' or status == 'timed_out' then
   redis.call('ZADD', KEYS[7], now, id)
 end
+redis.call('HINCRBY', KEYS[9], h[12], -1)
+if h[13] and h[13] ~= '' then redis.call('ZADD', KEYS[10], now, id) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[12], '*', 'type', 'finished', 'invocation', id,
   'worker', ARGV[3], 'attempt', attempt, 'status', status)
 redis.call('PUBLISH', ARGV[13], id)
