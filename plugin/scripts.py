@@ -29,6 +29,7 @@ NAMES = (
     "worker_state",
     "accept",
     "append_logs",
+    "claim_callbacks",
 )
 
 

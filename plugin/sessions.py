@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 ASSIGN, CANCEL = b"A", b"C"
 
 
+async def route_cancel(
+    redis: RedisClient, keys: Keys, worker_id: str, invocation_id: str, attempt: int, reason: str
+) -> None:
+    """Tell a worker to kill an attempt, through the server its stream is connected to."""
+    request = pb.CancelJobRequest(invocation_id=invocation_id, attempt=attempt, reason=reason)
+    server_id = await redis.hget(keys.worker(worker_id), "server_id")
+    if server_id:
+        await redis.publish(
+            keys.server_channel(server_id.decode()),
+            CANCEL + worker_id.encode() + b"\0" + request.SerializeToString(),
+        )
+
+
 class ProtocolError(Exception):
     """Raised when an agent sends a message that does not fit the protocol or its state."""
 
@@ -132,12 +145,7 @@ class Sessions:
         if session is not None:
             session.send(pb.ServerMessage(cancel=request))
             return
-        record = await self.registry.get(worker_id)
-        if record and record.get("server_id"):
-            await self.redis.publish(
-                self.keys.server_channel(record["server_id"]),
-                CANCEL + worker_id.encode() + b"\0" + request.SerializeToString(),
-            )
+        await route_cancel(self.redis, self.keys, worker_id, invocation_id, attempt, reason)
 
     def on_channel_message(self, data: bytes) -> None:
         """A delivery another server replica routed to one of our streams."""

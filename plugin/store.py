@@ -188,11 +188,12 @@ class Store:
             return True
         appended = await self.scripts.run(
             "append_logs",
-            [self.keys.invocation(invocation_id), self.keys.logs(invocation_id)],
+            [self.keys.invocation(invocation_id), self.keys.logs(invocation_id), self.keys.events],
             [
                 attempt,
                 worker_id,
                 LOG_LINES_KEPT,
+                self.events_maxlen,
                 *(json.dumps({**line, "attempt": attempt}) for line in lines),
             ],
         )

@@ -1,0 +1,97 @@
+"""The gateway application: ``create_app(settings)`` and ``hodei gateway``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from hodei.api import middleware
+from hodei.api.auth import TokenTable
+from hodei.api.callbacks import CallbackDispatcher
+from hodei.api.openapi import serve_document
+from hodei.api.routes import add_routes
+from hodei.api.settings import GatewaySettings
+from hodei.api.state import GATEWAY, Gateway
+from hodei.api.waiter import Completions
+from hodei.plugin.keys import Keys
+from hodei.plugin.registry import Registry
+from hodei.plugin.scripts import Scripts
+from hodei.plugin.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    tokens = TokenTable.load(settings.api_tokens, settings.api_tokens_file)
+    app = web.Application(
+        client_max_size=settings.max_payload_bytes,
+        middlewares=[middleware.errors, middleware.measure, middleware.auth],
+    )
+    add_routes(app)
+    app.router.add_get("/openapi.json", serve_document)
+
+    async def connections(app: web.Application) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            health_check_interval=10,
+        )
+        keys = Keys(settings.key_prefix)
+        scripts = Scripts(redis)
+        store = Store(
+            redis,
+            keys,
+            scripts,
+            ageing_s=settings.ageing_s,
+            max_queue=settings.max_queue,
+            events_maxlen=settings.events_maxlen,
+        )
+        app[GATEWAY] = Gateway(
+            settings=settings,
+            redis=redis,
+            keys=keys,
+            scripts=scripts,
+            store=store,
+            registry=Registry(redis, keys, scripts, settings.events_maxlen),
+            completions=Completions(redis, keys.completed_channel),
+            tokens=tokens,
+        )
+        yield
+        await redis.aclose()
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        gw = app[GATEWAY]
+        dispatcher = CallbackDispatcher(
+            gw.redis, gw.keys, gw.scripts, gw.store, gw.completions, settings
+        )
+        tasks = [
+            asyncio.create_task(gw.completions.run(), name="completions"),
+            asyncio.create_task(dispatcher.run(), name="callbacks"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.extend([connections, background])
+    return app
+
+
+def serve(settings: GatewaySettings) -> None:
+    log.info(
+        "gateway listening on http://%s:%d",
+        settings.host,
+        settings.port,
+        extra={"http_port": settings.port},
+    )
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+    )

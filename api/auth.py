@@ -1,0 +1,48 @@
+"""API tokens with scopes: ``admin`` (functions, workers), ``invoke``, ``read``."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from hodei.errors import ConfigError
+
+SCOPES = frozenset({"admin", "invoke", "read"})
+
+
+class TokenTable:
+    def __init__(self, entries: list[str]) -> None:
+        self.scopes: dict[str, frozenset[str]] = {}
+        for entry in entries:
+            entry = entry.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            token, sep, scopes = entry.partition(":")
+            granted = frozenset(s.strip() for s in scopes.split("+") if s.strip())
+            if not token or not sep or not granted or not granted <= SCOPES:
+                raise ConfigError(
+                    f"API token entry {entry[:8]}...: want token:scope+scope "
+                    f"with scopes from {', '.join(sorted(SCOPES))}"
+                )
+            self.scopes[token] = granted
+
+    @classmethod
+    def load(cls, tokens: tuple[str, ...], tokens_file: str) -> TokenTable:
+        entries = list(tokens)
+        if tokens_file:
+            entries += Path(tokens_file).read_text().splitlines()
+        return cls(entries)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.scopes)
+
+    def scopes_of(self, authorization: str) -> frozenset[str] | None:
+        """The scopes of the bearer token in an Authorization header, None when unknown."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        for known, scopes in self.scopes.items():
+            if hmac.compare_digest(known, token.strip()):
+                return scopes
+        return None

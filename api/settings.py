@@ -1,0 +1,42 @@
+"""Typed settings of the HTTP gateway (``hodei gateway``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hodei.config import from_env
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "hodei"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_payload_bytes: int = 6 * 1024 * 1024
+    # A synchronous invoke waits this long unless ?wait= says otherwise (capped by max_wait_s).
+    default_wait_s: float = 30.0
+    max_wait_s: float = 900.0
+    # "token:scope+scope" entries, comma-separated; or a file with one entry per line.
+    api_tokens: tuple[str, ...] = ()
+    api_tokens_file: str = ""
+    # Must agree with the servers' (one Redis, one queue).
+    max_queue: int = 100_000
+    ageing_s: float = 60.0
+    events_maxlen: int = 100_000
+    callback_timeout_s: float = 10.0
+    callback_attempts: int = 8
+    callback_base_s: float = 1.0
+    callback_cap_s: float = 300.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
+        settings: GatewaySettings = from_env(
+            cls(), env if env is not None else os.environ, overrides
+        )
+        return settings
