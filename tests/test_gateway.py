@@ -22,8 +22,12 @@ ADMIN = {"Authorization": "Bearer adm"}
 
 
 def gateway_settings(settings: ServerSettings, **changes: Any) -> GatewaySettings:
-    base = GatewaySettings(redis_url=settings.redis_url, key_prefix=settings.key_prefix,
-                           ageing_s=settings.ageing_s, max_queue=settings.max_queue)
+    base = GatewaySettings(
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        ageing_s=settings.ageing_s,
+        max_queue=settings.max_queue,
+    )
     return replace(base, **changes)
 
 
@@ -70,8 +74,9 @@ async def test_sync_and_async_invoke(
     assert accepted.status == 202
     body = await accepted.json()
     assert accepted.headers["Location"] == f"/v1/invocations/{body['id']}"
-    prefer = await http.post("/v1/functions/upper/invoke", data=b"x",
-                             headers={"Prefer": "respond-async"})
+    prefer = await http.post(
+        "/v1/functions/upper/invoke", data=b"x", headers={"Prefer": "respond-async"}
+    )
     assert prefer.status == 202
 
     async def result() -> bytes | None:
@@ -79,3 +84,297 @@ async def test_sync_and_async_invoke(
         return await r.read() if r.status == 200 else None
 
     assert await wait_for(result, 10) == b"LATER"
+
+
+async def test_function_crud_and_validation(http: TestClient[Any, Any]) -> None:
+    created = await http.put("/v1/functions/echo", json={"command": ["cat"]})
+    assert created.status == 201
+    replaced = await http.put("/v1/functions/echo", json={"command": ["cat"], "max_retries": 1})
+    assert replaced.status == 200 and (await replaced.json())["max_retries"] == 1
+    listed = await (await http.get("/v1/functions")).json()
+    assert [f["name"] for f in listed["functions"]] == ["echo"]
+    assert (await (await http.get("/v1/functions/echo")).json())["command"] == ["cat"]
+    bad = await http.put(
+        "/v1/functions/echo", json={"command": ["cat"], "resources": {"cpu_millicores": 0}}
+    )
+    assert bad.status == 422
+    err = await bad.json()
+    assert err["error"]["code"] == "invalid_spec" and err["field"] == "resources.cpu_millicores"
+    assert (await http.put("/v1/functions/Bad_Name", json={"command": ["x"]})).status == 422
+    assert (await http.put("/v1/functions/echo", data=b"{not json")).status == 400
+    assert (await http.delete("/v1/functions/echo")).status == 204
+    missing = await http.get("/v1/functions/echo")
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+    assert (await http.delete("/v1/functions/echo")).status == 404
+    assert (await http.post("/v1/functions/echo/invoke", data=b"")).status == 404
+
+
+async def test_bad_requests(http: TestClient[Any, Any]) -> None:
+    await deploy(http, "f", command=["true"])
+    for query, headers in (
+        ("?wait=soon", {}),
+        ("", {"X-Hodei-Priority": "urgent"}),
+        ("", {"X-Callback-Url": "ftp://x"}),
+    ):
+        response = await http.post(f"/v1/functions/f/invoke{query}", data=b"", headers=headers)
+        assert response.status == 400, query
+        assert set((await response.json())["error"]) == {"code", "message"}
+    assert (await http.get("/v1/invocations?status=weird")).status == 400
+    assert (await http.get("/v1/invocations/nope")).status == 404
+    assert (await http.delete("/v1/invocations/nope")).status == 404
+
+
+async def test_payload_limit(settings: ServerSettings) -> None:
+    app = create_app(gateway_settings(settings, max_payload_bytes=1024))
+    async with TestClient(TestServer(app)) as http:
+        await deploy(http, "f", command=["cat"])
+        response = await http.post("/v1/functions/f/invoke?async=true", data=b"x" * 2048)
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "payload_too_large"
+        ok = await http.post("/v1/functions/f/invoke?async=true", data=b"x" * 512)
+        assert ok.status == 202
+
+
+async def test_tokens_and_scopes(settings: ServerSettings) -> None:
+    tokens = ("adm:admin+invoke+read", "app:invoke", "ro:read")
+    app = create_app(gateway_settings(settings, api_tokens=tokens))
+    async with TestClient(TestServer(app)) as http:
+        assert (await http.get("/healthz")).status == 200
+        assert (await http.get("/readyz")).status == 200
+        assert (await http.get("/openapi.json")).status == 200
+        assert (await http.get("/v1/functions")).status == 401
+        bad = await http.get("/v1/functions", headers={"Authorization": "Bearer nope"})
+        assert bad.status == 401 and bad.headers["WWW-Authenticate"] == "Bearer"
+        app_h, ro_h = {"Authorization": "Bearer app"}, {"Authorization": "Bearer ro"}
+        spec = {"command": ["true"]}
+        assert (await http.put("/v1/functions/f", json=spec, headers=app_h)).status == 403
+        assert (await http.put("/v1/functions/f", json=spec, headers=ADMIN)).status == 201
+        assert (await http.get("/v1/functions/f", headers=ro_h)).status == 200
+        invoke = "/v1/functions/f/invoke?async=true"
+        assert (await http.post(invoke, headers=ro_h)).status == 403
+        accepted = await http.post(invoke, headers=app_h)
+        assert accepted.status == 202
+        assert (await http.get("/v1/workers", headers=ro_h)).status == 403
+        assert (await http.get("/v1/workers", headers=ADMIN)).status == 200
+        record = await http.get(accepted.headers["Location"], headers=ro_h)
+        assert record.status == 200
+
+
+async def test_backpressure(settings: ServerSettings) -> None:
+    app = create_app(gateway_settings(settings, max_queue=3))
+    async with TestClient(TestServer(app)) as http:
+        await deploy(http, "one", command=["true"], concurrency=1)
+        await deploy(http, "any", command=["true"])
+        first = await http.post("/v1/functions/one/invoke?async=true")
+        assert first.status == 202
+        limited = await http.post("/v1/functions/one/invoke?async=true")
+        assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert (await limited.json())["error"]["code"] == "too_many_requests"
+        for _ in range(2):
+            assert (await http.post("/v1/functions/any/invoke?async=true")).status == 202
+        full = await http.post("/v1/functions/any/invoke?async=true")
+        assert full.status == 429 and "Retry-After" in full.headers
+        await http.delete(f"/v1/invocations/{(await first.json())['id']}")
+        assert (await http.post("/v1/functions/one/invoke?async=true")).status == 202
+
+
+async def test_failure_timeout_and_wait(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1")
+    await deploy(http, "bad", command=["sh", "-c", "exit 4"], max_retries=0)
+    await deploy(http, "slow", command=["sleep", "5"], timeout_s=0.3)
+    await deploy(http, "nap", command=["sh", "-c", "sleep 1; echo awake"])
+    failed = await http.post("/v1/functions/bad/invoke")
+    assert failed.status == 500
+    body = await failed.json()
+    assert body["error"]["code"] == "function_failed" and body["exit_code"] == 4
+    assert failed.headers["X-Hodei-Exit-Code"] == "4"
+    timed_out = await http.post("/v1/functions/slow/invoke")
+    assert timed_out.status == 504
+    assert (await timed_out.json())["error"]["code"] == "function_timed_out"
+    waited = await http.post("/v1/functions/nap/invoke?wait=0.2")
+    assert waited.status == 504
+    body = await waited.json()
+    assert body["error"]["code"] == "wait_timeout" and body["status"] in ("queued", "running")
+    assert (await http.get(f"/v1/invocations/{body['id']}/result")).status == 409
+
+    async def result() -> bytes | None:
+        r = await http.get(f"/v1/invocations/{body['id']}/result")
+        return await r.read() if r.status == 200 else None
+
+    assert await wait_for(result, 10) == b"awake\n"
+
+
+async def test_cancel_queued_and_running(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await deploy(http, "long", command=["sh", "-c", "echo up >&2; sleep 30"])
+    queued = await (await http.post("/v1/functions/long/invoke?async=true")).json()
+    cancelled = await http.delete(f"/v1/invocations/{queued['id']}")
+    assert cancelled.status == 202 and (await cancelled.json())["status"] == "cancelled"
+    assert (await http.delete(f"/v1/invocations/{queued['id']}")).status == 409
+    await start_agent(plane, agents, "w1")
+    running = await (await http.post("/v1/functions/long/invoke?async=true")).json()
+
+    async def status(inv_id: str) -> str:
+        return str((await (await http.get(f"/v1/invocations/{inv_id}")).json())["status"])
+
+    await wait_for(lambda: plane.store.logs(running["id"]), 10)
+    assert (await http.delete(f"/v1/invocations/{running['id']}")).status == 202
+
+    async def is_cancelled() -> bool:
+        return await status(running["id"]) == "cancelled"
+
+    await wait_for(is_cancelled, 10)
+    assert await status(queued["id"]) == "cancelled"
+
+
+async def test_idempotency_priority_jobs_and_listing(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await deploy(http, "f", command=["sh", "-c", 'cat; echo " $HODEI_FUNCTION"'])
+    key = {"Idempotency-Key": "order-1"}
+    first = await (await http.post("/v1/functions/f/invoke?async=true", headers=key)).json()
+    again = await (await http.post("/v1/functions/f/invoke?async=true", headers=key)).json()
+    assert first["id"] == again["id"]
+    low = await (
+        await http.post("/v1/functions/f/invoke?async=true", headers={"X-Hodei-Priority": "low"})
+    ).json()
+    high = await (
+        await http.post("/v1/functions/f/invoke?async=true", headers={"X-Hodei-Priority": "high"})
+    ).json()
+    assert (await (await http.get(f"/v1/invocations/{high['id']}")).json())["priority"] == "high"
+    queue = await (await http.get("/v1/queue")).json()
+    assert queue["depth"] == {"high": 1, "normal": 1, "low": 1} and queue["oldest_age_s"] >= 0
+    job = await http.post(
+        "/v1/jobs", json={"name": "adhoc", "command": ["cat"], "payload": "inline", "timeout_s": 5}
+    )
+    assert job.status == 202
+    job_id = (await job.json())["id"]
+    assert (await http.post("/v1/jobs", json={"command": "cat"})).status == 422
+    assert (await http.post("/v1/jobs", data=b"[1]")).status == 400
+    await start_agent(plane, agents, "w1", "--job-slots", "1")
+
+    async def result(inv_id: str) -> bytes | None:
+        r = await http.get(f"/v1/invocations/{inv_id}/result")
+        return await r.read() if r.status == 200 else None
+
+    assert await wait_for(lambda: result(job_id), 10) == b"inline"
+    for inv_id in (first["id"], low["id"], high["id"]):
+        await wait_for(lambda i=inv_id: result(i), 10)
+    records = {
+        i: await (await http.get(f"/v1/invocations/{i}")).json() for i in (high["id"], low["id"])
+    }
+    assert records[high["id"]]["started_at"] < records[low["id"]]["started_at"]
+    listed = await (await http.get("/v1/invocations?function=f&status=succeeded")).json()
+    assert {i["id"] for i in listed["invocations"]} == {first["id"], low["id"], high["id"]}
+    assert len((await (await http.get("/v1/invocations?limit=1")).json())["invocations"]) == 1
+
+
+async def test_workers_drain_and_pending_reasons(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(
+        plane, agents, "w1", "--cpu-millicores", "1000", "--memory-mb", "512", "--labels", "zone=eu"
+    )
+    workers = (await (await http.get("/v1/workers")).json())["workers"]
+    assert [(w["id"], w["state"], w["labels"]) for w in workers] == [
+        ("w1", "available", {"zone": "eu"})
+    ]
+    assert workers[0]["capacity"]["cpu_millicores"] == 1000
+    one = await (await http.get("/v1/workers/w1")).json()
+    assert one["jobs"] == []
+    assert (await http.get("/v1/workers/ghost")).status == 404
+    drained = await http.post("/v1/workers/w1/drain")
+    assert drained.status == 202 and (await drained.json())["state"] == "draining"
+    await deploy(http, "f", command=["true"])
+    inv = await (await http.post("/v1/functions/f/invoke?async=true")).json()
+
+    async def reason() -> list[Any]:
+        return list((await (await http.get("/v1/queue")).json())["pending"])
+
+    pending = await wait_for(reason, 5)
+    assert pending[0]["id"] == inv["id"]
+    assert pending[0]["pending_reason"] == "no schedulable workers"
+    assert (await http.post("/v1/workers/ghost/drain")).status == 404
+
+
+async def test_callbacks_are_retried_until_delivered(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    received: list[tuple[dict[str, str], bytes]] = []
+    attempts = 0
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            return web.Response(status=503)
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    async with TestServer(receiver) as server:
+        await start_agent(plane, agents, "w1")
+        await deploy(http, "cb", command=["sh", "-c", "echo called back"])
+        url = str(server.make_url("/hook"))
+        accepted = await http.post(
+            "/v1/functions/cb/invoke?async=true", headers={"X-Callback-Url": url}
+        )
+        inv_id = (await accepted.json())["id"]
+        await wait_for(lambda: received, 20)
+    headers, body = received[0]
+    assert body == b"called back\n" and attempts == 3
+    assert headers["X-Hodei-Invocation-Id"] == inv_id
+    assert headers["X-Hodei-Status"] == "succeeded"
+
+
+async def test_logs_follow_streams_until_the_end(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1")
+    await deploy(
+        http,
+        "talk",
+        command=["sh", "-c", "for i in 1 2 3; do echo step$i >&2; sleep 0.3; done; echo done"],
+    )
+    inv_id = (await (await http.post("/v1/functions/talk/invoke?async=true")).json())["id"]
+    response = await http.get(f"/v1/invocations/{inv_id}/logs?follow=true")
+    assert response.headers["Content-Type"] == "text/event-stream"
+    events = await _sse(response, until="end")
+    assert [e["data"]["line"] for e in events if e["event"] == "log"] == ["step1", "step2", "step3"]
+    assert events[-1] == {"event": "end", "data": {"id": inv_id, "status": "succeeded"}}
+
+
+async def test_events_stream_an_invocation_lifecycle(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1")
+    await deploy(http, "ev", command=["sh", "-c", "echo hi >&2"])
+    since = "0-0"
+    inv_id = (await (await http.post("/v1/functions/ev/invoke?async=true")).json())["id"]
+    response = await http.get(f"/v1/events?invocation={inv_id}&since={since}")
+    events = await _sse(response, until="finished")
+    assert [e["event"] for e in events] == ["queued", "assigned", "started", "log", "finished"]
+    assert all(e["data"]["invocation"] == inv_id for e in events)
+
+
+async def _sse(response: Any, until: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    event: dict[str, Any] = {}
+    async with asyncio.timeout(15):
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event["event"] = line[7:]
+            elif line.startswith("data: "):
+                event["data"] = json.loads(line[6:])
+            elif not line and event:
+                events.append(event)
+                if event["event"] == until:
+                    break
+                event = {}
+    response.close()
+    return events
