@@ -47,6 +47,8 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from hodei.agent.settings import AgentSettings
+    from hodei.api import commands, dev
+    from hodei.api.settings import GatewaySettings
     from hodei.plugin.settings import ServerSettings
 
     parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(server, ServerSettings)
     agent = sub.add_parser("agent", help="run a worker agent")
     _add_settings_flags(agent, AgentSettings)
+    gateway = sub.add_parser("gateway", help="run the HTTP gateway")
+    _add_settings_flags(gateway, GatewaySettings)
+    commands.add_commands(sub)
+    dev.add_command(sub)
     return parser
 
 
@@ -80,10 +86,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
             logs.setup("agent", agent_settings.log_level)
             return asyncio.run(serve_agent(agent_settings))
+        if args.command == "gateway":
+            from hodei.api.app import serve as serve_gateway
+            from hodei.api.settings import GatewaySettings
+
+            gateway_settings = GatewaySettings.from_env(**_overrides(args, GatewaySettings))
+            logs.setup("gateway", gateway_settings.log_level)
+            serve_gateway(gateway_settings)
+            return 0
+        if args.command == "dev":
+            from hodei.api import dev
+
+            return dev.run(args)
+        from hodei.api import commands
+
+        return commands.run(args)
     except ConfigError as exc:
         print(f"hodei: {exc}", file=sys.stderr)
         return 2
-    return 2
 
 
 if __name__ == "__main__":

@@ -42,3 +42,14 @@ class NotLeader(HodeiError):
 
 class AgentRejected(HodeiError):
     """Raised in the agent when the server refuses it (bad token, stale session, failed)."""
+
+
+class ApiError(HodeiError):
+    """Raised by the Python client when the gateway answers with an error status."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict[str, object]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
