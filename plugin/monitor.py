@@ -14,6 +14,8 @@ from hodei.plugin.settings import ServerSettings
 from hodei.plugin.store import Store, now_ms
 
 log = logging.getLogger(__name__)
+SLOW_EVERY_S = 2.0
+PAGE = 1000
 
 
 class HealthMonitor:
@@ -31,6 +33,7 @@ class HealthMonitor:
         self.registry = registry
         self.leader = leader
         self.tick_s = min(1.0, settings.heartbeat_interval_s / 2, settings.lease_ttl_s / 4)
+        self._slow_due = 0.0
 
     async def run(self) -> None:
         while True:
@@ -38,7 +41,12 @@ class HealthMonitor:
                 if self.leader.is_leader:
                     await self.check_workers()
                     await self.reap_leases()
-                await self.update_gauges()
+                if asyncio.get_running_loop().time() >= self._slow_due:
+                    # Whole-queue scans, every few seconds rather than every tick.
+                    self._slow_due = asyncio.get_running_loop().time() + SLOW_EVERY_S
+                    if self.leader.is_leader:
+                        await self.expire_queued()
+                    await self.update_gauges()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -90,6 +98,31 @@ class HealthMonitor:
                 "rescheduled" if result.requeued else "failed",
                 extra=inv(invocation_id),
             )
+
+    async def expire_queued(self) -> None:
+        """Fail queued invocations past their queue timeout, wherever they are in the queue
+        (the scheduler only looks as deep as it can place work)."""
+        redis, keys = self.store.redis, self.store.keys
+        now = now_ms()
+        start = 0
+        while ids := await redis.zrange(keys.queue, start, start + PAGE - 1):
+            start += PAGE
+            pipe = redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hget(keys.invocation(i.decode()), "queue_deadline")
+            for raw, deadline in zip(ids, await pipe.execute(), strict=True):
+                invocation_id = raw.decode()
+                if (
+                    deadline
+                    and int(deadline) <= now
+                    and await self.leases.expire_queued(invocation_id)
+                ):
+                    start -= 1  # the queue shifted under the cursor
+                    log.info(
+                        "invocation %s failed after its queue timeout",
+                        invocation_id,
+                        extra=inv(invocation_id),
+                    )
 
     async def update_gauges(self) -> None:
         depth = await self.store.queue_depth()

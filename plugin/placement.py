@@ -111,6 +111,11 @@ class Fleet:
     def __len__(self) -> int:
         return len(self.workers)
 
+    @property
+    def has_room(self) -> bool:
+        """Some schedulable worker has a free slot and some CPU and memory left."""
+        return bool(self._open)
+
     def upsert(self, w: WorkerView) -> None:
         self.workers[w.id] = w
         self.version += 1

@@ -30,7 +30,6 @@ from hodei.proto import hodei_pb2 as pb
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, str, pb.AssignJobRequest], Awaitable[None]]
-MAX_PAGES = 8
 FULL_REFRESH_S = 30.0
 
 
@@ -160,7 +159,10 @@ class Scheduler:
             await self.leases.promote_due()
             self._next_due = await self.leases.next_due_ms()
         batch = self.settings.scheduler_batch
-        for page in range(MAX_PAGES):
+        page = 0
+        # Unplaceable invocations (too big, waiting for a label) never hide placeable ones
+        # behind them: the scan goes on until the queue ends or no worker has room left.
+        while True:
             ids = [
                 i.decode()
                 for i in await self.redis.zrange(
@@ -173,12 +175,12 @@ class Scheduler:
             plan = self._plan(ids)
             await self._commit(plan, token)
             await self._note_pending(ids)
-            if len(ids) < batch or self.leader.token != token:
+            if len(ids) < batch or self.leader.token != token or not self.fleet.has_room:
                 return True
             if plan:
                 # The head moved; the next pass starts from the top again.
                 return False
-        return True
+            page += 1
 
     async def _describe(self, ids: list[str]) -> None:
         """Cache what the scheduler needs of each queued invocation (immutable fields)."""

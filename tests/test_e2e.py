@@ -11,6 +11,7 @@ from conftest import AgentProcess, deploy, final, start_agent, wait_for
 from hodei.errors import Conflict
 from hodei.plugin.models import Priority, Status
 from hodei.plugin.server import ControlPlane
+from hodei.plugin.settings import ServerSettings
 
 SMALL = ["--cpu-millicores", "4000", "--memory-mb", "4096", "--job-slots", "4"]
 
@@ -292,3 +293,21 @@ async def test_events_record_the_lifecycle(plane: ControlPlane, agents: list[Age
 
     assert await wait_for(kinds, 5) == ["queued", "assigned", "started", "finished"]
     assert json.loads(json.dumps(True))
+
+
+async def test_many_unplaceable_jobs_do_not_hide_placeable_ones(
+    settings: ServerSettings, agents: list[AgentProcess], plane: ControlPlane
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    parked = await deploy(
+        plane, "parked", command=["true"], labels={"gpu": "a100"}, queue_timeout_s=2
+    )
+    runnable = await deploy(plane, "runnable", command=["sh", "-c", "echo ran"])
+    for _ in range(3 * plane.settings.scheduler_batch):
+        await plane.store.invoke(parked, b"")
+    inv_id = await plane.store.invoke(runnable, b"")
+    assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED
+    # And the parked ones fail after their queue timeout, however deep they sit.
+    last = (await plane.redis.zrange(plane.keys.queue, -1, -1))[0].decode()
+    inv = await final(plane, last, 15)
+    assert inv.status is Status.FAILED and "no worker has label gpu=a100" in inv.error

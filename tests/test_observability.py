@@ -49,7 +49,7 @@ async def test_metrics_logs_and_health_across_processes(
         await wait_for(lambda: view.registry.get("w1"), 15)
         ok = await deploy(view, "ok", command=["sh", "-c", "echo fine"])
         bad = await deploy(view, "bad", command=["sh", "-c", "exit 2"], max_retries=0)
-        slow = await deploy(view, "slow", command=["sleep", "1"])
+        slow = await deploy(view, "slow", command=["sleep", "3"])
         blocker = await view.store.invoke(slow, b"")
         queued = [await view.store.invoke(ok, b"") for _ in range(3)]
 
