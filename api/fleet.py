@@ -88,7 +88,10 @@ async def queue(request: web.Request) -> web.Response:
     """GET /v1/queue: depth per priority, oldest age, pending reasons."""
     gw = gateway(request)
     depth = await gw.store.queue_depth()
-    head = await gw.redis.zrange(gw.keys.queue, 0, 99)
+    snapshot = gw.redis.pipeline(transaction=True)
+    snapshot.zrange(gw.keys.queue, 0, 99)
+    snapshot.zrange(gw.keys.parked, 0, 99)
+    head = [i for part in await snapshot.execute() for i in part]
     pipe = gw.redis.pipeline(transaction=False)
     for i in head:
         pipe.hmget(

@@ -60,6 +60,11 @@ class Keys:
         return f"{self.prefix}:queue:seq"
 
     @property
+    def parked(self) -> str:
+        """Zset: queued invocations no worker of the current fleet can take."""
+        return f"{self.prefix}:parked"
+
+    @property
     def delayed(self) -> str:
         return f"{self.prefix}:delayed"
 

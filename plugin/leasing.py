@@ -70,6 +70,7 @@ class Leases:
                 self.keys.worker_jobs(worker_id),
                 self.keys.events,
                 self.keys.leader,
+                self.keys.parked,
             ],
             [invocation_id, worker_id, fence, now_ms(), self.lease_ttl_ms, self.events_maxlen],
             client=client,
@@ -236,6 +237,7 @@ class Leases:
                     self.keys.events,
                     self.keys.inflight,
                     self.keys.callbacks,
+                    self.keys.parked,
                 ],
                 [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
             )

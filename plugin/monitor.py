@@ -102,10 +102,14 @@ class HealthMonitor:
     async def expire_queued(self) -> None:
         """Fail queued invocations past their queue timeout, wherever they are in the queue
         (the scheduler only looks as deep as it can place work)."""
+        for queue in (self.store.keys.queue, self.store.keys.parked):
+            await self._expire_in(queue)
+
+    async def _expire_in(self, queue: str) -> None:
         redis, keys = self.store.redis, self.store.keys
         now = now_ms()
         start = 0
-        while ids := await redis.zrange(keys.queue, start, start + PAGE - 1):
+        while ids := await redis.zrange(queue, start, start + PAGE - 1):
             start += PAGE
             pipe = redis.pipeline(transaction=False)
             for i in ids:

@@ -58,6 +58,9 @@ class Demand:
 @dataclass(frozen=True, slots=True)
 class Pending:
     reason: str
+    # True when freed capacity cannot help (label, runtime, size, no worker at all): only a
+    # change of the fleet can.
+    structural: bool = False
 
 
 def fits(w: WorkerView, d: Demand) -> bool:
@@ -106,7 +109,7 @@ class Fleet:
         # Bumped whenever capacity may have grown; remembered "fits nowhere" answers of an
         # older version are stale.
         self.version = 0
-        self._nowhere: dict[Demand, tuple[int, str]] = {}
+        self._nowhere: dict[Demand, tuple[int, Pending]] = {}
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -148,7 +151,7 @@ class Fleet:
         """The best worker for ``d`` among a bounded sample, or why there is none."""
         remembered = self._nowhere.get(d)
         if remembered is not None and remembered[0] == self.version:
-            return Pending(remembered[1])
+            return remembered[1]
         n = len(self._open)
         best: WorkerView | None = None
         best_score = -1.0
@@ -181,24 +184,24 @@ class Fleet:
                         best, best_score = w, s
             if best is not None:
                 return best
-        reason = self.why_not(d)
+        pending = self.why_not(d)
         if len(self._nowhere) > 10_000:
             self._nowhere.clear()
-        self._nowhere[d] = (self.version, reason)
-        return Pending(reason)
+        self._nowhere[d] = (self.version, pending)
+        return pending
 
-    def why_not(self, d: Demand) -> str:
-        """A human explanation of why no worker can take ``d`` now."""
+    def why_not(self, d: Demand) -> Pending:
+        """Why no worker can take ``d`` now, in words for humans."""
         candidates = [w for w in self.workers.values() if w.schedulable]
         if not candidates:
-            return "no schedulable workers"
+            return Pending("no schedulable workers", structural=True)
         candidates = [w for w in candidates if d.runtime in w.runtimes]
         if not candidates:
-            return f"no worker offers the {d.runtime} runtime"
+            return Pending(f"no worker offers the {d.runtime} runtime", structural=True)
         for k, v in d.labels:
             candidates = [w for w in candidates if w.labels.get(k) == v]
             if not candidates:
-                return f"no worker has label {k}={v}"
+                return Pending(f"no worker has label {k}={v}", structural=True)
         too_small = [
             (name, need, biggest)
             for name, need, biggest in (
@@ -210,13 +213,16 @@ class Fleet:
         ]
         if too_small:
             name, need, biggest = too_small[0]
-            return f"needs {name}={need} but the largest worker has {biggest}: fits nowhere"
+            return Pending(
+                f"needs {name}={need} but the largest worker has {biggest}: fits nowhere",
+                structural=True,
+            )
         free = [w for w in candidates if w.slots_used < w.slots_total]
         if not free:
-            return "every eligible worker has all its job slots in use"
-        return (
-            f"waiting for capacity: needs cpu_millicores={d.cpu}, memory_mb={d.mem}, gpus={d.gpu}; "
-            f"most free now cpu={max(w.cpu_total - w.cpu_used for w in free)}, "
+            return Pending("every eligible worker has all its job slots in use")
+        return Pending(
+            f"waiting for capacity: needs cpu_millicores={d.cpu}, memory_mb={d.mem}, "
+            f"gpus={d.gpu}; most free now cpu={max(w.cpu_total - w.cpu_used for w in free)}, "
             f"memory={max(w.mem_total - w.mem_used for w in free)}, "
             f"gpus={max(w.gpu_total - w.gpu_used for w in free)}"
         )

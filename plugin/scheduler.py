@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, str, pb.AssignJobRequest], Awaitable[None]]
 FULL_REFRESH_S = 30.0
+UNPARK_CHUNK = 1000
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class Queued:
     function: str
     pending_reason: str
     published_reason: str
+    structural: bool = False
 
 
 class Scheduler:
@@ -61,6 +63,7 @@ class Scheduler:
         self.registry = registry
         self.leader = leader
         self.deliver = deliver
+        self.scripts = leases.scripts
         self.fleet = Fleet(settings.max_candidates, settings.max_scan)
         self._queued: dict[str, Queued] = {}
         self._last_event = "0-0"
@@ -110,6 +113,7 @@ class Scheduler:
         self._queued.clear()
         self._next_due = await self.leases.next_due_ms()
         self._refreshed_at = time.monotonic()
+        await self.unpark()
 
     def _timeout_ms(self) -> int:
         wait = 1000
@@ -122,6 +126,7 @@ class Scheduler:
             {self.keys.events: self._last_event}, count=1000, block=block_ms or None
         )
         dirty: set[str] = set()
+        fleet_changed = False
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self._last_event = entry_id.decode()
@@ -131,12 +136,24 @@ class Scheduler:
                     dirty.add(worker.decode())
                 if kind == b"retry":
                     self._next_due = None
+                if kind == b"worker":
+                    fleet_changed = True
         if time.monotonic() - self._refreshed_at > FULL_REFRESH_S:
             await self._load()
         elif dirty:
             await self._refresh(dirty)
         if self._next_due is None:
             self._next_due = await self.leases.next_due_ms()
+        if fleet_changed:
+            await self.unpark()
+
+    async def unpark(self) -> None:
+        """Give every parked invocation another look (the fleet changed)."""
+        while (
+            await self.scripts.run("unpark", [self.keys.parked, self.keys.queue], [UNPARK_CHUNK])
+            == UNPARK_CHUNK
+        ):
+            pass
 
     async def _refresh(self, worker_ids: set[str]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -231,6 +248,7 @@ class Scheduler:
             metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
             if isinstance(choice, Pending):
                 q.pending_reason = choice.reason
+                q.structural = choice.structural
                 continue
             self.fleet.reserve(choice.id, q.demand)
             plan.append((i, choice.id, q))
@@ -285,7 +303,17 @@ class Scheduler:
             if q.deadline_ms <= now:
                 expired.append(i)
                 continue
-            if q.pending_reason != q.published_reason:
+            if q.structural:
+                # Out of the ready queue until the fleet changes: passes stay cheap however
+                # many such invocations pile up.
+                await self.scripts.run(
+                    "park",
+                    [self.keys.invocation(i), self.keys.queue, self.keys.parked],
+                    [i, q.pending_reason],
+                    client=pipe,
+                )
+                del self._queued[i]
+            elif q.pending_reason != q.published_reason:
                 pipe.hset(self.keys.invocation(i), "pending_reason", q.pending_reason)
                 q.published_reason = q.pending_reason
         if len(pipe):

@@ -30,6 +30,8 @@ NAMES = (
     "accept",
     "append_logs",
     "claim_callbacks",
+    "park",
+    "unpark",
 )
 
 

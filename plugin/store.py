@@ -214,6 +214,7 @@ class Store:
                 self.keys.events,
                 self.keys.inflight,
                 self.keys.callbacks,
+                self.keys.parked,
             ],
             [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
         )
@@ -276,9 +277,14 @@ class Store:
         return new_id
 
     async def queue_depth(self) -> dict[str, int]:
-        """Ready invocations per priority, plus those waiting for a retry backoff."""
-        ids = await self.redis.zrange(self.keys.queue, 0, -1)
+        """Queued invocations per priority (ready or parked), and those waiting for a retry
+        backoff."""
         depth = {p.value: 0 for p in Priority}
+        # Both sets read in one transaction: an invocation moving between them is counted once.
+        snapshot = self.redis.pipeline(transaction=True)
+        snapshot.zrange(self.keys.queue, 0, -1)
+        snapshot.zrange(self.keys.parked, 0, -1)
+        ids = [i for part in await snapshot.execute() for i in part]
         if ids:
             pipe = self.redis.pipeline(transaction=False)
             for i in ids:

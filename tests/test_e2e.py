@@ -307,7 +307,28 @@ async def test_many_unplaceable_jobs_do_not_hide_placeable_ones(
         await plane.store.invoke(parked, b"")
     inv_id = await plane.store.invoke(runnable, b"")
     assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED
-    # And the parked ones fail after their queue timeout, however deep they sit.
-    last = (await plane.redis.zrange(plane.keys.queue, -1, -1))[0].decode()
+    # They wait out of the ready queue (passes do not rescan them), and fail after their
+    # queue timeout.
+    assert await plane.redis.zcard(plane.keys.parked) == 3 * plane.settings.scheduler_batch
+    last = (await plane.redis.zrange(plane.keys.parked, -1, -1))[0].decode()
     inv = await final(plane, last, 15)
     assert inv.status is Status.FAILED and "no worker has label gpu=a100" in inv.error
+
+
+async def test_parked_invocations_run_when_a_fitting_worker_joins(
+    plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(
+        plane, "needs-ssd", command=["sh", "-c", "echo on ssd"], labels={"disk": "ssd"}
+    )
+    inv_id = await plane.store.invoke(fn, b"")
+
+    async def parked() -> bool:
+        return await plane.redis.zscore(plane.keys.parked, inv_id) is not None
+
+    await wait_for(parked, 5)
+    assert (await plane.store.get(inv_id)).pending_reason == "no worker has label disk=ssd"
+    await start_agent(plane, agents, "w2", "--labels", "disk=ssd")
+    inv = await final(plane, inv_id, 10)
+    assert inv.status is Status.SUCCEEDED and inv.worker_id == "w2"

@@ -45,10 +45,10 @@ def test_feasibility_checks_every_dimension() -> None:
     assert fleet.place(Demand(100, 100, gpu=1, runtime="docker")).id == "gpu"  # type: ignore[union-attr]
     assert fleet.place(Demand(100, 100, labels=(("zone", "eu"),))).id == "eu"  # type: ignore[union-attr]
     assert fleet.place(Demand(100, 100, runtime="wasm")) == Pending(
-        "no worker offers the wasm runtime"
+        "no worker offers the wasm runtime", structural=True
     )
     assert fleet.place(Demand(100, 100, labels=(("zone", "us"),))) == Pending(
-        "no worker has label zone=us"
+        "no worker has label zone=us", structural=True
     )
     reason = fleet.place(Demand(9000, 100))
     assert isinstance(reason, Pending) and "fits nowhere" in reason.reason
@@ -81,13 +81,14 @@ def test_waiting_for_capacity_then_placed_when_freed() -> None:
     fleet.reserve("w0", Demand(800, 100))
     pending = fleet.place(Demand(500, 100))
     assert isinstance(pending, Pending) and pending.reason.startswith("waiting for capacity")
+    assert not pending.structural
     assert fleet.place(Demand(500, 100)) == pending  # remembered, no rescan
     fleet.release("w0", Demand(800, 100))
     assert isinstance(fleet.place(Demand(500, 100)), WorkerView)
 
 
 def test_full_slots_and_no_workers_reasons() -> None:
-    assert Fleet().place(Demand(1, 1)) == Pending("no schedulable workers")
+    assert Fleet().place(Demand(1, 1)) == Pending("no schedulable workers", structural=True)
     fleet = fleet_of(1, slots=1)
     fleet.reserve("w0", Demand(1, 1))
     assert fleet.place(Demand(1, 1)) == Pending(

@@ -2,6 +2,7 @@
 -- state and the worker's free capacity, then reserve, lease and mark running, in one step.
 -- KEYS[1] invocation hash   KEYS[2] queue        KEYS[3] leases (zset by deadline)
 -- KEYS[4] worker hash       KEYS[5] worker jobs  KEYS[6] events stream   KEYS[7] leader lock
+-- KEYS[8] parked (zset): a pinned assignment may take a parked invocation
 -- ARGV[1] invocation id     ARGV[2] worker id    ARGV[3] fencing value ('' = not checked)
 -- ARGV[4] now ms            ARGV[5] lease ttl ms ARGV[6] events maxlen
 -- Returns {1, attempt, payload, traceparent, function, runtime, image, command json, env json,
@@ -12,7 +13,9 @@ if ARGV[3] ~= '' and redis.call('GET', KEYS[7]) ~= ARGV[3] then
 end
 local inv = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cpu', 'mem', 'gpu', 'payload',
   'traceparent', 'function', 'runtime', 'image', 'command', 'env', 'network', 'timeout_s')
-if inv[1] ~= 'queued' or not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+local waiting_in = KEYS[2]
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then waiting_in = KEYS[8] end
+if inv[1] ~= 'queued' or not redis.call('ZSCORE', waiting_in, ARGV[1]) then
   return {-2, 'not_queued'}
 end
 local w = redis.call('HMGET', KEYS[4], 'state', 'cpu_total', 'cpu_used', 'mem_total', 'mem_used',
@@ -25,7 +28,7 @@ if tonumber(w[2]) - tonumber(w[3]) < cpu or tonumber(w[4]) - tonumber(w[5]) < me
   or tonumber(w[6]) - tonumber(w[7]) < gpu or tonumber(w[8]) - tonumber(w[9]) < 1 then
   return {-4, 'does_not_fit'}
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', waiting_in, ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'cpu_used', cpu)
 redis.call('HINCRBY', KEYS[4], 'mem_used', mem)
 redis.call('HINCRBY', KEYS[4], 'gpu_used', gpu)

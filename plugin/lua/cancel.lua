@@ -1,7 +1,7 @@
 -- Cancel an invocation. A queued (or retry-waiting) one is finished as cancelled right here;
 -- a running one is flagged, and the caller tells its worker to kill it.
 -- KEYS[1] invocation hash   KEYS[2] queue   KEYS[3] delayed   KEYS[4] events stream
--- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)
+-- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)   KEYS[7] parked (zset)
 -- ARGV[1] invocation id     ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] completion channel
 -- Returns {1, 'cancelled'}, {2, worker id, attempt} when running, {0, status} when final,
 -- {-1, 'unknown'} when there is no such invocation.
@@ -15,6 +15,7 @@ end
 if h[1] ~= 'queued' then return {0, h[1]} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'pending_reason', '',
   'cancel_requested', '1')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'finished', 'invocation', ARGV[1],

@@ -1,12 +1,14 @@
 -- Fail a queued invocation whose queue timeout has passed (it never found a worker).
 -- KEYS[1] invocation hash   KEYS[2] queue   KEYS[3] dead (zset)   KEYS[4] events stream
--- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)
+-- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)   KEYS[7] parked (zset)
 -- ARGV[1] invocation id     ARGV[2] now ms  ARGV[3] events maxlen ARGV[4] completion channel
 -- Returns 1 when it was failed, 0 when it was no longer queued or not yet due.
 local h = redis.call('HMGET', KEYS[1], 'status', 'queue_deadline', 'pending_reason', 'attempt',
   'function', 'callback_url')
 if h[1] ~= 'queued' or tonumber(h[2]) > tonumber(ARGV[2]) then return 0 end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[7], ARGV[1]) == 0 then
+  return 0
+end
 local reason = 'queue_timeout'
 if h[3] and h[3] ~= '' then reason = 'queue_timeout: ' .. h[3] end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', reason, 'finished_at', ARGV[2])
