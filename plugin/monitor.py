@@ -34,11 +34,17 @@ class HealthMonitor:
         self.leader = leader
         self.tick_s = min(1.0, settings.heartbeat_interval_s / 2, settings.lease_ttl_s / 4)
         self._slow_due = 0.0
+        self._grace_given: str | None = None
 
     async def run(self) -> None:
         while True:
             try:
                 if self.leader.is_leader:
+                    if self.leader.token != self._grace_given:
+                        # A new leadership (maybe after every server was down): agents get
+                        # one lease TTL to reconnect and renew before anything is reclaimed.
+                        await self.leases.extend_all()
+                        self._grace_given = self.leader.token
                     await self.check_workers()
                     await self.reap_leases()
                 if asyncio.get_running_loop().time() >= self._slow_due:

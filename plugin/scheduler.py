@@ -93,7 +93,6 @@ class Scheduler:
     async def _lead(self, token: str) -> None:
         log.info("scheduling as leader %s", token)
         await self._load()
-        await self.leases.extend_all()
         while self.leader.token == token:
             placed_all = await self.schedule_pass(token)
             if self.leader.token != token:
