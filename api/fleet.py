@@ -61,23 +61,24 @@ async def list_workers(request: web.Request) -> web.Response:
     return web.json_response({"workers": [worker_view(h) for h in workers]})
 
 
-async def get_worker(request: web.Request) -> web.Response:
-    """GET /v1/workers/{id}"""
-    registry = gateway(request).registry
+async def _worker(request: web.Request) -> tuple[str, dict[str, str]]:
     worker_id = request.match_info["id"]
-    h = await registry.get(worker_id)
+    h = await gateway(request).registry.get(worker_id)
     if h is None:
         raise NotFound(f"worker {worker_id!r} does not exist")
-    return web.json_response(worker_view(h, await registry.jobs_of(worker_id)))
+    return worker_id, h
+
+
+async def get_worker(request: web.Request) -> web.Response:
+    """GET /v1/workers/{id}"""
+    worker_id, h = await _worker(request)
+    return web.json_response(worker_view(h, await gateway(request).registry.jobs_of(worker_id)))
 
 
 async def drain_worker(request: web.Request) -> web.Response:
     """POST /v1/workers/{id}/drain: no new work; running work finishes."""
     registry = gateway(request).registry
-    worker_id = request.match_info["id"]
-    h = await registry.get(worker_id)
-    if h is None:
-        raise NotFound(f"worker {worker_id!r} does not exist")
+    worker_id, h = await _worker(request)
     already = h.get("state") == WorkerState.DRAINING
     if not already and await registry.transition(worker_id, WorkerState.DRAINING) is None:
         raise Conflict(f"worker {worker_id} is {h.get('state')} and cannot drain")

@@ -99,6 +99,8 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             raise
         metrics.INVOCATIONS.labels(spec.name, "accepted").inc()
         if asynchronous or waiter is None:
+            if recorded_id == invocation_id:  # just recorded: no need to read it back
+                return _accepted_new(invocation_id)
             return await _accepted(gw, recorded_id, 202)
         if recorded_id != invocation_id:  # an earlier invocation with this idempotency key
             gw.completions.forget(invocation_id, waiter)
@@ -111,6 +113,18 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         metrics.INVOKE_LATENCY.labels("async" if asynchronous else "sync").observe(
             time.perf_counter() - started
         )
+
+
+def _accepted_new(invocation_id: str) -> web.Response:
+    return web.json_response(
+        {"id": invocation_id, "status": "queued"},
+        status=202,
+        headers={
+            "X-Hodei-Invocation-Id": invocation_id,
+            "X-Hodei-Status": "queued",
+            "Location": f"/v1/invocations/{invocation_id}",
+        },
+    )
 
 
 async def _accepted(gw: Gateway, invocation_id: str, status: int) -> web.Response:
@@ -152,7 +166,7 @@ async def _final_response(gw: Gateway, inv: Invocation) -> web.Response:
     metrics.INVOCATIONS.labels(inv.function, str(inv.status)).inc()
     headers = _headers(inv)
     if inv.status is Status.SUCCEEDED:
-        _, output = await gw.store.result(inv.id)
+        output = await gw.store.output(inv.id)
         return web.Response(body=output, headers=headers, content_type="application/octet-stream")
     code, status = {
         Status.FAILED: ("function_failed", 500),

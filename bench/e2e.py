@@ -6,13 +6,20 @@ Run: python bench/e2e.py [--redis-url URL] [--jobs N]   (ends with key=value lin
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py is named like the standard library's http package: keep this folder off the
+# import path so that `import http` (aiohttp, prometheus_client) finds the real one.
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
+]
+
 import argparse
 import asyncio
-import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import replace
 

@@ -6,9 +6,17 @@ Run: python bench/scheduler.py   (ends with key=value lines)
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py is named like the standard library's http package: keep this folder off the
+# import path so that `import http` (aiohttp, prometheus_client) finds the real one.
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
+]
+
 import random
 import statistics
-import sys
 import time
 
 from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView

@@ -103,7 +103,7 @@ class Fleet:
         self.max_candidates = max_candidates
         self.max_scan = max_scan
         self.workers: dict[str, WorkerView] = {}
-        self._open: list[str] = []
+        self._open: list[WorkerView] = []
         self._open_index: dict[str, int] = {}
         self._cursor = 0
         # Bumped whenever capacity may have grown; remembered "fits nowhere" answers of an
@@ -159,10 +159,9 @@ class Fleet:
         scanned = 0
         start = self._cursor % n if n else 0
         limit = min(n, self.max_scan)
-        open_ids = self._open
-        workers = self.workers
+        open_workers = self._open
         while scanned < limit:
-            w = workers[open_ids[(start + scanned) % n]]
+            w = open_workers[(start + scanned) % n]
             scanned += 1
             if fits(w, d):
                 s = score(w, d)
@@ -177,7 +176,7 @@ class Fleet:
             return best
         if scanned < n:
             for i in range(scanned, n):
-                w = workers[open_ids[(start + i) % n]]
+                w = open_workers[(start + i) % n]
                 if fits(w, d):
                     s = score(w, d)
                     if s > best_score:
@@ -229,9 +228,12 @@ class Fleet:
 
     def _reindex(self, w: WorkerView) -> None:
         if w.is_open:
-            if w.id not in self._open_index:
+            i = self._open_index.get(w.id)
+            if i is None:
                 self._open_index[w.id] = len(self._open)
-                self._open.append(w.id)
+                self._open.append(w)
+            else:
+                self._open[i] = w  # upsert may bring a new object for the same worker
         else:
             self._drop_open(w.id)
 
@@ -240,6 +242,6 @@ class Fleet:
         if i is None:
             return
         last = self._open.pop()
-        if last != worker_id:
+        if last.id != worker_id:
             self._open[i] = last
-            self._open_index[last] = i
+            self._open_index[last.id] = i

@@ -177,8 +177,12 @@ class Store:
         inv = await self.get(invocation_id)
         if not inv.status.final:
             raise Conflict(f"invocation {invocation_id} is {inv.status}, not finished")
+        return inv, await self.output(invocation_id)
+
+    async def output(self, invocation_id: str) -> bytes:
+        """The stdout an invocation recorded (empty until it finished)."""
         out = await self.redis.hget(self.keys.invocation(invocation_id), "result")
-        return inv, out or b""
+        return bytes(out or b"")
 
     async def append_logs(
         self, invocation_id: str, attempt: int, worker_id: str, lines: list[dict[str, Any]]
