@@ -14,8 +14,8 @@ from hodei.plugin.settings import ServerSettings
 from hodei.plugin.store import Store, now_ms
 
 log = logging.getLogger(__name__)
-SLOW_EVERY_S = 2.0
-PAGE = 1000
+SLOW_EVERY_S = 0.5
+PAGE = 500
 
 
 class HealthMonitor:
@@ -34,6 +34,8 @@ class HealthMonitor:
         self.leader = leader
         self.tick_s = min(1.0, settings.heartbeat_interval_s / 2, settings.lease_ttl_s / 4)
         self._slow_due = 0.0
+        self._gauges_due = 0.0
+        self._cursors: dict[str, int] = {}
         self._grace_given: str | None = None
 
     async def run(self) -> None:
@@ -47,11 +49,13 @@ class HealthMonitor:
                         self._grace_given = self.leader.token
                     await self.check_workers()
                     await self.reap_leases()
-                if asyncio.get_running_loop().time() >= self._slow_due:
-                    # Whole-queue scans, every few seconds rather than every tick.
-                    self._slow_due = asyncio.get_running_loop().time() + SLOW_EVERY_S
-                    if self.leader.is_leader:
-                        await self.expire_queued()
+                now = asyncio.get_running_loop().time()
+                if self.leader.is_leader and now >= self._slow_due:
+                    self._slow_due = now + SLOW_EVERY_S
+                    await self.expire_queued()
+                if now >= self._gauges_due:
+                    # Counting the queue by priority reads it whole: not every tick.
+                    self._gauges_due = now + self.settings.gauge_interval_s
                     await self.update_gauges()
             except asyncio.CancelledError:
                 raise
@@ -106,33 +110,33 @@ class HealthMonitor:
             )
 
     async def expire_queued(self) -> None:
-        """Fail queued invocations past their queue timeout, wherever they are in the queue
-        (the scheduler only looks as deep as it can place work)."""
+        """Fail queued invocations past their queue timeout, wherever they are (the
+        scheduler only looks as deep as it can place work). At most PAGE of each set are
+        looked at per call, the cursor moving on, so a deep queue costs the same per tick."""
         for queue in (self.store.keys.queue, self.store.keys.parked):
-            await self._expire_in(queue)
+            self._cursors[queue] = await self._expire_page(queue, self._cursors.get(queue, 0))
 
-    async def _expire_in(self, queue: str) -> None:
+    async def _expire_page(self, queue: str, start: int) -> int:
         redis, keys = self.store.redis, self.store.keys
+        ids = await redis.zrange(queue, start, start + PAGE - 1)
+        if not ids:
+            return 0
+        pipe = redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(keys.invocation(i.decode()), "queue_deadline")
         now = now_ms()
-        start = 0
-        while ids := await redis.zrange(queue, start, start + PAGE - 1):
-            start += PAGE
-            pipe = redis.pipeline(transaction=False)
-            for i in ids:
-                pipe.hget(keys.invocation(i.decode()), "queue_deadline")
-            for raw, deadline in zip(ids, await pipe.execute(), strict=True):
-                invocation_id = raw.decode()
-                if (
-                    deadline
-                    and int(deadline) <= now
-                    and await self.leases.expire_queued(invocation_id)
-                ):
-                    start -= 1  # the queue shifted under the cursor
-                    log.info(
-                        "invocation %s failed after its queue timeout",
-                        invocation_id,
-                        extra=inv(invocation_id),
-                    )
+        expired = 0
+        for raw, deadline in zip(ids, await pipe.execute(), strict=True):
+            invocation_id = raw.decode()
+            if deadline and int(deadline) <= now and await self.leases.expire_queued(invocation_id):
+                expired += 1
+                log.info(
+                    "invocation %s failed after its queue timeout",
+                    invocation_id,
+                    extra=inv(invocation_id),
+                )
+        # What expired left the set: the next page starts that much earlier.
+        return start + len(ids) - expired if len(ids) == PAGE else 0
 
     async def update_gauges(self) -> None:
         depth = await self.store.queue_depth()

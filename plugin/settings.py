@@ -35,6 +35,8 @@ class ServerSettings:
     max_candidates: int = 16
     max_scan: int = 512
     events_maxlen: int = 100_000
+    # Queue-depth and fleet gauges read the whole queue: refreshed this often.
+    gauge_interval_s: float = 5.0
     log_level: str = "info"
 
     @property

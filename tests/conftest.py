@@ -81,6 +81,7 @@ def fast_settings(redis_url: str, **overrides: Any) -> ServerSettings:
         leader_ttl_s=1.0,
         retry_base_s=0.05,
         retry_cap_s=0.2,
+        gauge_interval_s=0.3,
         ageing_s=60,
     )
     return replace(base, **overrides)
@@ -243,6 +244,8 @@ class ServerProcess:
             str(s.leader_ttl_s),
             "--retry-base-s",
             str(s.retry_base_s),
+            "--gauge-interval-s",
+            str(s.gauge_interval_s),
             "--retry-cap-s",
             str(s.retry_cap_s),
         ]
