@@ -11,6 +11,7 @@ import contextlib
 import enum
 import logging
 import signal
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -206,7 +207,18 @@ class Agent:
         log.info("terminated")
 
 
+def _watch_children_with_pidfd() -> None:
+    """One pidfd per function process instead of one waiting thread each (asyncio's
+    default watcher on 3.11); 3.12+ picks pidfd by itself."""
+    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+        with contextlib.suppress(OSError):
+            watcher = asyncio.PidfdChildWatcher()
+            watcher.attach_loop(asyncio.get_running_loop())
+            asyncio.set_child_watcher(watcher)
+
+
 async def serve(settings: AgentSettings) -> int:
+    _watch_children_with_pidfd()
     if settings.metrics_port >= 0:
         start_http_server(
             settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY
