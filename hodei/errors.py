@@ -36,10 +36,6 @@ class QueueFull(HodeiError):
         self.retry_after_s = retry_after_s
 
 
-class NotLeader(HodeiError):
-    """Raised when a scheduling write is fenced off because this process lost leadership."""
-
-
 class AgentRejected(HodeiError):
     """Raised in the agent when the server refuses it (bad token, stale session, failed)."""
 

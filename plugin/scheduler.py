@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from hodei.logs import inv
 from hodei.plugin import metrics
@@ -327,6 +326,3 @@ class Scheduler:
                     q.pending_reason,
                     extra=inv(i),
                 )
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"workers": len(self.fleet), "queued_known": len(self._queued)}

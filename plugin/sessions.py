@@ -54,7 +54,6 @@ class Session:
     worker_id: str
     session_id: str
     outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
-    draining: bool = False
     terminated: bool = False
 
     def send(self, message: pb.ServerMessage) -> None:
@@ -296,7 +295,6 @@ class Sessions:
 
     async def _status(self, session: Session, status: pb.WorkerStatus) -> None:
         if status.state == pb.WORKER_STATE_DRAINING:
-            session.draining = True
             await self.registry.transition(
                 session.worker_id, WorkerState.DRAINING, session.session_id
             )

@@ -162,11 +162,6 @@ class Store:
             )
         return str(reply[1].decode())
 
-    async def job(self, name: str, raw_spec: dict[str, Any], payload: bytes) -> str:
-        """Enqueue a one-off job from an inline spec (validated like a function)."""
-        spec = FunctionSpec.from_dict(name, raw_spec)
-        return await self.invoke(spec, payload)
-
     async def get(self, invocation_id: str) -> Invocation:
         raw = await self.redis.hgetall(self.keys.invocation(invocation_id))
         if not raw:
