@@ -51,6 +51,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             ageing_s=settings.ageing_s,
             max_queue=settings.max_queue,
             events_maxlen=settings.events_maxlen,
+            retention_s=settings.retention_s,
         )
         app[GATEWAY] = Gateway(
             settings=settings,

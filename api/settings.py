@@ -27,6 +27,7 @@ class GatewaySettings:
     max_queue: int = 100_000
     ageing_s: float = 60.0
     events_maxlen: int = 100_000
+    retention_s: int = 7 * 24 * 3600
     callback_timeout_s: float = 10.0
     callback_attempts: int = 8
     callback_base_s: float = 1.0

@@ -46,6 +46,7 @@ class Leases:
         retry_base_s: float,
         retry_cap_s: float,
         events_maxlen: int,
+        retention_s: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -54,6 +55,7 @@ class Leases:
         self.retry_base_s = retry_base_s
         self.retry_cap_s = retry_cap_s
         self.events_maxlen = events_maxlen
+        self.retention_s = retention_s
         self.rng = random.Random()
 
     def assign_call(
@@ -131,6 +133,7 @@ class Leases:
                 self.keys.events,
                 self.keys.inflight,
                 self.keys.callbacks,
+                self.keys.logs(invocation_id),
             ],
             [
                 invocation_id,
@@ -146,6 +149,7 @@ class Leases:
                 retry,
                 self.events_maxlen,
                 self.keys.completed_channel,
+                self.retention_s,
             ],
         )
         code = int(reply[0])
@@ -238,8 +242,15 @@ class Leases:
                     self.keys.inflight,
                     self.keys.callbacks,
                     self.keys.parked,
+                    self.keys.logs(invocation_id),
                 ],
-                [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
+                [
+                    invocation_id,
+                    now_ms(),
+                    self.events_maxlen,
+                    self.keys.completed_channel,
+                    self.retention_s,
+                ],
             )
         )
 

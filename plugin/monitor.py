@@ -53,6 +53,7 @@ class HealthMonitor:
                 if self.leader.is_leader and now >= self._slow_due:
                     self._slow_due = now + SLOW_EVERY_S
                     await self.expire_queued()
+                    await self.trim_indexes()
                 if now >= self._gauges_due:
                     # Counting the queue by priority reads it whole: not every tick.
                     self._gauges_due = now + self.settings.gauge_interval_s
@@ -137,6 +138,17 @@ class HealthMonitor:
                 )
         # What expired left the set: the next page starts that much earlier.
         return start + len(ids) - expired if len(ids) == PAGE else 0
+
+    async def trim_indexes(self) -> None:
+        """Drop index entries older than the retention (their records expired already)."""
+        if self.settings.retention_s <= 0:
+            return
+        cutoff_ms = now_ms() - self.settings.retention_s * 1000
+        keys = self.store.keys
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(keys.invocations, "-inf", cutoff_ms * 1000)  # ms * 1000 + seq
+        pipe.zremrangebyscore(keys.dead, "-inf", cutoff_ms)
+        await pipe.execute()
 
     async def update_gauges(self) -> None:
         depth = await self.store.queue_depth()

@@ -49,6 +49,7 @@ class ControlPlane:
             ageing_s=s.ageing_s,
             max_queue=s.max_queue,
             events_maxlen=s.events_maxlen,
+            retention_s=s.retention_s,
         )
         self.leases = Leases(
             self.redis,
@@ -58,6 +59,7 @@ class ControlPlane:
             retry_base_s=s.retry_base_s,
             retry_cap_s=s.retry_cap_s,
             events_maxlen=s.events_maxlen,
+            retention_s=s.retention_s,
         )
         self.registry = Registry(self.redis, self.keys, self.scripts, s.events_maxlen)
         self.leader = RedisLeaderLock(

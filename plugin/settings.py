@@ -37,6 +37,8 @@ class ServerSettings:
     events_maxlen: int = 100_000
     # Queue-depth and fleet gauges read the whole queue: refreshed this often.
     gauge_interval_s: float = 5.0
+    # Finished invocations (record, result, logs) are kept this long (0 = forever).
+    retention_s: int = 7 * 24 * 3600
     log_level: str = "info"
 
     @property

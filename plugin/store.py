@@ -48,12 +48,14 @@ class Store:
         ageing_s: float = 60.0,
         max_queue: int = 0,
         events_maxlen: int = 100_000,
+        retention_s: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
         self.ageing_s = ageing_s
         self.max_queue = max_queue
+        self.retention_s = retention_s
         self.events_maxlen = events_maxlen
 
     # -- functions ---------------------------------------------------------------------
@@ -214,8 +216,15 @@ class Store:
                 self.keys.inflight,
                 self.keys.callbacks,
                 self.keys.parked,
+                self.keys.logs(invocation_id),
             ],
-            [invocation_id, now_ms(), self.events_maxlen, self.keys.completed_channel],
+            [
+                invocation_id,
+                now_ms(),
+                self.events_maxlen,
+                self.keys.completed_channel,
+                self.retention_s,
+            ],
         )
         code = int(reply[0])
         if code == -1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
@@ -244,3 +245,38 @@ async def test_concurrency_counts_queued_and_running_until_final(cp: ControlPlan
     assert [i.decode() for i in await cp.redis.zrange(cp.keys.callbacks, 0, -1)] == [c]
     await cp.store.cancel(a)
     assert await cp.redis.hget(cp.keys.inflight, "limited") == b"0"
+
+
+async def test_final_records_expire_after_the_retention(settings: ServerSettings) -> None:
+    cp = ControlPlane(replace(settings, retention_s=60))
+    await register(cp, "w1")
+    fn = await deploy(cp, "f", command=["true"], max_retries=0)
+    done, cancelled, running = [await cp.store.invoke(fn, b"") for _ in range(3)]
+    await cp.leases.assign_call(done, "w1", "")
+    await cp.leases.assign_call(running, "w1", "")
+    session = (await cp.registry.get("w1") or {})["session_id"]
+    assert await cp.store.append_logs(done, 1, "w1", [{"line": "x"}])
+    await cp.leases.finish(done, 1, "w1", "failed", exit_code=1)
+    await cp.store.cancel(cancelled)
+    for inv_id in (done, cancelled):
+        assert 0 < await cp.redis.ttl(cp.keys.invocation(inv_id)) <= 60
+    assert 0 < await cp.redis.ttl(cp.keys.logs(done)) <= 60
+    assert await cp.redis.ttl(cp.keys.invocation(running)) == -1  # not final: kept
+    assert (await cp.leases.renew("w1", session, [(running, 1)], 0, 0))[0] == "ok"
+    await cp.redis.aclose()
+
+
+async def test_indexes_are_trimmed_to_the_retention(settings: ServerSettings) -> None:
+    from hodei.plugin.monitor import HealthMonitor
+
+    cp = ControlPlane(replace(settings, retention_s=60))
+    fn = await deploy(cp, "f", command=["true"])
+    fresh = await cp.store.invoke(fn, b"")
+    old_ms = int(time.time() * 1000) - 120_000
+    await cp.redis.zadd(cp.keys.invocations, {"old": old_ms * 1000})
+    await cp.redis.zadd(cp.keys.dead, {"old": old_ms})
+    monitor = HealthMonitor(cp.settings, cp.store, cp.leases, cp.registry, cp.leader)
+    await monitor.trim_indexes()
+    assert [i.decode() for i in await cp.redis.zrange(cp.keys.invocations, 0, -1)] == [fresh]
+    assert await cp.redis.zcard(cp.keys.dead) == 0
+    await cp.redis.aclose()

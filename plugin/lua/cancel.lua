@@ -2,7 +2,9 @@
 -- a running one is flagged, and the caller tells its worker to kill it.
 -- KEYS[1] invocation hash   KEYS[2] queue   KEYS[3] delayed   KEYS[4] events stream
 -- KEYS[5] in-flight counts (hash)   KEYS[6] callbacks due (zset)   KEYS[7] parked (zset)
+-- KEYS[8] log list
 -- ARGV[1] invocation id     ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] completion channel
+-- ARGV[5] retention s: the final record and its logs expire after it (0 = kept forever)
 -- Returns {1, 'cancelled'}, {2, worker id, attempt} when running, {0, status} when final,
 -- {-1, 'unknown'} when there is no such invocation.
 local h = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'attempt', 'function',
@@ -22,5 +24,9 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'type', 'finished', 'in
   'attempt', h[3], 'status', 'cancelled')
 redis.call('HINCRBY', KEYS[5], h[4], -1)
 if h[5] and h[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1]) end
+if tonumber(ARGV[5]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[8], ARGV[5])
+end
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {1, 'cancelled'}

@@ -3,7 +3,7 @@
 -- the final state (dead-lettered when it failed) and announce the completion.
 -- KEYS[1] invocation hash   KEYS[2] leases     KEYS[3] worker hash   KEYS[4] worker jobs
 -- KEYS[5] delayed (zset)    KEYS[6] queue      KEYS[7] dead (zset)   KEYS[8] events stream
--- KEYS[9] in-flight counts (hash)   KEYS[10] callbacks due (zset)
+-- KEYS[9] in-flight counts (hash)   KEYS[10] callbacks due (zset)   KEYS[11] log list
 -- ARGV[1] invocation id     ARGV[2] attempt    ARGV[3] worker id
 -- ARGV[4] outcome: succeeded | failed | timed_out | cancelled | handed_back | lease_expired |
 --   lost (the worker re-registered without it)
@@ -11,6 +11,7 @@
 -- ARGV[9] started ms (agent clock, '' = keep)   ARGV[10] finished ms
 -- ARGV[11] retry backoff as "base_ms:cap_ms:jitter" (jitter in [0, 1) drawn by the caller)
 -- ARGV[12] events maxlen          ARGV[13] completion channel
+-- ARGV[14] retention s: a final record and its logs expire after it (0 = kept forever)
 -- Returns {1, final status, function} recorded, {2, 'retry'|'requeued', function} back in
 -- line, {0, reason} stale.
 local id = ARGV[1]
@@ -84,5 +85,9 @@ redis.call('HINCRBY', KEYS[9], h[12], -1)
 if h[13] and h[13] ~= '' then redis.call('ZADD', KEYS[10], now, id) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[12], '*', 'type', 'finished', 'invocation', id,
   'worker', ARGV[3], 'attempt', attempt, 'status', status)
+if tonumber(ARGV[14]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[14])
+  redis.call('EXPIRE', KEYS[11], ARGV[14])
+end
 redis.call('PUBLISH', ARGV[13], id)
 return {1, status, h[12]}
