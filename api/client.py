@@ -240,6 +240,14 @@ class HodeiClient:
     def workers(self) -> list[dict[str, Any]]:
         return list(self._json(Call("GET", "/v1/workers"))["workers"])
 
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        call = Call("GET", "/v1/dead-letters", {"limit": str(limit)})
+        return list(self._json(call)["invocations"])
+
+    def replay(self, invocation_id: str) -> str:
+        call = Call("POST", f"/v1/invocations/{invocation_id}/replay")
+        return str(self._json(call, (202,))["id"])
+
     def drain(self, worker_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json(Call("POST", f"/v1/workers/{worker_id}/drain"), (202,))
         return result

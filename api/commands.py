@@ -59,6 +59,11 @@ def add_commands(sub: Any) -> None:
     logs = client_parser("logs", "show an invocation's logs")
     logs.add_argument("id")
     logs.add_argument("-f", "--follow", action="store_true")
+    dead = sub.add_parser("dead", help="failed invocations whose retries are exhausted")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    client_parser("ls", "list them, newest first", dead_sub)
+    replay = client_parser("replay", "run one again (as a new invocation)", dead_sub)
+    replay.add_argument("id")
     client_parser("workers", "list the workers")
     client_parser("queue", "show the queue")
 
@@ -187,6 +192,15 @@ def _run(client: HodeiClient, args: argparse.Namespace) -> int:
         lines = client.follow_logs(args.id) if args.follow else iter(client.logs(args.id))
         for line in lines:
             print(line["line"])
+        return 0
+    if args.command == "dead":
+        if args.dead_command == "replay":
+            print(client.replay(args.id))
+            return 0
+        rows = [["ID", "FUNCTION", "ATTEMPTS", "ERROR"]]
+        for inv in client.dead_letters():
+            rows.append([inv["id"], inv["function"], str(inv["attempt"]), inv["error"] or ""])
+        print(_table(rows))
         return 0
     if args.command == "workers":
         rows = [["ID", "STATE", "CPU", "MEMORY", "SLOTS", "LOAD"]]

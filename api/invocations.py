@@ -16,7 +16,7 @@ from aiohttp import web
 from hodei.api import metrics
 from hodei.api.sse import EventStream
 from hodei.api.state import Gateway, error, gateway
-from hodei.errors import QueueFull
+from hodei.errors import NotFound, QueueFull
 from hodei.plugin.models import NAME_RE, FunctionSpec, Invocation, Priority, Status
 from hodei.plugin.sessions import route_cancel
 
@@ -265,6 +265,27 @@ async def cancel(request: web.Request) -> web.Response:
             "cancelled through the API",
         )
     return web.json_response({"id": invocation_id, "status": result.status}, status=202)
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    """GET /v1/dead-letters?limit=: failed invocations (retries exhausted), newest first."""
+    gw = gateway(request)
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise web.HTTPBadRequest(reason="limit must be an integer") from None
+    found = []
+    for invocation_id in await gw.store.dead_letters(limit):
+        with contextlib.suppress(NotFound):  # expired with the retention
+            found.append((await gw.store.get(invocation_id)).public())
+    return web.json_response({"invocations": found})
+
+
+async def replay(request: web.Request) -> web.Response:
+    """POST /v1/invocations/{id}/replay: run a dead-lettered invocation again (a new one)."""
+    gw = gateway(request)
+    new_id = await gw.store.replay(request.match_info["id"])
+    return await _accepted(gw, new_id, 202)
 
 
 async def list_invocations(request: web.Request) -> web.Response:

@@ -144,6 +144,23 @@ ROUTES: tuple[Route, ...] = (
         {200: "json:Logs", 404: ""},
         query=("follow",),
     ),
+    Route(
+        "GET",
+        "/v1/dead-letters",
+        invocations.list_dead_letters,
+        "read",
+        "Failed invocations whose retries are exhausted, newest first",
+        {200: "json:InvocationList", 400: ""},
+        query=("limit",),
+    ),
+    Route(
+        "POST",
+        "/v1/invocations/{id}/replay",
+        invocations.replay,
+        "invoke",
+        "Run a dead-lettered invocation again, as a new invocation",
+        {202: "json:Accepted", 404: "", 409: "", 429: ""},
+    ),
     Route("GET", "/v1/workers", fleet.list_workers, "admin", "The fleet", {200: "json:WorkerList"}),
     Route(
         "GET",

@@ -271,6 +271,8 @@ class Store:
     async def replay(self, invocation_id: str) -> str:
         """Run a dead-lettered invocation again, as a new invocation with the same input."""
         key = self.keys.invocation(invocation_id)
+        if not await self.redis.exists(key):
+            raise NotFound(f"invocation {invocation_id!r} does not exist")
         if not await self.redis.zscore(self.keys.dead, invocation_id):
             raise Conflict(f"invocation {invocation_id} is not in the dead-letter index")
         h = await self.redis.hgetall(key)

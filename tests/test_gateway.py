@@ -378,3 +378,27 @@ async def _sse(response: Any, until: str) -> list[dict[str, Any]]:
                 event = {}
     response.close()
     return events
+
+
+async def test_dead_letters_are_listed_and_replayed(
+    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    await start_agent(plane, agents, "w1")
+    await deploy(http, "doomed", command=["sh", "-c", "echo no >&2; exit 9"], max_retries=1)
+    failed = await http.post("/v1/functions/doomed/invoke")
+    assert failed.status == 500
+    inv_id = failed.headers["X-Hodei-Invocation-Id"]
+    dead = (await (await http.get("/v1/dead-letters")).json())["invocations"]
+    assert [(d["id"], d["attempt"], d["error"]) for d in dead] == [(inv_id, 2, "exit code 9")]
+    replayed = await http.post(f"/v1/invocations/{inv_id}/replay")
+    assert replayed.status == 202
+    new_id = (await replayed.json())["id"]
+    assert new_id != inv_id
+    assert (await http.post(f"/v1/invocations/{inv_id}/replay")).status == 409
+    assert (await http.post("/v1/invocations/nope/replay")).status == 404
+
+    async def dead_again() -> bool:
+        listed = (await (await http.get("/v1/dead-letters")).json())["invocations"]
+        return [d["id"] for d in listed] == [new_id]
+
+    await wait_for(dead_again, 15)

@@ -139,6 +139,15 @@ async def test_cli_and_clients_against_a_gateway(
         code, _, _ = await _hodei("fn", "rm", "rev", "--url", url)
         assert code == 0
 
+        await _hodei("fn", "deploy", "fails", "--url", url, "--command", "false")
+        code, _, err = await _hodei("invoke", "fails", "--url", url)
+        assert code == 1 and "failed (HTTP 500)" in err
+        code, out, _ = await _hodei("dead", "ls", "--url", url)
+        dead_id = out.splitlines()[1].split()[0]
+        assert "fails" in out and "exit code 1" in out
+        code, out, _ = await _hodei("dead", "replay", dead_id, "--url", url)
+        assert code == 0 and len(out.strip()) == 32 and out.strip() != dead_id
+
 
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
