@@ -98,6 +98,25 @@ def _raise(status: int, body: bytes) -> None:
         raise ApiError(status, "error", body.decode(errors="replace")[:200], {}) from None
 
 
+class _LogEvents:
+    """Reads the server-sent events of ``logs?follow=true``: log lines, then the end."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.ended = False
+
+    def feed(self, raw: bytes) -> dict[str, Any] | None:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            self.event = line[7:]
+        elif line.startswith("data: "):
+            if self.event == "log":
+                entry: dict[str, Any] = json.loads(line[6:])
+                return entry
+            self.ended = self.event == "end"
+        return None
+
+
 class _Calls:
     """The API's calls, described once."""
 
@@ -216,14 +235,11 @@ class HodeiClient:
             _raise(exc.code, exc.read())
             return
         with response:
-            event = ""
+            events = _LogEvents()
             for raw in response:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "log":
-                    yield json.loads(line[6:])
-                elif line.startswith("data: ") and event == "end":
+                if (entry := events.feed(raw)) is not None:
+                    yield entry
+                if events.ended:
                     return
 
     def cancel(self, invocation_id: str) -> dict[str, Any]:
@@ -340,14 +356,11 @@ class AsyncHodeiClient:
         async with self.session.get(call.url(self.url)) as response:
             if response.status != 200:
                 _raise(response.status, await response.read())
-            event = ""
+            events = _LogEvents()
             async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "log":
-                    yield json.loads(line[6:])
-                elif line.startswith("data: ") and event == "end":
+                if (entry := events.feed(raw)) is not None:
+                    yield entry
+                if events.ended:
                     return
 
     async def workers(self) -> list[dict[str, Any]]:

@@ -178,6 +178,36 @@ class Invocation:
     max_retries: int = 0
     traceparent: str = ""
 
+    # The record fields this class reads: fetch only these (the hash also holds the
+    # payload and the result, up to megabytes each).
+    FIELDS = (
+        "id",
+        "function",
+        "status",
+        "attempt",
+        "priority",
+        "worker_id",
+        "exit_code",
+        "error",
+        "pending_reason",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "failures",
+        "max_retries",
+        "traceparent",
+    )
+
+    @classmethod
+    def from_fields(cls, values: list[bytes | None]) -> Invocation | None:
+        """From an HMGET of FIELDS; None when the record does not exist."""
+        if values[0] is None:
+            return None
+        return cls.from_hash(
+            {k.encode(): v for k, v in zip(cls.FIELDS, values, strict=True) if v is not None}
+        )
+
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> Invocation:
         h = {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"payload"}

@@ -165,10 +165,12 @@ class Store:
         return str(reply[1].decode())
 
     async def get(self, invocation_id: str) -> Invocation:
-        raw = await self.redis.hgetall(self.keys.invocation(invocation_id))
-        if not raw:
+        inv = Invocation.from_fields(
+            await self.redis.hmget(self.keys.invocation(invocation_id), *Invocation.FIELDS)
+        )
+        if inv is None:
             raise NotFound(f"invocation {invocation_id!r} does not exist")
-        return Invocation.from_hash(raw)
+        return inv
 
     async def result(self, invocation_id: str) -> tuple[Invocation, bytes]:
         inv = await self.get(invocation_id)
@@ -253,11 +255,11 @@ class Store:
             start += page
             pipe = self.redis.pipeline(transaction=False)
             for i in ids:
-                pipe.hgetall(self.keys.invocation(i.decode()))
-            for raw in await pipe.execute():
-                if not raw:
+                pipe.hmget(self.keys.invocation(i.decode()), *Invocation.FIELDS)
+            for values in await pipe.execute():
+                inv = Invocation.from_fields(values)
+                if inv is None:  # expired with the retention
                     continue
-                inv = Invocation.from_hash(raw)
                 if (function and inv.function != function) or (status and inv.status != status):
                     continue
                 found.append(inv)
