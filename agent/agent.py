@@ -19,12 +19,14 @@ from prometheus_client import start_http_server
 
 from hodei.agent import metrics
 from hodei.agent.client import ServerConnection
+from hodei.agent.docker_runtime import DockerRuntime
+from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
 from hodei.agent.settings import AgentSettings
-from hodei.errors import AgentRejected
+from hodei.errors import AgentRejected, ConfigError
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
@@ -41,18 +43,37 @@ class AgentState(enum.StrEnum):
     FAILED = "failed"
 
 
+def build_runtimes(settings: AgentSettings) -> dict[str, Runtime]:
+    runtimes: dict[str, Runtime] = {}
+    for name in settings.runtimes:
+        if name == "process":
+            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, settings.worker_id)
+        elif name == "docker":
+            options = DockerOptions(
+                host=settings.docker_host,
+                user=settings.docker_user,
+                tmpfs_mb=settings.docker_tmpfs_mb,
+                pids_limit=settings.docker_pids_limit,
+                ping_interval_s=settings.docker_ping_interval_s,
+                pull_failure_ttl_s=settings.docker_pull_failure_ttl_s,
+            )
+            runtimes[name] = DockerRuntime(settings.worker_id, settings.output_cap_bytes, options)
+        else:
+            raise ConfigError(f"unknown runtime {name!r} (process, docker)")
+    return runtimes
+
+
 class Agent:
     def __init__(self, settings: AgentSettings, runtimes: dict[str, Runtime] | None = None):
         self.settings = settings
         self.state = AgentState.CREATING
-        self.runtimes: dict[str, Runtime] = runtimes or {
-            "process": ProcessRuntime(settings.output_cap_bytes, settings.worker_id)
-        }
+        self.runtimes = runtimes if runtimes is not None else build_runtimes(settings)
         self.monitor = ResourceMonitor()
+        self.beat_now = asyncio.Event()
         self.connection = ServerConnection(
             settings,
             capacity(settings),
-            sorted(self.runtimes),
+            self.offered_runtimes,
             self._on_assign,
             self._on_cancel,
             lambda: self.jobs.running(),
@@ -66,6 +87,7 @@ class Agent:
             settings.log_flush_s,
         )
         self.stopping = asyncio.Event()
+        self.docker = self.runtimes.get("docker")
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.health_port = 0
 
@@ -115,9 +137,15 @@ class Agent:
                 extra=inv(request.invocation_id, request.attempt),
             )
 
+    def offered_runtimes(self) -> list[str]:
+        return sorted(name for name, runtime in self.runtimes.items() if runtime.available)
+
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            # A runtime coming or going is told at once, not at the next beat.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.beat_now.wait(), self.settings.heartbeat_interval_s)
+            self.beat_now.clear()
             cpu, memory = self.monitor.sample()
             worker = self.settings.worker_id
             metrics.CPU.labels(worker).set(cpu)
@@ -132,6 +160,7 @@ class Agent:
                     memory_usage_percent=memory,
                     running_jobs=self.connection.reported_jobs(),
                     sent_at_ms=now_ms(),
+                    runtimes=pb.RuntimeList(names=self.offered_runtimes()),
                 )
             )
             metrics.HEARTBEATS.labels(worker).inc()
@@ -141,6 +170,7 @@ class Agent:
         leftovers = await asyncio.to_thread(reap_leftovers, self.settings.worker_id)
         if leftovers:
             log.warning("killed %d function processes left by an earlier run", leftovers)
+        watcher = await self._start_docker()
         self.state = AgentState.REGISTERING
         health_server = await self._serve_health()
         connection = asyncio.create_task(self.connection.run())
@@ -169,13 +199,36 @@ class Agent:
             log.error("the server refused this agent: %s", exc)
             return 1
         finally:
-            for task in (heartbeats, stop, connected, connection):
+            for task in (heartbeats, stop, connected, connection, watcher):
                 task.cancel()
-            await asyncio.gather(heartbeats, stop, connected, connection, return_exceptions=True)
+            await asyncio.gather(
+                heartbeats, stop, connected, connection, watcher, return_exceptions=True
+            )
             self.jobs.hand_back_all()
             await self.connection.close()
             if health_server is not None:
                 await health_server.stop(0)
+            if isinstance(self.docker, DockerRuntime):
+                self.docker.close()
+
+    async def _start_docker(self) -> asyncio.Future[None]:
+        """Probe the engine, take back the containers an earlier life left, and watch the
+        engine from then on."""
+        docker = self.docker
+        if not isinstance(docker, DockerRuntime):
+            return asyncio.get_running_loop().create_future()
+        if await docker.probe():
+            for leftover in await docker.leftovers():
+                job = leftover.job
+                log.warning(
+                    "invocation %s attempt %d: container %s outlived an earlier run, resuming",
+                    job.invocation_id,
+                    job.attempt,
+                    leftover.container_id[:12],
+                    extra=inv(job.invocation_id, job.attempt),
+                )
+                self.jobs.adopt(job, docker.resumer(leftover))
+        return asyncio.ensure_future(docker.watch(self.beat_now.set))
 
     async def drain(self) -> None:
         """No new jobs; let running ones finish within the grace period, hand back the rest,

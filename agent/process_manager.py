@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hodei.agent import metrics
-from hodei.agent.runtime import Outcome, Runtime, now_ms
+from hodei.agent.runtime import LogSink, Outcome, Runtime, now_ms
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
+Runner = Callable[[LogSink, asyncio.Event], Awaitable[Outcome]]
 
 OUTCOME_NAMES = {
     pb.JOB_OUTCOME_SUCCEEDED: "succeeded",
@@ -106,7 +107,18 @@ class ProcessManager:
             request.function,
             extra=inv(key, request.attempt, function=request.function),
         )
-        job.task = asyncio.create_task(self._run(job, runtime))
+        job.task = asyncio.create_task(
+            self._run(job, lambda logs, cancel: runtime.run(request, logs, cancel))
+        )
+
+    def adopt(self, request: pb.AssignJobRequest, runner: Runner) -> None:
+        """Take back a job an earlier life of this agent started (its container outlived
+        the agent): it is reported as running and its end as usual."""
+        job = RunningJob(request)
+        self.jobs[request.invocation_id] = job
+        self.idle.clear()
+        metrics.RUNNING_JOBS.set(len(self.jobs))
+        job.task = asyncio.create_task(self._run(job, runner))
 
     def cancel(self, invocation_id: str, attempt: int, *, hand_back: bool = False) -> bool:
         job = self.jobs.get(invocation_id)
@@ -133,7 +145,7 @@ class ProcessManager:
             ),
         )
 
-    async def _run(self, job: RunningJob, runtime: Runtime) -> None:
+    async def _run(self, job: RunningJob, runner: Runner) -> None:
         request = job.request
         started = time.perf_counter()
 
@@ -147,7 +159,7 @@ class ProcessManager:
                 )
 
         try:
-            outcome = await runtime.run(request, logs, job.cancel)
+            outcome = await runner(logs, job.cancel)
         except Exception as exc:
             log.exception(
                 "invocation %s attempt %d: runtime error",
@@ -213,6 +225,7 @@ class ProcessManager:
                 output_truncated=outcome.truncated,
                 started_at_ms=outcome.started_ms,
                 finished_at_ms=outcome.finished_ms,
+                final=outcome.final,
             )
         )
 

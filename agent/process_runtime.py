@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 import psutil
 
-from hodei.agent.runtime import CappedBuffer, LineSplitter, LogSink, Outcome, function_env, now_ms
+from hodei.agent.runtime import (
+    CappedBuffer,
+    LineSplitter,
+    LogSink,
+    Outcome,
+    ended,
+    function_env,
+    now_ms,
+)
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
@@ -55,6 +63,7 @@ def reap_leftovers(worker_id: str) -> int:
 
 class ProcessRuntime:
     name = "process"
+    available = True
 
     def __init__(self, output_cap_bytes: int, worker_id: str, workdir: str = "/tmp") -> None:
         self.output_cap_bytes = output_cap_bytes
@@ -113,9 +122,7 @@ class ProcessRuntime:
         stderr.close()
         exit_code = code if code >= 0 else 128 - code
         if outcome is None:
-            outcome = pb.JOB_OUTCOME_SUCCEEDED if code == 0 else pb.JOB_OUTCOME_FAILED
-            if code != 0:
-                error = f"exit code {exit_code}" if code > 0 else f"killed by signal {-code}"
+            outcome, error = ended(code)
         return Outcome(
             outcome,
             exit_code=exit_code,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import re
+
 import psutil
 
 from hodei.agent.settings import AgentSettings
@@ -14,9 +17,14 @@ def capacity(settings: AgentSettings) -> pb.Resources:
     return pb.Resources(
         cpu_millicores=settings.cpu_millicores or cpus * 1000,
         memory_mb=settings.memory_mb or psutil.virtual_memory().total // (1024 * 1024),
-        gpus=settings.gpus,
+        gpus=settings.gpus or gpu_count(),
         job_slots=settings.job_slots or cpus * 4,
     )
+
+
+def gpu_count(devices: str = "/dev") -> int:
+    """NVIDIA GPUs on this node, one /dev/nvidiaN device node each."""
+    return sum(1 for path in glob.glob(f"{devices}/nvidia*") if re.search(r"nvidia\d+$", path))
 
 
 class ResourceMonitor:

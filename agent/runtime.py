@@ -26,10 +26,27 @@ class Outcome:
     truncated: bool = False
     started_ms: int = 0
     finished_ms: int = 0
+    final: bool = False  # retrying cannot help
+
+
+def ended(code: int, oom_killed: bool = False) -> tuple[pb.JobOutcome.ValueType, str]:
+    """The outcome and error of a function that exited with ``code`` (negative: signal)."""
+    if oom_killed:
+        return pb.JOB_OUTCOME_FAILED, "oom_killed"
+    if code == 0:
+        return pb.JOB_OUTCOME_SUCCEEDED, ""
+    if code > 0:
+        return pb.JOB_OUTCOME_FAILED, f"exit code {code}"
+    return pb.JOB_OUTCOME_FAILED, f"killed by signal {-code}"
 
 
 class Runtime(Protocol):
     name: str
+
+    @property
+    def available(self) -> bool:
+        """Whether it can run a job now; only available runtimes are advertised."""
+        ...
 
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
         """Run the job to its end; ``cancel`` set means kill it now."""

@@ -22,7 +22,14 @@ class AgentSettings:
     gpus: int = 0
     job_slots: int = 0
     labels: tuple[str, ...] = ()
-    runtimes: tuple[str, ...] = ("process",)
+    # docker is advertised only while its engine answers.
+    runtimes: tuple[str, ...] = ("process", "docker")
+    docker_host: str = ""  # "" = DOCKER_HOST or the engine's default socket
+    docker_user: str = "65534:65534"
+    docker_tmpfs_mb: int = 64
+    docker_pids_limit: int = 256
+    docker_ping_interval_s: float = 2.0
+    docker_pull_failure_ttl_s: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465
     # grpc.health.v1 for Nomad/Consul checks: SERVING while connected and taking work.

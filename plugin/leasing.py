@@ -117,6 +117,7 @@ class Leases:
         truncated: bool = False,
         started_ms: int | None = None,
         finished_ms: int | None = None,
+        final: bool = False,
     ) -> Finish:
         base_ms, cap_ms = int(self.retry_base_s * 1000), int(self.retry_cap_s * 1000)
         retry = f"{base_ms}:{cap_ms}:{self.rng.random():.6f}"
@@ -150,6 +151,7 @@ class Leases:
                 self.events_maxlen,
                 self.keys.completed_channel,
                 self.retention_s,
+                int(final),
             ],
         )
         code = int(reply[0])
@@ -173,8 +175,10 @@ class Leases:
         running: list[tuple[str, int]],
         cpu_percent: float,
         mem_percent: float,
+        runtimes: list[str] | None = None,
     ) -> tuple[str, list[str]]:
-        """Heartbeat: liveness, usage, lease renewal. Returns (status, revoked ids)."""
+        """Heartbeat: liveness, usage, runtimes on offer (None = unchanged), lease renewal.
+        Returns (status, revoked ids)."""
         keys = [
             self.keys.worker(worker_id),
             self.keys.heartbeats,
@@ -189,6 +193,7 @@ class Leases:
             round(cpu_percent, 2),
             round(mem_percent, 2),
             self.events_maxlen,
+            "-" if runtimes is None else ",".join(sorted(runtimes)),
         ]
         for invocation_id, attempt in running:
             keys.append(self.keys.invocation(invocation_id))

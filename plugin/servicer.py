@@ -167,6 +167,4 @@ def _invalid_registration(r: pb.RegisterWorkerRequest) -> str:
         return "capacity: cpu_millicores, memory_mb and job_slots must be > 0"
     if c.gpus < 0:
         return "capacity: gpus must be >= 0"
-    if not r.runtimes:
-        return "at least one runtime is required"
     return ""

@@ -194,8 +194,14 @@ class Sessions:
         self, worker_id: str, session_id: str, beat: pb.Heartbeat, session: Session | None = None
     ) -> str:
         running = [(j.invocation_id, j.attempt) for j in beat.running_jobs]
+        runtimes = list(beat.runtimes.names) if beat.HasField("runtimes") else None
         status, revoked = await self.leases.renew(
-            worker_id, session_id, running, beat.cpu_usage_percent, beat.memory_usage_percent
+            worker_id,
+            session_id,
+            running,
+            beat.cpu_usage_percent,
+            beat.memory_usage_percent,
+            runtimes,
         )
         if status == "ok":
             metrics.WORKER_HEARTBEATS.labels(worker_id).inc()
@@ -274,6 +280,7 @@ class Sessions:
             truncated=result.output_truncated,
             started_ms=result.started_at_ms or None,
             finished_ms=result.finished_at_ms or now_ms(),
+            final=result.final,
         )
         if finish.recorded:
             metrics.INVOCATIONS.labels(finish.function, finish.detail).inc()
@@ -318,7 +325,7 @@ class Sessions:
             "gpu_total": req.capacity.gpus,
             "slots_total": req.capacity.job_slots,
             "labels": json.dumps(dict(req.labels)),
-            "runtimes": ",".join(req.runtimes),
+            "runtimes": ",".join(sorted(req.runtimes)),
         }
         running = {j.invocation_id: j.attempt for j in req.running_jobs}
         reg = await self.registry.register(req.worker_id, self.server_id, fields, list(running))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bhodei.proto\x12\x08hodei.v1\x1a\x1bgoogle/protobuf/empty.proto\"W\n\tResources\x12\x16\n\x0e\x63pu_millicores\x18\x01 \x01(\x03\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x11\n\tjob_slots\x18\x04 \x01(\x05\"4\n\nRunningJob\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x9e\x02\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x13.hodei.v1.Resources\x12;\n\x06labels\x18\x04 \x03(\x0b\x32+.hodei.v1.RegisterWorkerRequest.LabelsEntry\x12\x10\n\x08runtimes\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12*\n\x0crunning_jobs\x18\x07 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.hodei.v1.WorkerState\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x13.hodei.v1.Resources\x12&\n\tallocated\x18\x05 \x01(\x0b\x32\x13.hodei.v1.Resources\x12\"\n\x04jobs\x18\x06 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x12\x1c\n\x14heartbeat_interval_s\x18\x07 \x01(\x01\x12*\n\x0crevoked_jobs\x18\x08 \x03(\x0b\x32\x14.hodei.v1.RunningJob\"+\n\x16GetWorkerStatusRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xab\x01\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x19\n\x11\x63pu_usage_percent\x18\x03 \x01(\x01\x12\x1c\n\x14memory_usage_percent\x18\x04 \x01(\x01\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x03\"\xe0\x02\n\x10\x41ssignJobRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.hodei.v1.AssignJobRequest.EnvEntry\x12&\n\tresources\x18\x08 \x01(\x0b\x32\x13.hodei.v1.Resources\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12\x0f\n\x07payload\x18\n \x01(\x0c\x12\x0f\n\x07network\x18\x0b \x01(\x08\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x12\x11\n\tworker_id\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x10\x43\x61ncelJobRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x0bJobAccepted\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x04 \x01(\x03\"6\n\x07LogLine\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t\"T\n\x08LogEntry\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12 \n\x05lines\x18\x03 \x03(\x0b\x32\x11.hodei.v1.LogLine\"\xd5\x01\n\tJobResult\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x07outcome\x18\x03 \x01(\x0e\x32\x14.hodei.v1.JobOutcome\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0e\n\x06output\x18\x06 \x01(\x0c\x12\x18\n\x10output_truncated\x18\x07 \x01(\x08\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\"U\n\tResultAck\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xdf\x01\n\x0c\x41gentMessage\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x16.hodei.v1.WorkerStatusH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hodei.v1.HeartbeatH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x15.hodei.v1.JobAcceptedH\x00\x12!\n\x03log\x18\x04 \x01(\x0b\x32\x12.hodei.v1.LogEntryH\x00\x12%\n\x06result\x18\x05 \x01(\x0b\x32\x13.hodei.v1.JobResultH\x00\x42\x06\n\x04kind\"\x97\x01\n\rServerMessage\x12,\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x1a.hodei.v1.AssignJobRequestH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.hodei.v1.CancelJobRequestH\x00\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.hodei.v1.ResultAckH\x00\x42\x06\n\x04kind*\x87\x02\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_CREATING\x10\x01\x12\x1c\n\x18WORKER_STATE_REGISTERING\x10\x02\x12\x1a\n\x16WORKER_STATE_AVAILABLE\x10\x03\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x04\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x05\x12\x1b\n\x17WORKER_STATE_TERMINATED\x10\x06\x12\x1a\n\x16WORKER_STATE_UNHEALTHY\x10\x07\x12\x17\n\x13WORKER_STATE_FAILED\x10\x08*\xaf\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_SUCCEEDED\x10\x01\x12\x16\n\x12JOB_OUTCOME_FAILED\x10\x02\x12\x19\n\x15JOB_OUTCOME_TIMED_OUT\x10\x03\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x04\x12\x1b\n\x17JOB_OUTCOME_HANDED_BACK\x10\x05\x32\xe3\x02\n\rWorkerService\x12I\n\x0eRegisterWorker\x12\x1f.hodei.v1.RegisterWorkerRequest\x1a\x16.hodei.v1.WorkerStatus\x12\x38\n\tHeartbeat\x12\x13.hodei.v1.Heartbeat\x1a\x16.google.protobuf.Empty\x12K\n\x0fGetWorkerStatus\x12 .hodei.v1.GetWorkerStatusRequest\x1a\x16.hodei.v1.WorkerStatus\x12>\n\tAssignJob\x12\x1a.hodei.v1.AssignJobRequest\x1a\x15.hodei.v1.JobAccepted\x12@\n\tJobStream\x12\x16.hodei.v1.AgentMessage\x1a\x17.hodei.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bhodei.proto\x12\x08hodei.v1\x1a\x1bgoogle/protobuf/empty.proto\"W\n\tResources\x12\x16\n\x0e\x63pu_millicores\x18\x01 \x01(\x03\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x11\n\tjob_slots\x18\x04 \x01(\x05\"4\n\nRunningJob\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x9e\x02\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x03 \x01(\x0b\x32\x13.hodei.v1.Resources\x12;\n\x06labels\x18\x04 \x03(\x0b\x32+.hodei.v1.RegisterWorkerRequest.LabelsEntry\x12\x10\n\x08runtimes\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12*\n\x0crunning_jobs\x18\x07 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.hodei.v1.WorkerState\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x13.hodei.v1.Resources\x12&\n\tallocated\x18\x05 \x01(\x0b\x32\x13.hodei.v1.Resources\x12\"\n\x04jobs\x18\x06 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x12\x1c\n\x14heartbeat_interval_s\x18\x07 \x01(\x01\x12*\n\x0crevoked_jobs\x18\x08 \x03(\x0b\x32\x14.hodei.v1.RunningJob\"+\n\x16GetWorkerStatusRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\xd4\x01\n\tHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x19\n\x11\x63pu_usage_percent\x18\x03 \x01(\x01\x12\x1c\n\x14memory_usage_percent\x18\x04 \x01(\x01\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.hodei.v1.RunningJob\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x03\x12\'\n\x08runtimes\x18\x07 \x01(\x0b\x32\x15.hodei.v1.RuntimeList\"\x1c\n\x0bRuntimeList\x12\r\n\x05names\x18\x01 \x03(\t\"\xe0\x02\n\x10\x41ssignJobRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12\r\n\x05image\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x03(\t\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.hodei.v1.AssignJobRequest.EnvEntry\x12&\n\tresources\x18\x08 \x01(\x0b\x32\x13.hodei.v1.Resources\x12\x11\n\ttimeout_s\x18\t \x01(\x01\x12\x0f\n\x07payload\x18\n \x01(\x0c\x12\x0f\n\x07network\x18\x0b \x01(\x08\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x12\x11\n\tworker_id\x18\r \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x10\x43\x61ncelJobRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x0bJobAccepted\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x15\n\rstarted_at_ms\x18\x04 \x01(\x03\"6\n\x07LogLine\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04line\x18\x03 \x01(\t\"T\n\x08LogEntry\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12 \n\x05lines\x18\x03 \x03(\x0b\x32\x11.hodei.v1.LogLine\"\xe4\x01\n\tJobResult\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x07outcome\x18\x03 \x01(\x0e\x32\x14.hodei.v1.JobOutcome\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0e\n\x06output\x18\x06 \x01(\x0c\x12\x18\n\x10output_truncated\x18\x07 \x01(\x08\x12\x15\n\rstarted_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\r\n\x05\x66inal\x18\n \x01(\x08\"U\n\tResultAck\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xdf\x01\n\x0c\x41gentMessage\x12(\n\x06status\x18\x01 \x01(\x0b\x32\x16.hodei.v1.WorkerStatusH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.hodei.v1.HeartbeatH\x00\x12)\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x0b\x32\x15.hodei.v1.JobAcceptedH\x00\x12!\n\x03log\x18\x04 \x01(\x0b\x32\x12.hodei.v1.LogEntryH\x00\x12%\n\x06result\x18\x05 \x01(\x0b\x32\x13.hodei.v1.JobResultH\x00\x42\x06\n\x04kind\"\x97\x01\n\rServerMessage\x12,\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x1a.hodei.v1.AssignJobRequestH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.hodei.v1.CancelJobRequestH\x00\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x13.hodei.v1.ResultAckH\x00\x42\x06\n\x04kind*\x87\x02\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_CREATING\x10\x01\x12\x1c\n\x18WORKER_STATE_REGISTERING\x10\x02\x12\x1a\n\x16WORKER_STATE_AVAILABLE\x10\x03\x12\x18\n\x14WORKER_STATE_RUNNING\x10\x04\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x05\x12\x1b\n\x17WORKER_STATE_TERMINATED\x10\x06\x12\x1a\n\x16WORKER_STATE_UNHEALTHY\x10\x07\x12\x17\n\x13WORKER_STATE_FAILED\x10\x08*\xaf\x01\n\nJobOutcome\x12\x1b\n\x17JOB_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_OUTCOME_SUCCEEDED\x10\x01\x12\x16\n\x12JOB_OUTCOME_FAILED\x10\x02\x12\x19\n\x15JOB_OUTCOME_TIMED_OUT\x10\x03\x12\x19\n\x15JOB_OUTCOME_CANCELLED\x10\x04\x12\x1b\n\x17JOB_OUTCOME_HANDED_BACK\x10\x05\x32\xe3\x02\n\rWorkerService\x12I\n\x0eRegisterWorker\x12\x1f.hodei.v1.RegisterWorkerRequest\x1a\x16.hodei.v1.WorkerStatus\x12\x38\n\tHeartbeat\x12\x13.hodei.v1.Heartbeat\x1a\x16.google.protobuf.Empty\x12K\n\x0fGetWorkerStatus\x12 .hodei.v1.GetWorkerStatusRequest\x1a\x16.hodei.v1.WorkerStatus\x12>\n\tAssignJob\x12\x1a.hodei.v1.AssignJobRequest\x1a\x15.hodei.v1.JobAccepted\x12@\n\tJobStream\x12\x16.hodei.v1.AgentMessage\x1a\x17.hodei.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNJOBREQUEST_ENVENTRY']._loaded_options = None
   _globals['_ASSIGNJOBREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATE']._serialized_start=2342
-  _globals['_WORKERSTATE']._serialized_end=2605
-  _globals['_JOBOUTCOME']._serialized_start=2608
-  _globals['_JOBOUTCOME']._serialized_end=2783
+  _globals['_WORKERSTATE']._serialized_start=2428
+  _globals['_WORKERSTATE']._serialized_end=2691
+  _globals['_JOBOUTCOME']._serialized_start=2694
+  _globals['_JOBOUTCOME']._serialized_end=2869
   _globals['_RESOURCES']._serialized_start=54
   _globals['_RESOURCES']._serialized_end=141
   _globals['_RUNNINGJOB']._serialized_start=143
@@ -53,27 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETWORKERSTATUSREQUEST']._serialized_start=769
   _globals['_GETWORKERSTATUSREQUEST']._serialized_end=812
   _globals['_HEARTBEAT']._serialized_start=815
-  _globals['_HEARTBEAT']._serialized_end=986
-  _globals['_ASSIGNJOBREQUEST']._serialized_start=989
-  _globals['_ASSIGNJOBREQUEST']._serialized_end=1341
-  _globals['_ASSIGNJOBREQUEST_ENVENTRY']._serialized_start=1299
-  _globals['_ASSIGNJOBREQUEST_ENVENTRY']._serialized_end=1341
-  _globals['_CANCELJOBREQUEST']._serialized_start=1343
-  _globals['_CANCELJOBREQUEST']._serialized_end=1417
-  _globals['_JOBACCEPTED']._serialized_start=1419
-  _globals['_JOBACCEPTED']._serialized_end=1514
-  _globals['_LOGLINE']._serialized_start=1516
-  _globals['_LOGLINE']._serialized_end=1570
-  _globals['_LOGENTRY']._serialized_start=1572
-  _globals['_LOGENTRY']._serialized_end=1656
-  _globals['_JOBRESULT']._serialized_start=1659
-  _globals['_JOBRESULT']._serialized_end=1872
-  _globals['_RESULTACK']._serialized_start=1874
-  _globals['_RESULTACK']._serialized_end=1959
-  _globals['_AGENTMESSAGE']._serialized_start=1962
-  _globals['_AGENTMESSAGE']._serialized_end=2185
-  _globals['_SERVERMESSAGE']._serialized_start=2188
-  _globals['_SERVERMESSAGE']._serialized_end=2339
-  _globals['_WORKERSERVICE']._serialized_start=2786
-  _globals['_WORKERSERVICE']._serialized_end=3141
+  _globals['_HEARTBEAT']._serialized_end=1027
+  _globals['_RUNTIMELIST']._serialized_start=1029
+  _globals['_RUNTIMELIST']._serialized_end=1057
+  _globals['_ASSIGNJOBREQUEST']._serialized_start=1060
+  _globals['_ASSIGNJOBREQUEST']._serialized_end=1412
+  _globals['_ASSIGNJOBREQUEST_ENVENTRY']._serialized_start=1370
+  _globals['_ASSIGNJOBREQUEST_ENVENTRY']._serialized_end=1412
+  _globals['_CANCELJOBREQUEST']._serialized_start=1414
+  _globals['_CANCELJOBREQUEST']._serialized_end=1488
+  _globals['_JOBACCEPTED']._serialized_start=1490
+  _globals['_JOBACCEPTED']._serialized_end=1585
+  _globals['_LOGLINE']._serialized_start=1587
+  _globals['_LOGLINE']._serialized_end=1641
+  _globals['_LOGENTRY']._serialized_start=1643
+  _globals['_LOGENTRY']._serialized_end=1727
+  _globals['_JOBRESULT']._serialized_start=1730
+  _globals['_JOBRESULT']._serialized_end=1958
+  _globals['_RESULTACK']._serialized_start=1960
+  _globals['_RESULTACK']._serialized_end=2045
+  _globals['_AGENTMESSAGE']._serialized_start=2048
+  _globals['_AGENTMESSAGE']._serialized_end=2271
+  _globals['_SERVERMESSAGE']._serialized_start=2274
+  _globals['_SERVERMESSAGE']._serialized_end=2425
+  _globals['_WORKERSERVICE']._serialized_start=2872
+  _globals['_WORKERSERVICE']._serialized_end=3227
 # @@protoc_insertion_point(module_scope)

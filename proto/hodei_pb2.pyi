@@ -277,6 +277,7 @@ class Heartbeat(_message.Message):
     MEMORY_USAGE_PERCENT_FIELD_NUMBER: _builtins.int
     RUNNING_JOBS_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    RUNTIMES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     session_id: _builtins.str
     cpu_usage_percent: _builtins.float
@@ -284,6 +285,12 @@ class Heartbeat(_message.Message):
     sent_at_ms: _builtins.int
     @_builtins.property
     def running_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningJob]: ...
+    @_builtins.property
+    def runtimes(self) -> Global___RuntimeList:
+        """The runtimes the agent can run right now (docker only while its engine answers);
+        unset means unchanged since registration.
+        """
+
     def __init__(
         self,
         *,
@@ -293,14 +300,35 @@ class Heartbeat(_message.Message):
         memory_usage_percent: _builtins.float = ...,
         running_jobs: _abc.Iterable[Global___RunningJob] | None = ...,
         sent_at_ms: _builtins.int = ...,
+        runtimes: Global___RuntimeList | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["runtimes", b"runtimes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_usage_percent", b"cpu_usage_percent", "memory_usage_percent", b"memory_usage_percent", "running_jobs", b"running_jobs", "sent_at_ms", b"sent_at_ms", "session_id", b"session_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_usage_percent", b"cpu_usage_percent", "memory_usage_percent", b"memory_usage_percent", "running_jobs", b"running_jobs", "runtimes", b"runtimes", "sent_at_ms", b"sent_at_ms", "session_id", b"session_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class RuntimeList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuntimeList: _TypeAlias = RuntimeList  # noqa: Y015
 
 @_typing.final
 class AssignJobRequest(_message.Message):
@@ -500,6 +528,7 @@ class JobResult(_message.Message):
     OUTPUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     STARTED_AT_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     attempt: _builtins.int
     outcome: Global___JobOutcome.ValueType
@@ -509,6 +538,8 @@ class JobResult(_message.Message):
     output_truncated: _builtins.bool
     started_at_ms: _builtins.int
     finished_at_ms: _builtins.int
+    final: _builtins.bool
+    """Retrying cannot help (the image cannot be pulled): record the failure, no retry."""
     def __init__(
         self,
         *,
@@ -521,10 +552,11 @@ class JobResult(_message.Message):
         output_truncated: _builtins.bool = ...,
         started_at_ms: _builtins.int = ...,
         finished_at_ms: _builtins.int = ...,
+        final: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "finished_at_ms", b"finished_at_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "final", b"final", "finished_at_ms", b"finished_at_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

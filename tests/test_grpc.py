@@ -105,7 +105,6 @@ async def test_agent_process_without_token_fails_and_exits(secured: ControlPlane
         {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=-5, job_slots=1)},
         {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=0)},
         {"capacity": pb.Resources(cpu_millicores=1000, memory_mb=1024, job_slots=1, gpus=-1)},
-        {"runtimes": []},
         {"worker_id": ""},
     ],
 )

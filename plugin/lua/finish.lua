@@ -12,6 +12,7 @@
 -- ARGV[11] retry backoff as "base_ms:cap_ms:jitter" (jitter in [0, 1) drawn by the caller)
 -- ARGV[12] events maxlen          ARGV[13] completion channel
 -- ARGV[14] retention s: a final record and its logs expire after it (0 = kept forever)
+-- ARGV[15] '1' when the agent says retrying cannot help (a failure is then final)
 -- Returns {1, final status, function} recorded, {2, 'retry'|'requeued', function} back in
 -- line, {0, reason} stale.
 local id = ARGV[1]
@@ -45,7 +46,8 @@ local failures = tonumber(h[7])
 local failed = outcome == 'failed' or outcome == 'lease_expired' or outcome == 'lost'
 if failed then failures = failures + 1 end
 
-if outcome == 'handed_back' or (failed and failures <= tonumber(h[8])) then
+local retryable = failed and ARGV[15] ~= '1' and failures <= tonumber(h[8])
+if outcome == 'handed_back' or retryable then
   local fields = {'status', 'queued', 'attempt', attempt + 1, 'failures', failures,
     'worker_id', '', 'started_at', ''}
   local kind
