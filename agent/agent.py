@@ -12,6 +12,8 @@ import enum
 import logging
 import signal
 import sys
+from dataclasses import replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +21,7 @@ from prometheus_client import start_http_server
 
 from hodei.agent import metrics
 from hodei.agent.client import ServerConnection
+from hodei.agent.consul_service import AgentService, discover_servers
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.process_manager import ProcessManager
@@ -26,6 +29,7 @@ from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
 from hodei.agent.settings import AgentSettings
+from hodei.consul import connect, consul_address
 from hodei.errors import AgentRejected, ConfigError
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
@@ -65,7 +69,12 @@ def build_runtimes(settings: AgentSettings) -> dict[str, Runtime]:
 
 class Agent:
     def __init__(self, settings: AgentSettings, runtimes: dict[str, Runtime] | None = None):
+        self.consul_addr = consul_address(settings.consul_addr)
+        if not settings.server and not self.consul_addr:
+            settings = replace(settings, server="127.0.0.1:7070")
         self.settings = settings
+        self.consul: Any = None
+        self.consul_service: AgentService | None = None
         self.state = AgentState.CREATING
         self.runtimes = runtimes if runtimes is not None else build_runtimes(settings)
         self.monitor = ResourceMonitor()
@@ -77,6 +86,7 @@ class Agent:
             self._on_assign,
             self._on_cancel,
             lambda: self.jobs.running(),
+            self._discover_servers if self.consul_addr else None,
         )
         self.jobs = ProcessManager(
             self.runtimes,
@@ -137,6 +147,11 @@ class Agent:
                 extra=inv(request.invocation_id, request.attempt),
             )
 
+    async def _discover_servers(self) -> list[str]:
+        if self.consul is None:
+            return []
+        return await discover_servers(self.consul)
+
     def offered_runtimes(self) -> list[str]:
         return sorted(name for name, runtime in self.runtimes.items() if runtime.available)
 
@@ -152,7 +167,7 @@ class Agent:
             metrics.MEMORY.labels(worker).set(memory)
             if self.state in (AgentState.AVAILABLE, AgentState.RUNNING):
                 self.state = AgentState.RUNNING if self.jobs.jobs else AgentState.AVAILABLE
-            await self.connection.heartbeat(
+            delivered = await self.connection.heartbeat(
                 pb.Heartbeat(
                     worker_id=worker,
                     session_id=self.connection.session_id,
@@ -164,6 +179,10 @@ class Agent:
                 )
             )
             metrics.HEARTBEATS.labels(worker).inc()
+            if delivered and self.consul_service and self.state is not AgentState.DRAINING:
+                await self.consul_service.passed(
+                    len(self.jobs.jobs), cpu, memory, self.offered_runtimes()
+                )
 
     async def run(self) -> int:
         """Run until drained; returns the process exit code."""
@@ -171,6 +190,11 @@ class Agent:
         if leftovers:
             log.warning("killed %d function processes left by an earlier run", leftovers)
         watcher = await self._start_docker()
+        if self.consul_addr:
+            self.consul = connect(self.consul_addr, self.settings.consul_token)
+            self.consul_service = AgentService(
+                self.consul, self.settings, self.connection.capacity, self.offered_runtimes()
+            )
         self.state = AgentState.REGISTERING
         health_server = await self._serve_health()
         connection = asyncio.create_task(self.connection.run())
@@ -184,6 +208,8 @@ class Agent:
             if connected in done:
                 self.state = AgentState.AVAILABLE
                 await self._publish_health()
+                if self.consul_service is not None:
+                    await self.consul_service.register()
                 done, _ = await asyncio.wait(
                     {connection, stop}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -210,6 +236,10 @@ class Agent:
                 await health_server.stop(0)
             if isinstance(self.docker, DockerRuntime):
                 self.docker.close()
+            if self.consul is not None:
+                if self.consul_service is not None:
+                    await self.consul_service.deregister()
+                await self.consul.close()
 
     async def _start_docker(self) -> asyncio.Future[None]:
         """Probe the engine, take back the containers an earlier life left, and watch the
@@ -241,6 +271,8 @@ class Agent:
             self.settings.drain_grace_s,
         )
         await self.connection.set_draining()
+        if self.consul_service is not None:
+            await self.consul_service.draining(len(self.jobs.jobs))
         try:
             await asyncio.wait_for(self.jobs.idle.wait(), self.settings.drain_grace_s)
         except TimeoutError:

@@ -19,7 +19,7 @@ import grpc
 from hodei import __version__, backoff
 from hodei.agent import metrics
 from hodei.agent.settings import AgentSettings
-from hodei.errors import AgentRejected
+from hodei.errors import AgentRejected, ConfigError
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
@@ -33,6 +33,10 @@ FATAL = (
 )
 
 
+class NoServerFound(Exception):
+    pass
+
+
 class ServerConnection:
     def __init__(
         self,
@@ -42,6 +46,7 @@ class ServerConnection:
         on_assign: Callable[[pb.AssignJobRequest], Awaitable[None]],
         on_cancel: Callable[[pb.CancelJobRequest], None],
         running: Callable[[], list[pb.RunningJob]],
+        discover: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.settings = settings
         self.capacity = capacity
@@ -55,8 +60,12 @@ class ServerConnection:
         # Several servers may be given (comma-separated): after a failure the agent moves
         # on to the next, so losing one server replica does not strand its agents.
         self.servers = [a.strip() for a in settings.server.split(",") if a.strip()]
-        self.server = self.servers[0]
-        self._use(self.server)
+        # With no address given, servers are looked up (in Consul) before each attempt
+        # that follows a failure.
+        self.discover = discover
+        if not self.servers and discover is None:
+            raise ConfigError("no server address, and no Consul to find one")
+        self._use(self.servers[0] if self.servers else "127.0.0.1:0")
         self.session_id = ""
         self.connected = asyncio.Event()
         self.unacked: dict[tuple[str, int], pb.JobResult] = {}
@@ -97,16 +106,20 @@ class ServerConnection:
             )
         )
 
-    async def heartbeat(self, beat: pb.Heartbeat) -> None:
+    async def heartbeat(self, beat: pb.Heartbeat) -> bool:
         """In-stream when connected; otherwise the unary RPC, which keeps the leases of
-        running jobs alive while the stream is being re-established."""
+        running jobs alive while the stream is being re-established. Whether it went
+        through."""
         if self.connected.is_set():
             self.send(pb.AgentMessage(heartbeat=beat))
-            return
+            return True
         if not self.session_id:
-            return
-        with contextlib.suppress(grpc.aio.AioRpcError):
+            return False
+        try:
             await self.stub.Heartbeat(beat, metadata=self.metadata, timeout=2.0)
+            return True
+        except grpc.aio.AioRpcError:
+            return False
 
     async def status(self) -> pb.WorkerStatus:
         request = pb.GetWorkerStatusRequest(worker_id=self.settings.worker_id)
@@ -138,6 +151,21 @@ class ServerConnection:
         self.channel = grpc.aio.insecure_channel(address)
         self.stub: Any = pb_grpc.WorkerServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
+    async def _rediscover(self) -> None:
+        assert self.discover is not None
+        try:
+            found = await self.discover()
+        except Exception as exc:
+            log.warning("server discovery failed: %s", exc)
+            found = []
+        if not found:
+            raise NoServerFound("no passing hodei-server in Consul")
+        if found != self.servers:
+            log.info("servers found in Consul: %s", ", ".join(found))
+            self.servers = found
+            await self.channel.close(grace=None)
+            self._use(found[0])
+
     async def _next_server(self) -> None:
         if len(self.servers) > 1:
             await self.channel.close(grace=None)
@@ -149,6 +177,8 @@ class ServerConnection:
         failures = 0
         while not self._closing:
             try:
+                if self.discover is not None and (failures or not self.servers):
+                    await self._rediscover()
                 await self._connect_once()
                 failures = 0
             except grpc.aio.AioRpcError as exc:
@@ -159,6 +189,9 @@ class ServerConnection:
                     "connection to %s lost: %s %s", self.server, exc.code().name, exc.details()
                 )
                 await self._next_server()
+            except NoServerFound as exc:
+                failures += 1
+                log.warning("%s", exc)
             finally:
                 self.connected.clear()
             if self._closing:

@@ -13,7 +13,9 @@ from hodei.config import from_env
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    server: str = "127.0.0.1:7070"
+    # One or several comma-separated addresses; "" = find them in Consul when Consul is
+    # configured, else 127.0.0.1:7070.
+    server: str = ""
     token: str = ""
     worker_id: str = field(default_factory=socket.gethostname)
     # 0 = detect from the machine (psutil).
@@ -42,6 +44,14 @@ class AgentSettings:
     reconnect_base_s: float = 0.2
     reconnect_cap_s: float = 10.0
     log_level: str = "info"
+    # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR.
+    consul_addr: str = ""
+    consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
+    consul_ttl_heartbeats: float = 3.0  # the TTL check's TTL, in heartbeat intervals
+    consul_deregister_after_s: float = 60.0
+    advertise_address: str = ""  # the service address in Consul ("" = the node's)
+    # Advertise the Nomad node's identity (datacenter, node, class, meta) as labels.
+    nomad_identity: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentSettings:
@@ -51,5 +61,27 @@ class AgentSettings:
 
     @property
     def label_map(self) -> dict[str, str]:
+        """The worker's labels: its Nomad identity, then the explicit ``labels`` (which win)."""
+        labels = nomad_labels(os.environ) if self.nomad_identity else {}
         pairs = (item.split("=", 1) for item in self.labels if "=" in item)
-        return {k.strip(): v.strip() for k, v in pairs}
+        labels.update({k.strip(): v.strip() for k, v in pairs})
+        return labels
+
+
+# What a Nomad task sees of its node: NOMAD_DC and NOMAD_REGION are set by Nomad; the
+# jobspec passes the node's name, class and chosen meta keys (``${node.unique.name}``...).
+NOMAD_VARIABLES = {
+    "NOMAD_DC": "nomad.datacenter",
+    "NOMAD_REGION": "nomad.region",
+    "NOMAD_NODE_NAME": "nomad.node",
+    "NOMAD_NODE_CLASS": "nomad.class",
+}
+NODE_META_PREFIX = "NOMAD_NODE_META_"
+
+
+def nomad_labels(env: Mapping[str, str]) -> dict[str, str]:
+    labels = {label: env[name] for name, label in NOMAD_VARIABLES.items() if env.get(name)}
+    for name, value in env.items():
+        if name.startswith(NODE_META_PREFIX) and value:
+            labels[f"meta.{name[len(NODE_META_PREFIX) :].lower()}"] = value
+    return labels

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -18,6 +20,8 @@ from hodei.api.routes import add_routes
 from hodei.api.settings import GatewaySettings
 from hodei.api.state import GATEWAY, Gateway
 from hodei.api.waiter import Completions
+from hodei.consul import ServiceRegistration, consul_address, duration
+from hodei.consul import connect as connect_consul
 from hodei.plugin.keys import Keys
 from hodei.plugin.registry import Registry
 from hodei.plugin.scripts import Scripts
@@ -83,7 +87,43 @@ def create_app(settings: GatewaySettings) -> web.Application:
                 await task
 
     app.cleanup_ctx.extend([connections, background])
+    if settings.consul_register and consul_address(settings.consul_addr):
+        app.cleanup_ctx.append(consul_service)
     return app
+
+
+def gateway_registration(client: Any, settings: GatewaySettings) -> ServiceRegistration:
+    address = settings.advertise_address or settings.host
+    service_id = f"hodei-gateway-{socket.gethostname()}-{settings.port}"
+    return ServiceRegistration(
+        client,
+        "hodei-gateway",
+        service_id,
+        {
+            "CheckID": f"{service_id}-readyz",
+            "Name": "hodei gateway readiness",
+            "HTTP": f"http://{address}:{settings.port}/readyz",
+            "Method": "GET",
+            "Interval": duration(settings.consul_check_interval_s),
+            "Timeout": duration(min(settings.consul_check_interval_s, 5.0)),
+            "DeregisterCriticalServiceAfter": duration(settings.consul_deregister_after_s),
+        },
+        address=address,
+        port=settings.port,
+    )
+
+
+async def consul_service(app: web.Application) -> AsyncIterator[None]:
+    settings = app[GATEWAY].settings
+    client = connect_consul(consul_address(settings.consul_addr), settings.consul_token)
+    registration = gateway_registration(client, settings)
+    keeper = asyncio.create_task(registration.keep(settings.consul_check_interval_s * 3))
+    yield
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
+    await registration.deregister()
+    await client.close()
 
 
 def serve(settings: GatewaySettings) -> None:

@@ -33,6 +33,15 @@ class GatewaySettings:
     callback_base_s: float = 1.0
     callback_cap_s: float = 300.0
     log_level: str = "info"
+    # Consul (optional): registers hodei-gateway with an HTTP check on /readyz when an
+    # address is set here or in CONSUL_HTTP_ADDR.
+    consul_addr: str = ""
+    consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
+    advertise_address: str = ""  # the address in Consul ("" = host)
+    consul_check_interval_s: float = 10.0
+    consul_deregister_after_s: float = 300.0
+    # Register hodei-gateway ourselves; off under Nomad, whose service block does it.
+    consul_register: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:

@@ -10,11 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from hodei.plugin.keys import Keys
 from hodei.plugin.scripts import RedisClient, Scripts
 
 log = logging.getLogger(__name__)
+
+
+class LeaderLock(Protocol):
+    """What the scheduler and the monitor need of an election (Redis or Consul)."""
+
+    token: str | None
+    changed: asyncio.Event
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+    async def release(self) -> None: ...
 
 
 class RedisLeaderLock:

@@ -7,7 +7,7 @@ import logging
 
 from hodei.logs import inv
 from hodei.plugin import metrics
-from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leader import LeaderLock
 from hodei.plugin.leasing import Leases
 from hodei.plugin.registry import Registry, WorkerState
 from hodei.plugin.settings import ServerSettings
@@ -25,7 +25,7 @@ class HealthMonitor:
         store: Store,
         leases: Leases,
         registry: Registry,
-        leader: RedisLeaderLock,
+        leader: LeaderLock,
     ) -> None:
         self.settings = settings
         self.store = store

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,19 @@ class Registry:
         """Workers whose last heartbeat is older than the given time."""
         ids = await self.redis.zrangebyscore(self.keys.heartbeats, "-inf", older_than_ms)
         return [i.decode() for i in ids]
+
+    async def consul_changed(self, worker_ids: list[str], passing: Container[str]) -> None:
+        """Record Consul's verdict on these workers as worker events."""
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in worker_ids:
+            verdict = "passing" if worker_id in passing else "not_passing"
+            pipe.xadd(
+                self.keys.events,
+                {"type": "worker", "worker": worker_id, "consul": verdict},
+                maxlen=self.events_maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
 
     async def forget(self, worker_id: str) -> None:
         """Drop a Failed or Terminated worker with no jobs left from the fleet."""

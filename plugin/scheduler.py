@@ -12,14 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hodei.logs import inv
 from hodei.plugin import metrics
 from hodei.plugin.keys import Keys
-from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leader import LeaderLock
 from hodei.plugin.leasing import Leases
-from hodei.plugin.placement import Demand, Fleet, Pending
+from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView
 from hodei.plugin.registry import Registry, view_of
 from hodei.plugin.scripts import RedisClient
 from hodei.plugin.settings import ServerSettings
@@ -52,7 +52,7 @@ class Scheduler:
         settings: ServerSettings,
         leases: Leases,
         registry: Registry,
-        leader: RedisLeaderLock,
+        leader: LeaderLock,
         deliver: Deliver,
     ) -> None:
         self.redis = redis
@@ -68,6 +68,8 @@ class Scheduler:
         self._last_event = "0-0"
         self._next_due: int | None = None
         self._refreshed_at = 0.0
+        # Consul's verdict when Consul is configured: work goes only to passing workers.
+        self.gate: Callable[[str], bool] | None = None
 
     async def run(self) -> None:
         while True:
@@ -107,11 +109,17 @@ class Scheduler:
         now = now_ms()
         hb_ms = int(self.settings.heartbeat_interval_s * 1000)
         for h in await self.registry.all():
-            self.fleet.upsert(view_of(h, now, hb_ms))
+            self.fleet.upsert(self._view(h, now, hb_ms))
         self._queued.clear()
         self._next_due = await self.leases.next_due_ms()
         self._refreshed_at = time.monotonic()
         await self.unpark()
+
+    def _view(self, h: dict[str, str], now: int, hb_ms: int) -> WorkerView:
+        view = view_of(h, now, hb_ms)
+        if self.gate is not None and view.schedulable and not self.gate(view.id):
+            view = replace(view, schedulable=False)
+        return view
 
     def _timeout_ms(self) -> int:
         wait = 1000
@@ -163,7 +171,7 @@ class Scheduler:
         for worker_id, raw in zip(ordered, await pipe.execute(), strict=True):
             if raw:
                 self.fleet.upsert(
-                    view_of({k.decode(): v.decode() for k, v in raw.items()}, now, hb_ms)
+                    self._view({k.decode(): v.decode() for k, v in raw.items()}, now, hb_ms)
                 )
             else:
                 self.fleet.remove(worker_id)

@@ -25,6 +25,7 @@ NAMES = (
     "renew",
     "leader",
     "release_leader",
+    "take_leader",
     "register",
     "worker_state",
     "accept",

@@ -6,14 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
+from hodei.consul import ServiceRegistration, consul_address
+from hodei.consul import connect as connect_consul
+from hodei.plugin.consul_fleet import PassingWorkers, server_registration
+from hodei.plugin.consul_leader import ConsulLeaderLock
 from hodei.plugin.keys import Keys
-from hodei.plugin.leader import RedisLeaderLock
+from hodei.plugin.leader import LeaderLock, RedisLeaderLock
 from hodei.plugin.leasing import Leases
 from hodei.plugin.monitor import HealthMonitor
 from hodei.plugin.registry import Registry
@@ -62,9 +67,23 @@ class ControlPlane:
             retention_s=s.retention_s,
         )
         self.registry = Registry(self.redis, self.keys, self.scripts, s.events_maxlen)
-        self.leader = RedisLeaderLock(
-            self.redis, self.keys, self.scripts, s.server_id, s.leader_ttl_s
-        )
+        address = consul_address(s.consul_addr)
+        self.consul: Any = connect_consul(address, s.consul_token) if address else None
+        self.leader: LeaderLock
+        if self.consul is not None:
+            self.leader = ConsulLeaderLock(
+                self.consul,
+                self.keys,
+                self.scripts,
+                s.server_id,
+                s.consul_leader_key,
+                s.consul_session_ttl_s,
+                s.consul_lock_delay_s,
+            )
+        else:
+            self.leader = RedisLeaderLock(
+                self.redis, self.keys, self.scripts, s.server_id, s.leader_ttl_s
+            )
         self.sessions = Sessions(
             self.redis,
             self.keys,
@@ -78,6 +97,11 @@ class ControlPlane:
             self.redis, self.keys, s, self.leases, self.registry, self.leader, self.sessions.deliver
         )
         self.monitor = HealthMonitor(s, self.store, self.leases, self.registry, self.leader)
+        self.registration: ServiceRegistration | None = None
+        self.passing: PassingWorkers | None = None
+        if self.consul is not None:
+            self.passing = PassingWorkers(self.consul, self._consul_changed)
+            self.scheduler.gate = self.passing.__contains__
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_server: grpc.aio.Server | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -103,6 +127,17 @@ class ControlPlane:
                 ("delivery", self.sessions.listen()),
             )
         ]
+        if self.passing is not None:
+            self.tasks.append(asyncio.create_task(self.passing.run(), name="consul-watch"))
+        self.registration = None
+        if self.consul is not None and self.settings.consul_register:
+            self.registration = server_registration(self.consul, self.settings, self.port)
+            self.tasks.append(
+                asyncio.create_task(
+                    self.registration.keep(self.settings.consul_check_interval_s * 3),
+                    name="consul-registration",
+                )
+            )
         log.info(
             "server %s listening for agents on %s:%d",
             self.settings.server_id,
@@ -111,6 +146,12 @@ class ControlPlane:
             extra={"grpc_port": self.port, "server_id": self.settings.server_id},
         )
         return self.port
+
+    async def _consul_changed(self, workers: set[str]) -> None:
+        """Consul's verdict on some workers changed: tell the scheduler through the event
+        stream (it refreshes those workers and gives parked work another look)."""
+        if self.leader.is_leader:
+            await self.registry.consul_changed(sorted(workers), self.passing or set())
 
     async def stop(self, grace_s: float = 5.0) -> None:
         for service in ("", SERVICE_NAME):
@@ -123,6 +164,10 @@ class ControlPlane:
             _, stuck = await asyncio.wait(self.tasks, timeout=5)
             for task in stuck:
                 log.error("task %s did not stop", task.get_name())
+        if self.registration is not None:
+            await self.registration.deregister()
+        if self.consul is not None:
+            await self.consul.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 

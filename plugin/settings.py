@@ -40,6 +40,19 @@ class ServerSettings:
     # Finished invocations (record, result, logs) are kept this long (0 = forever).
     retention_s: int = 7 * 24 * 3600
     log_level: str = "info"
+    # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR. Then the
+    # server registers hodei-server, places work only on passing agents, and elects its
+    # leader with a Consul session and KV lock instead of the Redis lock.
+    consul_addr: str = ""
+    consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
+    advertise_address: str = ""  # the address in Consul ("" = grpc_host)
+    consul_check_interval_s: float = 10.0
+    consul_deregister_after_s: float = 300.0
+    consul_session_ttl_s: int = 15  # Consul accepts 10 s to 24 h
+    consul_lock_delay_s: int = 15
+    consul_leader_key: str = "hodei/leader"
+    # Register hodei-server ourselves; off under Nomad, whose service block does it.
+    consul_register: bool = True
 
     @property
     def unhealthy_after_s(self) -> float:

@@ -132,14 +132,20 @@ async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
 class AgentProcess:
     """``hodei agent`` as its own OS process."""
 
-    def __init__(self, port: int, worker_id: str, *extra: str, token: str = "") -> None:
+    def __init__(
+        self,
+        port: int,
+        worker_id: str,
+        *extra: str,
+        token: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         args = [
             sys.executable,
             "-m",
             "hodei.cli",
             "agent",
-            "--server",
-            f"127.0.0.1:{port}",
+            *(("--server", f"127.0.0.1:{port}") if port else ()),
             "--worker-id",
             worker_id,
             "--metrics-port",
@@ -156,16 +162,19 @@ class AgentProcess:
             "1",
             *extra,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "CONSUL_", "NOMAD_"))
+        }
+        environ.update(env or {})
         if token:
-            env["HODEI_TOKEN"] = token
+            environ["HODEI_TOKEN"] = token
         self.worker_id = worker_id
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"hodei-agent-{worker_id}-{os.getpid()}.log"
         )
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=environ, cwd=ROOT
         )
 
     def output(self) -> str:
@@ -193,9 +202,15 @@ async def agents(plane: ControlPlane) -> AsyncIterator[list[AgentProcess]]:
 
 
 async def start_agent(
-    cp: ControlPlane, agents: list[AgentProcess], worker_id: str, *extra: str, token: str = ""
+    cp: ControlPlane,
+    agents: list[AgentProcess],
+    worker_id: str,
+    *extra: str,
+    token: str = "",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> AgentProcess:
-    agent = AgentProcess(cp.port, worker_id, *extra, token=token)
+    agent = AgentProcess(cp.port if port is None else port, worker_id, *extra, token=token, env=env)
     agents.append(agent)
 
     async def connected() -> bool:

@@ -1,0 +1,14 @@
+terraform {
+  required_version = ">= 1.5.0"
+
+  required_providers {
+    nomad = {
+      source  = "hashicorp/nomad"
+      version = "2.4.0"
+    }
+    consul = {
+      source  = "hashicorp/consul"
+      version = "2.21.0"
+    }
+  }
+}
