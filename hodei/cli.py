@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hodei.agent.settings import AgentSettings
     from hodei.api import commands, dev
     from hodei.api.settings import GatewaySettings
+    from hodei.plugin import nomad_deploy
     from hodei.plugin.settings import ServerSettings
 
     parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(gateway, GatewaySettings)
     commands.add_commands(sub)
     dev.add_command(sub)
+    nomad_deploy.add_command(sub)
     return parser
 
 
@@ -94,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.setup("gateway", gateway_settings.log_level)
             serve_gateway(gateway_settings)
             return 0
+        if args.command == "nomad":
+            from hodei.plugin import nomad_deploy
+
+            return nomad_deploy.run(args)
         if args.command == "dev":
             from hodei.api import dev
 

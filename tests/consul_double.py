@@ -185,8 +185,15 @@ class ConsulDouble:
         return web.Response()
 
     def entry(self, service: dict[str, Any]) -> dict[str, Any]:
-        checks = [{"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing",
-                   "ServiceID": "", "Output": "Agent alive and reachable"}]  # fmt: skip
+        checks = [
+            {
+                "CheckID": "serfHealth",
+                "Name": "Serf Health Status",
+                "Status": "passing",
+                "ServiceID": "",
+                "Output": "Agent alive and reachable",
+            }
+        ]
         for c in self.checks.values():
             if c["ServiceID"] == service["ID"]:
                 public = ("CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "Type")
@@ -279,8 +286,13 @@ class ConsulDouble:
             elif held_by != release:
                 return self.answer(False)
         if entry is None:
-            entry = self.kv[key] = {"Key": key, "Flags": 0, "LockIndex": 0, "Session": "",
-                                    "CreateIndex": self.index + 1}  # fmt: skip
+            entry = self.kv[key] = {
+                "Key": key,
+                "Flags": 0,
+                "LockIndex": 0,
+                "Session": "",
+                "CreateIndex": self.index + 1,
+            }
         if acquire and entry.get("Session") != acquire:
             entry["LockIndex"] += 1
             entry["Session"] = acquire
