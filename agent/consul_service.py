@@ -65,6 +65,8 @@ class AgentService:
                 "job_slots": str(c.job_slots),
                 "runtimes": ",".join(self.runtimes),
                 "version": __version__,
+                # For Prometheus' Consul service discovery (see dashboards/prometheus.yml).
+                "metrics_port": str(s.metrics_port),
             },
             tags=[f"{k}={v}" for k, v in sorted(s.label_map.items())],
         )

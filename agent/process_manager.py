@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from hodei import tracing
 from hodei.agent import metrics
 from hodei.agent.runtime import LogSink, Outcome, Runtime, now_ms
 from hodei.logs import inv
@@ -148,6 +149,7 @@ class ProcessManager:
     async def _run(self, job: RunningJob, runner: Runner) -> None:
         request = job.request
         started = time.perf_counter()
+        started_ns = time.time_ns()
 
         def logs(stream: str, line: str) -> None:
             job.lines.append(pb.LogLine(ts_ms=now_ms(), stream=stream, line=line))
@@ -177,8 +179,23 @@ class ProcessManager:
         if job.hand_back and outcome.outcome != pb.JOB_OUTCOME_SUCCEEDED:
             outcome.outcome = pb.JOB_OUTCOME_HANDED_BACK
             outcome.error = "handed back: the worker is shutting down"
-        metrics.JOB_DURATION.labels(request.function, OUTCOME_NAMES[outcome.outcome]).observe(
-            time.perf_counter() - started
+        status = OUTCOME_NAMES[outcome.outcome]
+        metrics.JOB_DURATION.labels(request.function, status).observe(time.perf_counter() - started)
+        tracing.span(
+            "execute",
+            request.traceparent,
+            started_ns,
+            time.time_ns(),
+            {
+                "hodei.invocation_id": request.invocation_id,
+                "hodei.function": request.function,
+                "hodei.attempt": request.attempt,
+                "hodei.worker_id": self.worker_id,
+                "hodei.runtime": request.runtime,
+                "hodei.status": status,
+                "hodei.exit_code": outcome.exit_code,
+            },
+            error="" if outcome.outcome == pb.JOB_OUTCOME_SUCCEEDED else outcome.error or status,
         )
         self._finish(job, outcome)
 

@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from hodei.api.client import HodeiClient
+from hodei.logs import render_human
 
 DEMO = {
     "command": [
@@ -41,6 +43,13 @@ def add_command(sub: Any) -> None:
     parser.add_argument("--port", type=int, default=8080, help="gateway port")
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--demo", action="store_true", help="deploy and invoke a demo function")
+    parser.add_argument(
+        "--logs",
+        choices=("auto", "human", "json", "off"),
+        default="auto",
+        help="echo the processes' logs here: human lines, raw JSON, or not at all "
+        "(auto: human on a terminal, else off); they are always kept as JSON in the log folder",
+    )
     parser.add_argument(
         "--once",
         action="store_true",
@@ -68,6 +77,48 @@ def _redis_binary() -> str | None:
 
 def _say(message: str) -> None:
     print(f"hodei dev: {message}", file=sys.stderr, flush=True)
+
+
+class LogFollower:
+    """Echoes every process's log file to our stderr as it grows, as human lines."""
+
+    def __init__(self, folder: Path, style: str) -> None:
+        self.folder = folder
+        self.style = style
+        self.offsets: dict[Path, int] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dev-logs", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.drain()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.2):
+            self.drain()
+
+    def drain(self) -> None:
+        for path in sorted(self.folder.glob("*.log")):
+            with path.open("rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            for raw in complete.decode(errors="replace").splitlines():
+                print(self.render(path.stem, raw), file=sys.stderr, flush=True)
+
+    def render(self, process: str, raw: str) -> str:
+        if self.style == "json":
+            return raw
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return f"{process}: {raw}"
+        return render_human(entry) if isinstance(entry, dict) else f"{process}: {raw}"
 
 
 class Stack:
@@ -128,6 +179,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     python = [sys.executable, "-m", "hodei.cli"]
+    style = args.logs
+    if style == "auto":
+        style = "human" if sys.stderr.isatty() else "off"
+    follower = LogFollower(stack.workdir, style) if style != "off" else None
+    if follower is not None:
+        follower.start()
     try:
         redis_url = os.environ.get("HODEI_REDIS_URL", "")
         if not redis_url:
@@ -232,5 +289,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _say("stopping…")
         stack.stop()
+        if follower is not None:
+            follower.stop()
         if not interrupted:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -7,20 +7,23 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 import time
 import uuid
 
 from aiohttp import web
 
+from hodei import tracing
 from hodei.api import metrics
 from hodei.api.sse import EventStream
 from hodei.api.state import Gateway, error, gateway
 from hodei.errors import NotFound, QueueFull
+from hodei.logs import inv
 from hodei.plugin.models import NAME_RE, FunctionSpec, Invocation, Priority, Status
 from hodei.plugin.sessions import route_cancel
 
-TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+log = logging.getLogger(__name__)
 
 
 def _headers(inv: Invocation) -> dict[str, str]:
@@ -70,7 +73,7 @@ def _callback(request: web.Request) -> str:
 
 def _traceparent(request: web.Request) -> str:
     value = request.headers.get("traceparent", "").strip().lower()
-    return value if TRACEPARENT.match(value) else ""
+    return value if tracing.valid(value) else ""
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
@@ -83,21 +86,39 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     payload = await request.read()
     invocation_id = uuid.uuid4().hex
     waiter = None if asynchronous else gw.completions.expect(invocation_id)
+    traceparent, end_submit = tracing.start(
+        "submit",
+        _traceparent(request),
+        {"hodei.invocation_id": invocation_id, "hodei.function": spec.name},
+    )
     try:
         try:
             recorded_id = await gw.store.invoke(
                 spec,
                 payload,
                 priority=_priority(request),
-                traceparent=_traceparent(request),
+                traceparent=traceparent,
                 invocation_id=invocation_id,
                 callback_url=_callback(request),
                 idempotency_key=request.headers.get("Idempotency-Key", ""),
             )
         except QueueFull:
             metrics.REJECTED.labels("backpressure").inc()
+            end_submit("queue full")
             raise
+        except Exception as exc:
+            end_submit(type(exc).__name__)
+            raise
+        end_submit()
         metrics.INVOCATIONS.labels(spec.name, "accepted").inc()
+        log.info(
+            "invocation %s of %s accepted (%s, trace %s)",
+            recorded_id,
+            spec.name,
+            "async" if asynchronous else "sync",
+            tracing.trace_id(traceparent),
+            extra=inv(recorded_id, function=spec.name),
+        )
         if asynchronous or waiter is None:
             if recorded_id == invocation_id:  # just recorded: no need to read it back
                 return _accepted_new(invocation_id)
@@ -201,15 +222,27 @@ async def submit_job(request: web.Request) -> web.Response:
         return error(422, "invalid_spec", f"name: must match {NAME_RE.pattern}", field="name")
     data = base64.b64decode(payload_b64) if payload_b64 else str(payload).encode()
     spec = FunctionSpec.from_dict(name, body)
-    invocation_id = await gw.store.invoke(
-        spec,
-        data,
-        priority=_priority(request),
-        traceparent=_traceparent(request),
-        callback_url=_callback(request),
-        idempotency_key=request.headers.get("Idempotency-Key", ""),
+    traceparent, end_submit = tracing.start(
+        "submit", _traceparent(request), {"hodei.function": name}
     )
+    try:
+        invocation_id = await gw.store.invoke(
+            spec,
+            data,
+            priority=_priority(request),
+            traceparent=traceparent,
+            callback_url=_callback(request),
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
+    finally:
+        end_submit()
     metrics.INVOCATIONS.labels(name, "accepted").inc()
+    log.info(
+        "invocation %s (job %s) accepted",
+        invocation_id,
+        name,
+        extra=inv(invocation_id, function=name),
+    )
     return await _accepted(gw, invocation_id, 202)
 
 

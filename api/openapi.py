@@ -86,6 +86,10 @@ SCHEMAS: dict[str, Any] = {
             "started_at": NULLABLE_NUMBER,
             "finished_at": NULLABLE_NUMBER,
             "duration_ms": {"type": ["integer", "null"]},
+            "trace_id": {
+                "type": ["string", "null"],
+                "description": "W3C trace id of the invocation",
+            },
         },
     },
     "InvocationList": {

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hodei import __version__, logs
+from hodei import __version__, logs, tracing
 from hodei.errors import ConfigError
 
 
@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             server_settings = ServerSettings.from_env(**_overrides(args, ServerSettings))
             logs.setup("server", server_settings.log_level)
+            tracing.setup("server")
             asyncio.run(serve_server(server_settings))
             return 0
         if args.command == "agent":
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
             logs.setup("agent", agent_settings.log_level)
+            tracing.setup("agent")
             return asyncio.run(serve_agent(agent_settings))
         if args.command == "gateway":
             from hodei.api.app import serve as serve_gateway
@@ -94,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             gateway_settings = GatewaySettings.from_env(**_overrides(args, GatewaySettings))
             logs.setup("gateway", gateway_settings.log_level)
+            tracing.setup("gateway")
             serve_gateway(gateway_settings)
             return 0
         if args.command == "nomad":

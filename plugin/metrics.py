@@ -45,6 +45,11 @@ SCHEDULING_LATENCY = Histogram(
     "From enqueue to lease (first attempt)",
     buckets=LATENCY_BUCKETS,
 )
+QUEUE_WAIT = Histogram(
+    "hodei_queue_wait_seconds",
+    "Time an attempt waited in the ready queue before its lease (every attempt)",
+    buckets=LATENCY_BUCKETS,
+)
 DECISION_SECONDS = Histogram(
     "hodei_scheduler_decision_seconds",
     "Time to choose a worker for one invocation",
@@ -60,6 +65,9 @@ RETRIES = Counter("hodei_retries_total", "Invocation attempts scheduled for a re
 LEASE_EXPIRIES = Counter("hodei_lease_expiries_total", "Leases reclaimed after their deadline")
 STALE_RESULTS = Counter(
     "hodei_stale_results_total", "Results rejected because they were not of the current attempt"
+)
+DEAD_LETTERS = Gauge(
+    "hodei_dead_letters", "Failed invocations in the dead-letter index (retries exhausted)"
 )
 STREAMS = Gauge("hodei_grpc_streams", "Open agent JobStreams on this server")
 IS_LEADER = Gauge("hodei_scheduler_leader", "1 while this server is the scheduling leader")

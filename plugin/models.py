@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hodei.errors import InvalidSpec
+from hodei.tracing import trace_id
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RUNTIMES = ("process", "docker")
@@ -246,6 +247,7 @@ class Invocation:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_ms": self.duration_ms,
+            "trace_id": trace_id(self.traceparent) or None,
         }
 
 

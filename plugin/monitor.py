@@ -103,6 +103,8 @@ class HealthMonitor:
             metrics.LEASE_EXPIRIES.inc()
             if result.requeued:
                 metrics.RETRIES.inc()
+            else:
+                metrics.INVOCATIONS.labels(result.function, result.detail).inc()
             log.warning(
                 "invocation %s: lease expired, %s",
                 invocation_id,
@@ -168,3 +170,4 @@ class HealthMonitor:
                     )
         for state, n in counts.items():
             metrics.WORKERS.labels(state).set(n)
+        metrics.DEAD_LETTERS.set(await self.store.redis.zcard(self.store.keys.dead))

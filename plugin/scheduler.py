@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from hodei import tracing
 from hodei.logs import inv
 from hodei.plugin import metrics
 from hodei.plugin.keys import Keys
@@ -38,10 +39,12 @@ class Queued:
     demand: Demand
     deadline_ms: int
     created_ms: int
+    queued_ms: int
     function: str
     pending_reason: str
     published_reason: str
     structural: bool = False
+    decided_ns: int = 0  # when the scheduler took it up (the schedule span starts)
 
 
 class Scheduler:
@@ -220,6 +223,7 @@ class Scheduler:
             "created_at",
             "function",
             "pending_reason",
+            "queued_at",
         )
         pipe = self.redis.pipeline(transaction=False)
         for i in unknown:
@@ -238,6 +242,7 @@ class Scheduler:
                 ),
                 deadline_ms=int(raw[5]),
                 created_ms=int(raw[6]),
+                queued_ms=int(raw[9] or raw[6]),
                 function=raw[7].decode(),
                 pending_reason=(raw[8] or b"").decode(),
                 published_reason=(raw[8] or b"").decode(),
@@ -249,6 +254,7 @@ class Scheduler:
             q = self._queued.get(i)
             if q is None:
                 continue
+            q.decided_ns = time.time_ns()
             started = time.perf_counter()
             choice = self.fleet.place(q.demand)
             metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
@@ -275,7 +281,9 @@ class Scheduler:
                 metrics.PLACEMENTS.inc()
                 if int(reply[1]) == 1:
                     metrics.SCHEDULING_LATENCY.observe(max(0, now - q.created_ms) / 1000)
+                metrics.QUEUE_WAIT.observe(max(0, now - q.queued_ms) / 1000)
                 request = self.leases.assignment(invocation_id, reply)
+                self._trace(request, worker_id, q)
                 server_id = self.fleet.workers[worker_id].server_id
                 log.info(
                     "invocation %s attempt %d leased to %s",
@@ -296,6 +304,19 @@ class Scheduler:
                 self._queued.pop(invocation_id, None)
             else:
                 await self._refresh({worker_id})
+
+    @staticmethod
+    def _trace(request: pb.AssignJobRequest, worker_id: str, q: Queued) -> None:
+        attributes = {
+            "hodei.invocation_id": request.invocation_id,
+            "hodei.function": request.function,
+            "hodei.attempt": request.attempt,
+            "hodei.worker_id": worker_id,
+        }
+        tracing.span(
+            "queue wait", request.traceparent, q.queued_ms * 1_000_000, q.decided_ns, attributes
+        )
+        tracing.span("schedule", request.traceparent, q.decided_ns, time.time_ns(), attributes)
 
     async def _note_pending(self, ids: list[str]) -> None:
         """Publish pending reasons that changed, and fail those past their queue timeout."""

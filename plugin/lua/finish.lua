@@ -55,6 +55,7 @@ if outcome == 'handed_back' or retryable then
     kind = 'requeued'
     redis.call('ZADD', KEYS[6], h[11], id)
     fields[#fields + 1] = 'pending_reason'; fields[#fields + 1] = ''
+    fields[#fields + 1] = 'queued_at'; fields[#fields + 1] = now
   else
     kind = 'retry'
     -- Exponential backoff with jitter: uniform in [ceiling/2, ceiling].

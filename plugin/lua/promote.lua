@@ -12,7 +12,7 @@ for _, id in ipairs(due) do
   local h = redis.call('HMGET', inv, 'status', 'score')
   if h[1] == 'queued' then
     redis.call('ZADD', KEYS[2], h[2], id)
-    redis.call('HSET', inv, 'pending_reason', '')
+    redis.call('HSET', inv, 'pending_reason', '', 'queued_at', ARGV[1])
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'queued', 'invocation', id)
   end
 end
