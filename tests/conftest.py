@@ -178,7 +178,8 @@ class AgentProcess:
         )
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     async def stop(self) -> None:
