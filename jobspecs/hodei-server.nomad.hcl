@@ -60,26 +60,17 @@ job "hodei-server" {
       provider = "consul"
       tags     = ["grpc"]
 
+      # Prometheus finds the metrics port here (dashboards/prometheus-consul.yml).
+      meta {
+        metrics_port = "${NOMAD_PORT_metrics}"
+      }
+
       check {
         type         = "grpc"
         name         = "hodei server gRPC health"
         interval     = "10s"
         timeout      = "2s"
         grpc_service = "hodei.v1.WorkerService"
-      }
-    }
-
-    service {
-      name     = "hodei-server-metrics"
-      port     = "metrics"
-      provider = "consul"
-      tags     = ["prometheus"]
-
-      check {
-        type     = "http"
-        path     = "/metrics"
-        interval = "30s"
-        timeout  = "5s"
       }
     }
 

