@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+from doubles import served
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -347,15 +348,9 @@ class ConsulDouble:
 @asynccontextmanager
 async def running_consul() -> AsyncIterator[ConsulDouble]:
     double = ConsulDouble()
-    runner = web.AppRunner(double.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    double.url = f"http://127.0.0.1:{port}"
-    reaper = asyncio.create_task(double.reap())
-    try:
-        yield double
-    finally:
-        reaper.cancel()
-        await runner.cleanup()
+    async with served(double.app()) as double.url:
+        reaper = asyncio.create_task(double.reap())
+        try:
+            yield double
+        finally:
+            reaper.cancel()

@@ -21,6 +21,7 @@ from typing import Any
 
 import hcl2
 from aiohttp import web
+from doubles import served
 
 OPTIONS = hcl2.SerializationOptions(
     strip_string_quotes=True, with_comments=False, explicit_blocks=False
@@ -262,13 +263,5 @@ def resolve(value: Any, variables: dict[str, Any]) -> Any:
 @asynccontextmanager
 async def running_nomad(nodes: list[Node]) -> AsyncIterator[NomadDouble]:
     double = NomadDouble(nodes=nodes)
-    runner = web.AppRunner(double.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    double.url = f"http://127.0.0.1:{port}"
-    try:
+    async with served(double.app()) as double.url:
         yield double
-    finally:
-        await runner.cleanup()

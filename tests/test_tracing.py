@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from conftest import ROOT, AgentProcess, free_port, wait_for
 from otlp_double import running_collector
+from test_gateway import _sse
 from test_observability import scrape
 
 from hodei.logs import render_human
@@ -57,23 +58,6 @@ def spawned() -> Iterator[list[Spawned]]:
     yield started
     for process in reversed(started):
         process.stop()
-
-
-async def sse(response: aiohttp.ClientResponse, until: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    event: dict[str, Any] = {}
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            event["event"] = line[7:]
-        elif line.startswith("data: "):
-            event["data"] = json.loads(line[6:])
-        elif not line and event:
-            events.append(event)
-            if event["event"] == until:
-                return events
-            event = {}
-    return events
 
 
 async def test_one_invocation_through_every_process(
@@ -142,7 +126,7 @@ async def test_one_invocation_through_every_process(
                     inv_id = (await r.json())["id"]
                 events_url = f"/v1/events?invocation={inv_id}&since=0-0"
                 async with http.get(events_url) as r:
-                    lifecycle = await sse(r, until="finished")
+                    lifecycle = await _sse(r, until="finished")
                 assert [e["event"] for e in lifecycle] == [
                     "queued",
                     "assigned",
@@ -151,7 +135,7 @@ async def test_one_invocation_through_every_process(
                     "finished",
                 ]
                 async with http.get("/v1/events?worker=w1&since=0-0") as r:
-                    worker_events = await sse(r, until="assigned")
+                    worker_events = await _sse(r, until="assigned")
                 assert worker_events[0]["event"] == "worker"  # its registration
                 assert all(e["data"]["worker"] == "w1" for e in worker_events)
 
