@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -134,6 +135,13 @@ async def events(request: web.Request) -> web.StreamResponse:
         else:
             await stream.send(response, event.get("type", "event"), event, event["id"])
     return response
+
+
+async def console(request: web.Request) -> web.Response:
+    """GET /ui: the web console (workers and their utilisation, queue, recent invocations),
+    a page that reads the /v1 API from the browser."""
+    page = (resources.files("hodei.api") / "console.html").read_text()
+    return web.Response(text=page, content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:

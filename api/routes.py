@@ -37,6 +37,7 @@ ROUTES: tuple[Route, ...] = (
         {200: "ready", 503: "Redis unreachable"},
     ),
     Route("GET", "/metrics", fleet.metrics, "", "Prometheus metrics", {200: "text format"}),
+    Route("GET", "/ui", fleet.console, "", "Web console", {200: "HTML page"}),
     Route(
         "GET",
         "/v1/functions",
