@@ -19,7 +19,7 @@ import grpc
 from hodei import __version__, backoff
 from hodei.agent import metrics
 from hodei.agent.settings import AgentSettings
-from hodei.errors import AgentRejected, ConfigError
+from hodei.errors import AgentRejected, ConfigError, NoServerFound
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
@@ -31,10 +31,6 @@ FATAL = (
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
 )
-
-
-class NoServerFound(Exception):
-    pass
 
 
 class ServerConnection:

@@ -30,6 +30,7 @@ from hodei.agent.docker_spec import (
     job_of,
 )
 from hodei.agent.runtime import CappedBuffer, LineSplitter, LogSink, Outcome, ended, now_ms
+from hodei.errors import ImagePullFailed
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
@@ -37,10 +38,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK = 64 * 1024
 POLL_S = 0.25
-
-
-class ImagePullFailed(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +136,15 @@ class DockerRuntime:
 
     # -- one attempt -------------------------------------------------------------------
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
+        return await self._run(job, logs, cancel, may_pull_again=True)
+
+    async def _run(
+        self,
+        job: pb.AssignJobRequest,
+        logs: LogSink,
+        cancel: asyncio.Event,
+        may_pull_again: bool,
+    ) -> Outcome:
         started = now_ms()
         if not self._available:
             return Outcome(
@@ -163,7 +169,14 @@ class DockerRuntime:
         request = container_request(
             job, self.worker_id, self.options, deadline, self.api.create_host_config
         )
-        created = await self._call(self.api.create_container, **request)
+        try:
+            created = await self._call(self.api.create_container, **request)
+        except docker.errors.ImageNotFound:
+            if not may_pull_again:
+                raise
+            # Removed from the engine since we last saw it: pull it again, once.
+            self._present.discard(job.image)
+            return await self._run(job, logs, cancel, may_pull_again=False)
         container_id: str = created["Id"]
         try:
             attached = await self._call(
@@ -173,7 +186,18 @@ class DockerRuntime:
             )
             sock: socket.socket = attached._sock
             try:
-                await self._call(self.api.start, container_id)
+                try:
+                    await self._call(self.api.start, container_id)
+                except docker.errors.APIError as exc:
+                    # The command cannot be run (not found, not executable): as a process
+                    # that cannot be spawned, exit code 127.
+                    return Outcome(
+                        pb.JOB_OUTCOME_FAILED,
+                        exit_code=127,
+                        error=f"cannot start: {exc.explanation or exc}",
+                        started_ms=started,
+                        finished_ms=now_ms(),
+                    )
                 return await self._supervise(container_id, sock, job, logs, cancel, started)
             finally:
                 sock.close()

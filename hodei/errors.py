@@ -49,3 +49,31 @@ class ApiError(HodeiError):
         self.code = code
         self.message = message
         self.body = body
+
+
+class ProtocolError(HodeiError):
+    """Raised when an agent sends a message that does not fit the protocol or its state."""
+
+
+class StaleSession(ProtocolError):
+    """Raised when a stream's session was superseded or its worker declared Failed."""
+
+
+class PinRefused(HodeiError):
+    """Raised when assign.lua refuses a pinned assignment; ``code`` is its reply code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class NoServerFound(HodeiError):
+    """Raised in the agent when Consul lists no passing hodei-server to connect to."""
+
+
+class ImagePullFailed(HodeiError):
+    """Raised when a function's container image is missing and cannot be pulled."""
+
+
+class NomadError(HodeiError):
+    """Raised when Nomad refuses a request (parse, plan, register) or cannot be reached."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hodei.errors import ConfigError, HodeiError
+from hodei.errors import ConfigError, NomadError
 
 JOBS = {
     "redis": "redis.nomad.hcl",
@@ -26,10 +26,6 @@ JOBS = {
 # Deploy order: what others need comes first.
 ORDER = ("redis", "server", "gateway", "agent")
 HCL_LITERAL = re.compile(r"^(\[.*\]|\{.*\}|-?\d+(\.\d+)?|true|false)$", re.S)
-
-
-class NomadError(HodeiError):
-    """Raised when Nomad refuses a request (parse, plan, register) or cannot be reached."""
 
 
 @dataclass

@@ -12,8 +12,9 @@ import grpc
 from google.protobuf import empty_pb2
 
 from hodei import __version__
-from hodei.errors import NotFound
-from hodei.plugin.sessions import PinRefused, ProtocolError, Sessions, StaleSession
+from hodei.errors import NotFound, PinRefused, ProtocolError, StaleSession
+from hodei.plugin import worker_calls
+from hodei.plugin.sessions import Sessions
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 
@@ -49,7 +50,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         problem = _invalid_registration(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        return await self.sessions.register(request, __version__)
+        return await worker_calls.register(self.sessions, request, __version__)
 
     async def Heartbeat(self, request: pb.Heartbeat, context: Context) -> empty_pb2.Empty:
         await self._authenticate(context)
@@ -67,7 +68,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     ) -> pb.WorkerStatus:
         await self._authenticate(context)
         try:
-            return await self.sessions.status(request.worker_id)
+            return await worker_calls.status(self.sessions, request.worker_id)
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise
@@ -79,8 +80,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "invocation_id and worker_id are required"
             )
         try:
-            return await self.sessions.pin(
-                request.invocation_id, request.worker_id, self.pin_timeout_s
+            return await worker_calls.pin(
+                self.sessions, request.invocation_id, request.worker_id, self.pin_timeout_s
             )
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 
-from hodei.errors import NotFound
+from hodei.errors import NotFound, ProtocolError, StaleSession
 from hodei.logs import inv
 from hodei.plugin import metrics
 from hodei.plugin.keys import Keys
@@ -39,14 +38,6 @@ async def route_cancel(
             keys.server_channel(server_id.decode()),
             CANCEL + worker_id.encode() + b"\0" + request.SerializeToString(),
         )
-
-
-class ProtocolError(Exception):
-    """Raised when an agent sends a message that does not fit the protocol or its state."""
-
-
-class StaleSession(ProtocolError):
-    """Raised when a stream's session was superseded or its worker declared Failed."""
 
 
 @dataclass(eq=False)
@@ -314,115 +305,3 @@ class Sessions:
             )
         else:
             raise ProtocolError(f"unexpected worker state {status.state} on the stream")
-
-    # -- unary RPCs --------------------------------------------------------------------
-    async def register(self, req: pb.RegisterWorkerRequest, version: str) -> pb.WorkerStatus:
-        fields = {
-            "hostname": req.hostname,
-            "version": req.version or version,
-            "cpu_total": req.capacity.cpu_millicores,
-            "mem_total": req.capacity.memory_mb,
-            "gpu_total": req.capacity.gpus,
-            "slots_total": req.capacity.job_slots,
-            "labels": json.dumps(dict(req.labels)),
-            "runtimes": ",".join(sorted(req.runtimes)),
-        }
-        running = {j.invocation_id: j.attempt for j in req.running_jobs}
-        reg = await self.registry.register(req.worker_id, self.server_id, fields, list(running))
-        for invocation_id in reg.orphans:
-            attempt = await self.redis.hget(self.keys.invocation(invocation_id), "attempt")
-            await self.leases.finish(
-                invocation_id,
-                int(attempt or 0),
-                req.worker_id,
-                "lost",
-                error="lost: the worker came back without it",
-            )
-        kept = [(i, a) for i, a in running.items() if i not in reg.revoked]
-        _, stale = await self.leases.renew(req.worker_id, reg.session_id, kept, 0.0, 0.0)
-        revoked = set(reg.revoked) | set(stale)
-        log.info(
-            "worker %s registered (session %s): %d jobs kept, %d revoked, %d lost",
-            req.worker_id,
-            reg.session_id,
-            len(running) - len(revoked),
-            len(revoked),
-            len(reg.orphans),
-            extra={"worker_id": req.worker_id},
-        )
-        return pb.WorkerStatus(
-            worker_id=req.worker_id,
-            state=pb.WORKER_STATE_REGISTERING,
-            session_id=reg.session_id,
-            capacity=req.capacity,
-            revoked_jobs=[pb.RunningJob(invocation_id=i, attempt=running[i]) for i in revoked],
-        )
-
-    async def status(self, worker_id: str) -> pb.WorkerStatus:
-        h = await self.registry.get(worker_id)
-        if h is None:
-            raise NotFound(f"worker {worker_id} is not registered")
-        jobs = []
-        for invocation_id in await self.registry.jobs_of(worker_id):
-            attempt = await self.redis.hget(self.keys.invocation(invocation_id), "attempt")
-            jobs.append(pb.RunningJob(invocation_id=invocation_id, attempt=int(attempt or 0)))
-        return pb.WorkerStatus(
-            worker_id=worker_id,
-            state=pb.WorkerState.Value(f"WORKER_STATE_{h['state'].upper()}"),
-            capacity=pb.Resources(
-                cpu_millicores=int(h["cpu_total"]),
-                memory_mb=int(h["mem_total"]),
-                gpus=int(h["gpu_total"]),
-                job_slots=int(h["slots_total"]),
-            ),
-            allocated=pb.Resources(
-                cpu_millicores=int(h["cpu_used"]),
-                memory_mb=int(h["mem_used"]),
-                gpus=int(h["gpu_used"]),
-                job_slots=int(h["slots_used"]),
-            ),
-            jobs=jobs,
-        )
-
-    async def pin(self, invocation_id: str, worker_id: str, timeout_s: float) -> pb.JobAccepted:
-        """Lease a queued invocation to a chosen worker and wait until its agent accepts it."""
-        if not await self.redis.exists(self.keys.invocation(invocation_id)):
-            raise NotFound(f"invocation {invocation_id} does not exist")
-        record = await self.registry.get(worker_id)
-        if record is None:
-            raise NotFound(f"worker {worker_id} is not registered")
-        last = await self.redis.xrevrange(self.keys.events, count=1)
-        cursor = last[0][0] if last else b"0-0"
-        reply = await self.leases.assign_call(invocation_id, worker_id, "")
-        code = int(reply[0])
-        if code != 1:
-            raise PinRefused(code, reply[1].decode())
-        request = self.leases.assignment(invocation_id, reply)
-        await self.deliver(worker_id, record.get("server_id", ""), request)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while (left := deadline - asyncio.get_running_loop().time()) > 0:
-            reply = await self.redis.xread(
-                {self.keys.events: cursor}, count=500, block=max(1, int(left * 1000))
-            )
-            for _stream, entries in reply or []:
-                for entry_id, f in entries:
-                    cursor = entry_id
-                    if (
-                        f.get(b"type") == b"started"
-                        and f.get(b"invocation") == invocation_id.encode()
-                    ):
-                        return pb.JobAccepted(
-                            invocation_id=invocation_id,
-                            attempt=request.attempt,
-                            worker_id=worker_id,
-                            started_at_ms=now_ms(),
-                        )
-        raise TimeoutError(f"worker {worker_id} did not accept {invocation_id} in {timeout_s}s")
-
-
-class PinRefused(Exception):
-    """Raised when assign.lua refuses a pinned assignment; ``code`` is its reply code."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code

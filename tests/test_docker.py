@@ -266,6 +266,29 @@ async def test_image_pull_failure_fails_once_without_retries(
         assert inv.error.startswith("image_pull_failed: hodei-test/no-such-image:1")
 
 
+async def test_a_command_that_cannot_start_and_an_image_gone_from_the_engine(
+    plane: ControlPlane, agents: list[AgentProcess], engine: docker.APIClient
+) -> None:
+    await docker_agent(plane, agents, "d1")
+    missing = await deploy(
+        plane, "missing", runtime="docker", image=IMAGE, command=["no-such-binary"], max_retries=0
+    )
+    inv = await final(plane, await plane.store.invoke(missing, b""), 30)
+    assert inv.status is Status.FAILED and inv.exit_code == 127
+    assert inv.error.startswith("cannot start:")
+
+    copy = "hodei-test/busybox:vanishing"
+    engine.tag(IMAGE, "hodei-test/busybox", "vanishing")
+    fn = await deploy(plane, "vanishing", runtime="docker", image=copy, command=["echo", "hi"])
+    inv = await final(plane, await plane.store.invoke(fn, b""), 30)
+    assert inv.status is Status.SUCCEEDED
+    engine.remove_image(copy)
+    # The agent believed it present; create fails, it looks again and cannot pull it here.
+    inv = await final(plane, await plane.store.invoke(fn, b""), 30)
+    assert inv.status is Status.FAILED and inv.attempt == 1
+    assert inv.error.startswith(f"image_pull_failed: {copy}")
+
+
 async def test_docker_is_offered_only_while_the_engine_answers(
     plane: ControlPlane, agents: list[AgentProcess], engine: docker.APIClient, tmp_path: Path
 ) -> None:
