@@ -144,7 +144,18 @@ class ServerConnection:
 
     def _use(self, address: str) -> None:
         self.server = address
-        self.channel = grpc.aio.insecure_channel(address)
+        # gRPC's own reconnection backoff grows to 120 s by default: a server that comes
+        # back would wait that long for its agents. Keep it within the agent's own bounds.
+        base_ms = max(1, int(self.settings.reconnect_base_s * 1000))
+        cap_ms = max(base_ms, int(self.settings.reconnect_cap_s * 1000))
+        self.channel = grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", base_ms),
+                ("grpc.min_reconnect_backoff_ms", base_ms),
+                ("grpc.max_reconnect_backoff_ms", cap_ms),
+            ],
+        )
         self.stub: Any = pb_grpc.WorkerServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def _rediscover(self) -> None:
