@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
-from doubles import served
+from doubles import header_recorder, served
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -323,15 +323,8 @@ class ConsulDouble:
                     await self.invalidate(session_id)
             await asyncio.sleep(0.05)
 
-    @web.middleware
-    async def record_token(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if token := request.headers.get("X-Consul-Token"):
-            self.tokens.append(token)
-        response: web.StreamResponse = await handler(request)
-        return response
-
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.record_token])
+        app = web.Application(middlewares=[header_recorder("X-Consul-Token", self.tokens)])
         app.router.add_put("/v1/agent/service/register", self.register)
         app.router.add_put("/v1/agent/service/deregister/{id}", self.deregister)
         app.router.add_get("/v1/agent/service/{id}", self.service)

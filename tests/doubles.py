@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -20,3 +21,16 @@ async def served(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def header_recorder(name: str, seen: list[str]) -> Any:
+    """A middleware that notes every value of the header ``name`` (an API token)."""
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if value := request.headers.get(name):
+            seen.append(value)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return record

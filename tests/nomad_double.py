@@ -21,7 +21,7 @@ from typing import Any
 
 import hcl2
 from aiohttp import web
-from doubles import served
+from doubles import header_recorder, served
 
 OPTIONS = hcl2.SerializationOptions(
     strip_string_quotes=True, with_comments=False, explicit_blocks=False
@@ -223,15 +223,8 @@ class NomadDouble:
     async def job_allocations(self, request: web.Request) -> web.Response:
         return web.json_response(self.allocations.get(request.match_info["id"], []))
 
-    @web.middleware
-    async def record_token(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if token := request.headers.get("X-Nomad-Token"):
-            self.tokens.append(token)
-        response: web.StreamResponse = await handler(request)
-        return response
-
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.record_token])
+        app = web.Application(middlewares=[header_recorder("X-Nomad-Token", self.tokens)])
         app.router.add_route("*", "/v1/jobs/parse", self.parse)
         app.router.add_post("/v1/job/{id}/plan", self.plan)
         app.router.add_post("/v1/job/{id}", self.register)
