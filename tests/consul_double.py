@@ -3,8 +3,10 @@ behaviour (https://developer.hashicorp.com/consul/api-docs).
 
 - Service registration with explicit ``CheckID``s; checks start ``critical``. TTL checks
   are updated by ``/v1/agent/check/{pass,warn,fail}``, whose ``note`` lands in ``Output``,
-  and turn critical with "TTL expired" when not updated in time. Script, HTTP and gRPC
-  checks are not run: ``set_status`` plays Consul's verdict. ``DeregisterCriticalServiceAfter``
+  and turn critical with "TTL expired" when not updated in time. HTTP checks (2xx passing,
+  429 warning, else critical) and gRPC health checks (SERVING passing) are really probed,
+  first at registration, then every ``Interval``, each within its ``Timeout``; TCP and
+  script checks are not run (``set_status`` plays them). ``DeregisterCriticalServiceAfter``
   removes a service critical for that long (at least a minute, as in Consul).
 - ``/v1/health/service/{name}`` with ``?passing`` and blocking queries: ``X-Consul-Index``
   on every answer, ``?index=&wait=`` blocks until something changes or the wait ends. As in
@@ -25,8 +27,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+import grpc
 from aiohttp import web
 from doubles import header_recorder, served
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -62,6 +67,7 @@ class ConsulDouble:
         self.tokens: list[str] = []
         # Checks whose updates get lost on the way (a partition between agent and Consul).
         self.unreachable: set[str] = set()
+        self.probes: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Condition()
         self.url = ""
 
@@ -130,6 +136,8 @@ class ConsulDouble:
                     "expires": time.monotonic() + seconds(raw.get("ttl")),
                     "deregister_after": seconds(raw.get("deregistercriticalserviceafter")),
                     "critical_since": time.monotonic() if status == "critical" else None,
+                    "next_probe": 0.0,
+                    "probing": False,
                 }
             )
         if request.query.get("replace-existing-checks") in ("true", "1", ""):
@@ -305,10 +313,46 @@ class ConsulDouble:
         return self.answer(True)
 
     # -- time passing ------------------------------------------------------------------
+    async def probe(self, check_id: str, check: dict[str, Any]) -> None:
+        definition = check["Definition"]
+        timeout = seconds(definition.get("timeout"), 10.0)
+        try:
+            if check["Type"] == "http":
+                client_timeout = aiohttp.ClientTimeout(total=timeout)
+                async with (
+                    aiohttp.ClientSession(timeout=client_timeout) as http,
+                    http.request(definition.get("method") or "GET", definition["http"]) as r,
+                ):
+                    body = (await r.text())[:200]
+                status = "passing" if 200 <= r.status < 300 else "critical"
+                status = "warning" if r.status == 429 else status
+                output = f"HTTP GET {definition['http']}: {r.status} Output: {body}"
+            else:
+                target, _, service = definition["grpc"].partition("/")
+                async with grpc.aio.insecure_channel(target) as channel:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=service), timeout=timeout
+                    )
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                status = "passing" if serving else "critical"
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                output = f"gRPC check {target}: {name}"
+        except Exception as exc:
+            status, output = "critical", f"check failed: {exc}"
+        if check_id in self.checks:
+            await self.set_status(check_id, status, output)
+        check["probing"] = False
+
     async def reap(self) -> None:
         while True:
             now = time.monotonic()
             for check_id, check in list(self.checks.items()):
+                probed = check["Type"] in ("http", "grpc") and not check["probing"]
+                if probed and now >= check["next_probe"]:
+                    check["probing"] = True
+                    check["next_probe"] = now + seconds(check["Definition"]["interval"])
+                    self.probes.add(asyncio.create_task(self.probe(check_id, check)))
+                    self.probes = {t for t in self.probes if not t.done()}
                 if (
                     check["Type"] == "ttl"
                     and check["Status"] != "critical"
@@ -347,3 +391,5 @@ async def running_consul() -> AsyncIterator[ConsulDouble]:
             yield double
         finally:
             reaper.cancel()
+            for probe in double.probes:
+                probe.cancel()

@@ -177,6 +177,8 @@ async def test_server_and_gateway_register_with_their_checks(
         [check] = [c for c in consul.checks.values() if c["ServiceID"] == gateway["ID"]]
         assert check["Type"] == "http"
         assert check["Definition"]["http"] == f"http://127.0.0.1:{port}/readyz"
+        # Consul's probe of /readyz passes while Redis answers.
+        await wait_for(lambda: consul.checks[check["CheckID"]]["Status"] == "passing", 5)
         # The URL Consul would probe answers.
         async with (
             aiohttp.ClientSession() as session,
@@ -192,8 +194,9 @@ async def test_agent_finds_its_server_through_consul(
     agents = consul_agents
     cp = consul_plane
     server_check = f"hodei-server-{cp.settings.server_id}-grpc"
-    await wait_for(lambda: server_check in consul.checks, 5)
-    await consul.set_status(server_check, "passing", "gRPC health SERVING")  # Consul's probe
+    # Consul probes the server's grpc.health.v1 and finds it SERVING.
+    await wait_for(lambda: consul.checks.get(server_check, {}).get("Status") == "passing", 5)
+    assert "SERVING" in consul.checks[server_check]["Output"]
     agent = AgentProcess(
         0, "w9", *SMALL, *PROCESS_ONLY, env={"CONSUL_HTTP_ADDR": consul.url}
     )  # no --server

@@ -116,6 +116,21 @@ def test_the_seeds_four_dashboards_exist() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("stem", "metric"),
+    [
+        ("worker-overview", "hodei_worker_heartbeats_total"),
+        ("job-performance", "hodei_job_execution_duration_seconds"),
+        ("resource-utilization", "hodei_worker_cpu_usage_percent"),
+        ("scheduler-health", "hodei_scheduler_queue_size"),
+    ],
+)
+def test_each_dashboard_shows_its_seed_metric(stem: str, metric: str) -> None:
+    # The seed's diagram: P1 -> G1 ... P4 -> G4.
+    dashboard = json.loads((ROOT / "dashboards" / f"{stem}.json").read_text())
+    assert any(metric in expr for expr in expressions(dashboard))
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboard_queries_only_exported_metrics(path: Path) -> None:
     dashboard = json.loads(path.read_text())
