@@ -98,6 +98,7 @@ class Agent:
         )
         self.stopping = asyncio.Event()
         self.docker = self.runtimes.get("docker")
+        self._adopting: asyncio.Future[None] | None = None
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.health_port = 0
 
@@ -243,22 +244,41 @@ class Agent:
 
     async def _start_docker(self) -> asyncio.Future[None]:
         """Probe the engine, take back the containers an earlier life left, and watch the
-        engine from then on."""
+        engine from then on (taking back leftovers again whenever it comes back)."""
         docker = self.docker
         if not isinstance(docker, DockerRuntime):
             return asyncio.get_running_loop().create_future()
         if await docker.probe():
-            for leftover in await docker.leftovers():
-                job = leftover.job
-                log.warning(
-                    "invocation %s attempt %d: container %s outlived an earlier run, resuming",
-                    job.invocation_id,
-                    job.attempt,
-                    leftover.container_id[:12],
-                    extra=inv(job.invocation_id, job.attempt),
-                )
-                self.jobs.adopt(job, docker.resumer(leftover))
-        return asyncio.ensure_future(docker.watch(self.beat_now.set))
+            await self._adopt_leftovers(docker)
+
+        def changed() -> None:
+            self.beat_now.set()
+            if docker.available:
+                self._adopting = asyncio.ensure_future(self._adopt_leftovers(docker))
+
+        return asyncio.ensure_future(docker.watch(changed))
+
+    async def _adopt_leftovers(self, docker: DockerRuntime) -> None:
+        """Containers labelled with this worker that no running job owns: an earlier life
+        started them. Each is followed to its end and reported (or, when the server no
+        longer leases it to us, killed by the revocation that follows)."""
+        try:
+            leftovers = await docker.leftovers()
+        except Exception as exc:
+            log.warning("cannot list leftover containers: %s", exc)
+            return
+        for leftover in leftovers:
+            job = leftover.job
+            if job.invocation_id in self.jobs.jobs:
+                continue  # ours, running now
+            log.warning(
+                "invocation %s attempt %d: container %s outlived an earlier run, resuming",
+                job.invocation_id,
+                job.attempt,
+                leftover.container_id[:12],
+                extra=inv(job.invocation_id, job.attempt),
+            )
+            self.jobs.adopt(job, docker.resumer(leftover))
 
     async def drain(self) -> None:
         """No new jobs; let running ones finish within the grace period, hand back the rest,

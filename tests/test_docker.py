@@ -332,6 +332,42 @@ async def test_docker_is_offered_only_while_the_engine_answers(
     await wait_for(withdrawn, 10)
 
 
+async def test_a_leftover_found_when_the_engine_comes_back_is_not_left_running(
+    plane: ControlPlane, agents: list[AgentProcess], engine: docker.APIClient, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "docker.sock"
+    await start_agent(
+        plane,
+        agents,
+        "d1",
+        *SMALL,
+        "--runtimes",
+        "process",
+        "--runtimes",
+        "docker",
+        "--docker-ping-interval-s",
+        "0.2",
+        "--docker-host",
+        f"unix://{socket_path}",
+    )
+    # A container an earlier life of d1 started, for an invocation nobody leases to it now.
+    labels = {LABEL_WORKER: "d1", LABEL_INVOCATION: "ghost-1", "hodei.attempt": "1"}
+    created = engine.create_container(IMAGE, ["sleep", "60"], labels=labels)
+    engine.start(created["Id"])
+    proxy = EngineProxy(socket_path)
+    try:
+        await proxy.start()  # the engine answers the agent again
+
+        def gone() -> bool:
+            return not containers_of(engine, f"{LABEL_INVOCATION}=ghost-1")
+
+        await wait_for(gone, 20)
+    finally:
+        await proxy.stop()
+        if not gone():
+            engine.remove_container(created["Id"], force=True)
+
+
 @pytest.mark.parametrize("exits_while_down", [False, True], ids=["running", "exited"])
 async def test_agent_killed_and_restarted_keeps_its_container_result(
     redis_url: str,
