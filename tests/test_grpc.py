@@ -256,6 +256,12 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
     inv_id = await secured.store.invoke(fn, b"payload")
     _, call = await connect(stub)
 
+    async def available() -> bool:  # the server has opened the stream's session
+        h = await secured.registry.get("fake")
+        return bool(h and h["state"] == "available")
+
+    await wait_for(available, 5)
+
     async def agent_side() -> None:
         message = await call.read()
         assert message.assign.invocation_id == inv_id and message.assign.payload == b"payload"
