@@ -181,6 +181,13 @@ class ProcessManager:
             outcome.error = "handed back: the worker is shutting down"
         status = OUTCOME_NAMES[outcome.outcome]
         metrics.JOB_DURATION.labels(request.function, status).observe(time.perf_counter() - started)
+        if tracing.active():
+            self._trace(request, outcome, status, started_ns)
+        self._finish(job, outcome)
+
+    def _trace(
+        self, request: pb.AssignJobRequest, outcome: Outcome, status: str, started_ns: int
+    ) -> None:
         tracing.span(
             "execute",
             request.traceparent,
@@ -197,7 +204,6 @@ class ProcessManager:
             },
             error="" if outcome.outcome == pb.JOB_OUTCOME_SUCCEEDED else outcome.error or status,
         )
-        self._finish(job, outcome)
 
     def _flush(self, job: RunningJob) -> None:
         if job.flush_handle is not None:

@@ -6,13 +6,12 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from hodei.config import from_env
+from hodei.config import EnvSettings
 
 
 @dataclass(frozen=True, slots=True)
-class AgentSettings:
+class AgentSettings(EnvSettings):
     # One or several comma-separated addresses; "" = find them in Consul when Consul is
     # configured, else 127.0.0.1:7070.
     server: str = ""
@@ -52,12 +51,6 @@ class AgentSettings:
     advertise_address: str = ""  # the service address in Consul ("" = the node's)
     # Advertise the Nomad node's identity (datacenter, node, class, meta) as labels.
     nomad_identity: bool = True
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AgentSettings:
-        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
-        settings: AgentSettings = from_env(cls(), env if env is not None else os.environ, overrides)
-        return settings
 
     @property
     def label_map(self) -> dict[str, str]:

@@ -86,38 +86,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     payload = await request.read()
     invocation_id = uuid.uuid4().hex
     waiter = None if asynchronous else gw.completions.expect(invocation_id)
-    traceparent, end_submit = tracing.start(
-        "submit",
-        _traceparent(request),
-        {"hodei.invocation_id": invocation_id, "hodei.function": spec.name},
-    )
     try:
-        try:
-            recorded_id = await gw.store.invoke(
-                spec,
-                payload,
-                priority=_priority(request),
-                traceparent=traceparent,
-                invocation_id=invocation_id,
-                callback_url=_callback(request),
-                idempotency_key=request.headers.get("Idempotency-Key", ""),
-            )
-        except QueueFull:
-            metrics.REJECTED.labels("backpressure").inc()
-            end_submit("queue full")
-            raise
-        except Exception as exc:
-            end_submit(type(exc).__name__)
-            raise
-        end_submit()
-        metrics.INVOCATIONS.labels(spec.name, "accepted").inc()
-        log.info(
-            "invocation %s of %s accepted (%s, trace %s)",
-            recorded_id,
-            spec.name,
-            "async" if asynchronous else "sync",
-            tracing.trace_id(traceparent),
-            extra=inv(recorded_id, function=spec.name),
+        recorded_id = await _enqueue(
+            gw, request, spec, payload, "async" if asynchronous else "sync", invocation_id
         )
         if asynchronous or waiter is None:
             if recorded_id == invocation_id:  # just recorded: no need to read it back
@@ -134,6 +105,50 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         metrics.INVOKE_LATENCY.labels("async" if asynchronous else "sync").observe(
             time.perf_counter() - started
         )
+
+
+async def _enqueue(
+    gw: Gateway,
+    request: web.Request,
+    spec: FunctionSpec,
+    payload: bytes,
+    mode: str,
+    invocation_id: str | None = None,
+) -> str:
+    """Record and enqueue one invocation under its submit span; returns the recorded id
+    (an earlier invocation's when the idempotency key was seen)."""
+    attributes = {"hodei.function": spec.name}
+    if invocation_id:
+        attributes["hodei.invocation_id"] = invocation_id
+    traceparent, end_submit = tracing.start("submit", _traceparent(request), attributes)
+    try:
+        recorded_id = await gw.store.invoke(
+            spec,
+            payload,
+            priority=_priority(request),
+            traceparent=traceparent,
+            invocation_id=invocation_id,
+            callback_url=_callback(request),
+            idempotency_key=request.headers.get("Idempotency-Key", ""),
+        )
+    except QueueFull:
+        metrics.REJECTED.labels("backpressure").inc()
+        end_submit("queue full")
+        raise
+    except Exception as exc:
+        end_submit(type(exc).__name__)
+        raise
+    end_submit()
+    metrics.INVOCATIONS.labels(spec.name, "accepted").inc()
+    log.info(
+        "invocation %s of %s accepted (%s, trace %s)",
+        recorded_id,
+        spec.name,
+        mode,
+        tracing.trace_id(traceparent),
+        extra=inv(recorded_id, function=spec.name),
+    )
+    return recorded_id
 
 
 def _accepted_new(invocation_id: str) -> web.Response:
@@ -222,27 +237,7 @@ async def submit_job(request: web.Request) -> web.Response:
         return error(422, "invalid_spec", f"name: must match {NAME_RE.pattern}", field="name")
     data = base64.b64decode(payload_b64) if payload_b64 else str(payload).encode()
     spec = FunctionSpec.from_dict(name, body)
-    traceparent, end_submit = tracing.start(
-        "submit", _traceparent(request), {"hodei.function": name}
-    )
-    try:
-        invocation_id = await gw.store.invoke(
-            spec,
-            data,
-            priority=_priority(request),
-            traceparent=traceparent,
-            callback_url=_callback(request),
-            idempotency_key=request.headers.get("Idempotency-Key", ""),
-        )
-    finally:
-        end_submit()
-    metrics.INVOCATIONS.labels(name, "accepted").inc()
-    log.info(
-        "invocation %s (job %s) accepted",
-        invocation_id,
-        name,
-        extra=inv(invocation_id, function=name),
-    )
+    invocation_id = await _enqueue(gw, request, spec, data, "job")
     return await _accepted(gw, invocation_id, 202)
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from hodei.config import from_env
+from hodei.config import EnvSettings
 
 
 @dataclass(frozen=True, slots=True)
-class GatewaySettings:
+class GatewaySettings(EnvSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "hodei"
     host: str = "127.0.0.1"
@@ -42,11 +39,3 @@ class GatewaySettings:
     consul_deregister_after_s: float = 300.0
     # Register hodei-gateway ourselves; off under Nomad, whose service block does it.
     consul_register: bool = True
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
-        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
-        settings: GatewaySettings = from_env(
-            cls(), env if env is not None else os.environ, overrides
-        )
-        return settings

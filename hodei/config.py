@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import fields, replace
-from typing import Any
+from typing import Any, Self
 
 from hodei.errors import ConfigError
+
+
+class EnvSettings:
+    """Base of the settings dataclasses: ``from_env`` builds one from its defaults, then
+    ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        settings: Self = from_env(cls(), env if env is not None else os.environ, overrides)
+        return settings
 
 
 def from_env(base: Any, env: Mapping[str, str], overrides: Mapping[str, Any]) -> Any:

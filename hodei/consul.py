@@ -92,20 +92,16 @@ class ServiceRegistration:
 
     async def keep(self, interval_s: float) -> None:
         """Register, then look every ``interval_s`` and register again if Consul forgot."""
-        registered = await self.ensure()
+        await self.ensure()
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.client.agent.service_definition(self.service_id)
-                continue
             except consul.NotFound:
-                registered = False
+                log.info("consul: %s is gone, registering it again", self.service_id)
+                await self.ensure()
             except Exception as exc:
                 log.warning("consul: cannot read %s: %s", self.service_id, exc)
-                continue
-            if not registered:
-                log.info("consul: %s is gone, registering it again", self.service_id)
-                registered = await self.ensure()
 
     async def deregister(self) -> None:
         try:

@@ -36,6 +36,11 @@ def trace_id(traceparent: str) -> str:
     return match.group(1) if match else ""
 
 
+def active() -> bool:
+    """Whether this process records spans (callers skip building span attributes if not)."""
+    return _tracer is not None
+
+
 def enabled(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
@@ -133,15 +138,3 @@ def start(name: str, incoming: str, attributes: dict[str, Any]) -> tuple[str, An
 
 def _no_end(error: str = "") -> None:
     return None
-
-
-def shutdown() -> None:
-    """Flush spans still buffered (the SDK also does it at exit)."""
-    if _tracer is None:
-        return
-    from opentelemetry import trace
-
-    provider = trace.get_tracer_provider()
-    flush = getattr(provider, "shutdown", None)
-    if flush is not None:
-        flush()

@@ -70,7 +70,7 @@ class PassingWorkers:
         self.min_interval_s = min_interval_s
         self.passing: set[str] = set()
         self.index = 0
-        self.answered = asyncio.Event()
+        self.answered = False
 
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self.passing
@@ -91,8 +91,7 @@ class PassingWorkers:
         passing = {worker_of(e) for e in entries}
         changed = passing ^ self.passing
         self.passing = passing
-        first = not self.answered.is_set()
-        self.answered.set()
+        first, self.answered = not self.answered, True
         if changed or first:
             log.info("consul: %d workers passing", len(passing))
             await self.on_change(changed)

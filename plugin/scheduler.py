@@ -283,7 +283,8 @@ class Scheduler:
                     metrics.SCHEDULING_LATENCY.observe(max(0, now - q.created_ms) / 1000)
                 metrics.QUEUE_WAIT.observe(max(0, now - q.queued_ms) / 1000)
                 request = self.leases.assignment(invocation_id, reply)
-                self._trace(request, worker_id, q)
+                if tracing.active():
+                    self._trace(request, worker_id, q)
                 server_id = self.fleet.workers[worker_id].server_id
                 log.info(
                     "invocation %s attempt %d leased to %s",

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from hodei.config import from_env
+from hodei.config import EnvSettings
 
 
 @dataclass(frozen=True, slots=True)
-class ServerSettings:
+class ServerSettings(EnvSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "hodei"
     grpc_host: str = "127.0.0.1"
@@ -57,11 +54,3 @@ class ServerSettings:
     @property
     def unhealthy_after_s(self) -> float:
         return self.heartbeat_interval_s * self.missed_heartbeats
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
-        """Defaults, then ``HODEI_*`` variables, then explicit overrides (the CLI flags)."""
-        settings: ServerSettings = from_env(
-            cls(), env if env is not None else os.environ, overrides
-        )
-        return settings
