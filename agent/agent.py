@@ -24,6 +24,7 @@ from hodei.agent.client import ServerConnection
 from hodei.agent.consul_service import AgentService, discover_servers
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import DockerOptions
+from hodei.agent.identity import agent_mark
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
@@ -47,11 +48,11 @@ class AgentState(enum.StrEnum):
     FAILED = "failed"
 
 
-def build_runtimes(settings: AgentSettings) -> dict[str, Runtime]:
+def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {}
     for name in settings.runtimes:
         if name == "process":
-            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, settings.worker_id)
+            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark)
         elif name == "docker":
             options = DockerOptions(
                 host=settings.docker_host,
@@ -61,7 +62,9 @@ def build_runtimes(settings: AgentSettings) -> dict[str, Runtime]:
                 ping_interval_s=settings.docker_ping_interval_s,
                 pull_failure_ttl_s=settings.docker_pull_failure_ttl_s,
             )
-            runtimes[name] = DockerRuntime(settings.worker_id, settings.output_cap_bytes, options)
+            runtimes[name] = DockerRuntime(
+                settings.worker_id, mark, settings.output_cap_bytes, options
+            )
         else:
             raise ConfigError(f"unknown runtime {name!r} (process, docker)")
     return runtimes
@@ -76,7 +79,8 @@ class Agent:
         self.consul: Any = None
         self.consul_service: AgentService | None = None
         self.state = AgentState.CREATING
-        self.runtimes = runtimes if runtimes is not None else build_runtimes(settings)
+        self.mark = agent_mark(settings.state_dir, settings.worker_id)
+        self.runtimes = runtimes if runtimes is not None else build_runtimes(settings, self.mark)
         self.monitor = ResourceMonitor()
         self.beat_now = asyncio.Event()
         self.connection = ServerConnection(
@@ -187,7 +191,7 @@ class Agent:
 
     async def run(self) -> int:
         """Run until drained; returns the process exit code."""
-        leftovers = await asyncio.to_thread(reap_leftovers, self.settings.worker_id)
+        leftovers = await asyncio.to_thread(reap_leftovers, self.mark)
         if leftovers:
             log.warning("killed %d function processes left by an earlier run", leftovers)
         watcher = await self._start_docker()

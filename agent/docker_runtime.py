@@ -29,6 +29,7 @@ from hodei.agent.docker_spec import (
     container_request,
     job_of,
 )
+from hodei.agent.identity import LABEL_MARK
 from hodei.agent.runtime import CappedBuffer, LineSplitter, LogSink, Outcome, ended, now_ms
 from hodei.errors import ImagePullFailed
 from hodei.logs import inv
@@ -51,8 +52,11 @@ class Leftover:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, worker_id: str, output_cap_bytes: int, options: DockerOptions) -> None:
+    def __init__(
+        self, worker_id: str, mark: str, output_cap_bytes: int, options: DockerOptions
+    ) -> None:
         self.worker_id = worker_id
+        self.mark = mark
         self.output_cap_bytes = output_cap_bytes
         self.options = options
         env = kwargs_from_env()
@@ -167,7 +171,7 @@ class DockerRuntime:
             )
         deadline = started + int(job.timeout_s * 1000) if job.timeout_s > 0 else 0
         request = container_request(
-            job, self.worker_id, self.options, deadline, self.api.create_host_config
+            job, self.worker_id, self.mark, self.options, deadline, self.api.create_host_config
         )
         try:
             created = await self._call(self.api.create_container, **request)
@@ -302,10 +306,10 @@ class DockerRuntime:
         return lambda logs, cancel: self.resume(leftover.container_id, leftover.job, logs, cancel)
 
     async def leftovers(self) -> list[Leftover]:
-        """Containers labelled by an earlier life of this worker, running or exited."""
-        found = await self._call(
-            self.api.containers, all=True, filters={"label": f"{LABEL_WORKER}={self.worker_id}"}
-        )
+        """Containers an earlier life of this agent started (its worker id and its mark),
+        running or exited."""
+        labels = [f"{LABEL_WORKER}={self.worker_id}", f"{LABEL_MARK}={self.mark}"]
+        found = await self._call(self.api.containers, all=True, filters={"label": labels})
         now = now_ms()
         return [
             Leftover(c["Id"], job_of(c.get("Labels") or {}, c.get("Image", ""), now)) for c in found

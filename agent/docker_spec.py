@@ -13,6 +13,7 @@ from typing import Any
 
 from docker.types import DeviceRequest, HostConfig
 
+from hodei.agent.identity import LABEL_MARK
 from hodei.agent.runtime import function_env
 from hodei.proto import hodei_pb2 as pb
 
@@ -61,6 +62,7 @@ def host_config(job: pb.AssignJobRequest, options: DockerOptions) -> dict[str, A
 def container_request(
     job: pb.AssignJobRequest,
     worker_id: str,
+    mark: str,
     options: DockerOptions,
     deadline_ms: int,
     make_host_config: Callable[..., HostConfig],
@@ -76,6 +78,7 @@ def container_request(
             LABEL_INVOCATION: job.invocation_id,
             LABEL_ATTEMPT: str(job.attempt),
             LABEL_WORKER: worker_id,
+            LABEL_MARK: mark,
             LABEL_FUNCTION: job.function,
             LABEL_DEADLINE: str(deadline_ms),
         },

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import psutil
 
+from hodei.agent.identity import ENV_MARK
 from hodei.agent.runtime import (
     CappedBuffer,
     LineSplitter,
@@ -23,7 +24,6 @@ from hodei.agent.runtime import (
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
-MARKER = "HODEI_WORKER_ID"
 # Variables a command needs to be found and run; the agent's other variables (tokens,
 # addresses) are not the function's business.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
@@ -43,17 +43,15 @@ def _limit_memory(pid: int, memory_mb: int) -> None:
             resource.prlimit(pid, resource.RLIMIT_DATA, (limit, limit))
 
 
-def reap_leftovers(worker_id: str) -> int:
-    """Kill function processes an earlier life of this worker left running (the agent was
-    killed without a chance to stop them); they are marked by HODEI_WORKER_ID."""
-    marker = f"{MARKER}={worker_id}"
+def reap_leftovers(mark: str) -> int:
+    """Kill function processes an earlier life of this agent left running (it was killed
+    without a chance to stop them); they carry its mark in their environment."""
     killed = 0
     for proc in psutil.process_iter():
         try:
             if proc.pid == os.getpid():
                 continue
-            environ = proc.environ()
-            if f"{MARKER}={environ.get(MARKER)}" == marker:
+            if proc.environ().get(ENV_MARK) == mark:
                 proc.kill()
                 killed += 1
         except (psutil.Error, OSError):
@@ -65,15 +63,15 @@ class ProcessRuntime:
     name = "process"
     available = True
 
-    def __init__(self, output_cap_bytes: int, worker_id: str, workdir: str = "/tmp") -> None:
+    def __init__(self, output_cap_bytes: int, mark: str, workdir: str = "/tmp") -> None:
         self.output_cap_bytes = output_cap_bytes
-        self.worker_id = worker_id
+        self.mark = mark
         self.workdir = workdir
 
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
         env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
         env.update(function_env(job))
-        env[MARKER] = self.worker_id
+        env[ENV_MARK] = self.mark
         started = now_ms()
         try:
             proc = await asyncio.create_subprocess_exec(

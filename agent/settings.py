@@ -17,6 +17,9 @@ class AgentSettings(EnvSettings):
     server: str = ""
     token: str = ""
     worker_id: str = field(default_factory=socket.gethostname)
+    # Where the agent keeps its mark (what tells its own leftover processes and containers
+    # from other agents' on the host); "" = $XDG_STATE_HOME/hodei or ~/.local/state/hodei.
+    state_dir: str = ""
     # 0 = detect from the machine (psutil).
     cpu_millicores: int = 0
     memory_mb: int = 0

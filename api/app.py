@@ -46,7 +46,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             socket_keepalive=True,
             health_check_interval=10,
         )
-        keys = Keys(settings.key_prefix)
+        keys = Keys.for_url(settings.key_prefix, settings.redis_url)
         scripts = Scripts(redis)
         store = Store(
             redis,

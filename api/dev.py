@@ -235,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
                     str(9465 + i),
                     "--health-port",
                     str(_free_port()),
+                    "--state-dir",
+                    str(stack.workdir),
                 ],
                 env,
             )

@@ -7,11 +7,29 @@ installations and tests can use their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlparse
+
+
+def database_of(redis_url: str) -> int:
+    """The database number a Redis URL selects (``/3`` or ``?db=3``; 0 by default)."""
+    parsed = urlparse(redis_url)
+    path = parsed.path.strip("/")
+    if path.isdigit():
+        return int(path)
+    db = parse_qs(parsed.query).get("db", ["0"])[0]
+    return int(db) if db.isdigit() else 0
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "hodei"
+    # Pub/sub channels are shared by every database of a server: they carry the database
+    # number too, so installations on other databases of the same Redis never hear ours.
+    database: int = 0
+
+    @classmethod
+    def for_url(cls, prefix: str, redis_url: str) -> Keys:
+        return cls(prefix, database_of(redis_url))
 
     # Functions: one JSON string per function, plus the set of names.
     def function(self, name: str) -> str:
@@ -109,7 +127,7 @@ class Keys:
     # Pub/sub channels (not keys): completions, and per-server delivery of assignments.
     @property
     def completed_channel(self) -> str:
-        return f"{self.prefix}:completed"
+        return f"{self.prefix}:{self.database}:completed"
 
     def server_channel(self, server_id: str) -> str:
-        return f"{self.prefix}:server:{server_id}"
+        return f"{self.prefix}:{self.database}:server:{server_id}"

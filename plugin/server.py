@@ -44,7 +44,7 @@ class ControlPlane:
     def __init__(self, settings: ServerSettings, redis: RedisClient | None = None) -> None:
         self.settings = settings
         self.redis = redis if redis is not None else connect(settings)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.for_url(settings.key_prefix, settings.redis_url)
         self.scripts = Scripts(self.redis)
         s = settings
         self.store = Store(

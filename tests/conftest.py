@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -28,6 +29,9 @@ from hodei.plugin.settings import ServerSettings
 REDIS_URL = os.environ.get("HODEI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parent.parent
+# This test session's agents keep their marks here: another Hodei on the host (a second
+# test run, a `hodei dev` stack) that uses the same worker ids is never taken for ours.
+STATE_DIR = Path(tempfile.mkdtemp(prefix="hodei-test-state-"))
 
 
 def require(service: str, available: bool) -> None:
@@ -165,6 +169,7 @@ class AgentProcess:
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "CONSUL_", "NOMAD_"))
         }
+        environ["HODEI_STATE_DIR"] = str(STATE_DIR)
         environ.update(env or {})
         if token:
             environ["HODEI_TOKEN"] = token

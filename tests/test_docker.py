@@ -11,9 +11,19 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import ROOT, AgentProcess, deploy, final, require, start_agent, wait_for
+from conftest import (
+    ROOT,
+    STATE_DIR,
+    AgentProcess,
+    deploy,
+    final,
+    require,
+    start_agent,
+    wait_for,
+)
 
 from hodei.agent.docker_spec import LABEL_INVOCATION, LABEL_WORKER
+from hodei.agent.identity import LABEL_MARK, agent_mark
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -351,7 +361,12 @@ async def test_a_leftover_found_when_the_engine_comes_back_is_not_left_running(
         f"unix://{socket_path}",
     )
     # A container an earlier life of d1 started, for an invocation nobody leases to it now.
-    labels = {LABEL_WORKER: "d1", LABEL_INVOCATION: "ghost-1", "hodei.attempt": "1"}
+    labels = {
+        LABEL_WORKER: "d1",
+        LABEL_MARK: agent_mark(str(STATE_DIR), "d1"),
+        LABEL_INVOCATION: "ghost-1",
+        "hodei.attempt": "1",
+    }
     created = engine.create_container(IMAGE, ["sleep", "60"], labels=labels)
     engine.start(created["Id"])
     proxy = EngineProxy(socket_path)

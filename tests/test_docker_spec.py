@@ -33,7 +33,7 @@ def job(**changes: object) -> pb.AssignJobRequest:
 
 
 def request(j: pb.AssignJobRequest) -> dict[str, object]:
-    return container_request(j, "w7", DockerOptions(), 123456, CLIENT.create_host_config)
+    return container_request(j, "w7", "mark7", DockerOptions(), 123456, CLIENT.create_host_config)
 
 
 def test_limits_labels_and_environment() -> None:
@@ -47,6 +47,7 @@ def test_limits_labels_and_environment() -> None:
         "hodei.invocation": "inv-1",
         "hodei.attempt": "2",
         "hodei.worker": "w7",
+        "hodei.agent_mark": "mark7",
         "hodei.function": "resize",
         "hodei.deadline_ms": "123456",
     }

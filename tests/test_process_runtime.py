@@ -24,7 +24,7 @@ def job(*command: str, **kw: object) -> pb.AssignJobRequest:
 
 
 async def test_stdout_is_capped_and_the_rest_drained() -> None:
-    runtime = ProcessRuntime(output_cap_bytes=1000, worker_id="w")
+    runtime = ProcessRuntime(output_cap_bytes=1000, mark="m")
     outcome = await runtime.run(
         job("sh", "-c", "head -c 1000000 /dev/zero; echo done >&2"),
         lambda s, line: None,
@@ -35,7 +35,7 @@ async def test_stdout_is_capped_and_the_rest_drained() -> None:
 
 
 async def test_payload_on_stdin_and_missing_command() -> None:
-    runtime = ProcessRuntime(output_cap_bytes=1 << 20, worker_id="w")
+    runtime = ProcessRuntime(output_cap_bytes=1 << 20, mark="m")
     data = bytes(range(256)) * 4096
     outcome = await runtime.run(job("cat", payload=data), lambda s, line: None, asyncio.Event())
     assert outcome.output == data and not outcome.truncated
@@ -48,7 +48,7 @@ async def test_logs_are_batched_and_results_reported() -> None:
     sent: list[pb.AgentMessage] = []
     results: list[pb.JobResult] = []
     manager = ProcessManager(
-        {"process": ProcessRuntime(1 << 20, "w")},
+        {"process": ProcessRuntime(1 << 20, "m")},
         sent.append,
         results.append,
         "w",
@@ -68,7 +68,7 @@ async def test_logs_are_batched_and_results_reported() -> None:
 async def test_unknown_runtime_fails_the_job_and_cancel_hands_back() -> None:
     results: list[pb.JobResult] = []
     manager = ProcessManager(
-        {"process": ProcessRuntime(1 << 20, "w")}, lambda m: None, results.append, "w"
+        {"process": ProcessRuntime(1 << 20, "m")}, lambda m: None, results.append, "w"
     )
     manager.start(pb.AssignJobRequest(invocation_id="d", attempt=1, runtime="docker"))
     manager.start(job("sleep", "30"))
