@@ -278,6 +278,7 @@ class Heartbeat(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     RUNTIMES_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     session_id: _builtins.str
     cpu_usage_percent: _builtins.float
@@ -291,6 +292,10 @@ class Heartbeat(_message.Message):
         unset means unchanged since registration.
         """
 
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstancePool]:
+        """The lambda instance pools on this worker (absent: none)."""
+
     def __init__(
         self,
         *,
@@ -301,10 +306,11 @@ class Heartbeat(_message.Message):
         running_jobs: _abc.Iterable[Global___RunningJob] | None = ...,
         sent_at_ms: _builtins.int = ...,
         runtimes: Global___RuntimeList | None = ...,
+        pools: _abc.Iterable[Global___InstancePool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runtimes", b"runtimes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_usage_percent", b"cpu_usage_percent", "memory_usage_percent", b"memory_usage_percent", "running_jobs", b"running_jobs", "runtimes", b"runtimes", "sent_at_ms", b"sent_at_ms", "session_id", b"session_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_usage_percent", b"cpu_usage_percent", "memory_usage_percent", b"memory_usage_percent", "pools", b"pools", "running_jobs", b"running_jobs", "runtimes", b"runtimes", "sent_at_ms", b"sent_at_ms", "session_id", b"session_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,6 +373,10 @@ class AssignJobRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    HANDLER_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     attempt: _builtins.int
     function: _builtins.str
@@ -378,12 +388,24 @@ class AssignJobRequest(_message.Message):
     traceparent: _builtins.str
     worker_id: _builtins.str
     """Only for the unary AssignJob RPC: the worker to pin the invocation on."""
+    interface: _builtins.str
+    """"stdio" (one process or container per attempt; the default when empty) or "lambda"
+    (long-lived instances speaking the AWS Lambda Runtime API, reused while warm).
+    """
+    handler: _builtins.str
+    """lambda: the _HANDLER value the runtime client loads."""
+    revision: _builtins.str
+    """The function spec's revision: instances of another revision are never reused."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def warm(self) -> Global___WarmPolicy:
+        """lambda: the bounds of the function's instance pool."""
+
     def __init__(
         self,
         *,
@@ -400,14 +422,112 @@ class AssignJobRequest(_message.Message):
         network: _builtins.bool = ...,
         traceparent: _builtins.str = ...,
         worker_id: _builtins.str = ...,
+        interface: _builtins.str = ...,
+        handler: _builtins.str = ...,
+        warm: Global___WarmPolicy | None = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "warm", b"warm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "env", b"env", "function", b"function", "image", b"image", "invocation_id", b"invocation_id", "network", b"network", "payload", b"payload", "resources", b"resources", "runtime", b"runtime", "timeout_s", b"timeout_s", "traceparent", b"traceparent", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "env", b"env", "function", b"function", "handler", b"handler", "image", b"image", "interface", b"interface", "invocation_id", b"invocation_id", "network", b"network", "payload", b"payload", "resources", b"resources", "revision", b"revision", "runtime", b"runtime", "timeout_s", b"timeout_s", "traceparent", b"traceparent", "warm", b"warm", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignJobRequest: _TypeAlias = AssignJobRequest  # noqa: Y015
+
+@_typing.final
+class WarmPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    IDLE_S_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    """Instances kept started across the fleet (pre-warm)."""
+    max: _builtins.int
+    """Instances at most on one worker (0 = as many as capacity allows)."""
+    idle_s: _builtins.float
+    """An idle instance is stopped after this long."""
+    def __init__(
+        self,
+        *,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+        idle_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_s", b"idle_s", "max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarmPolicy: _TypeAlias = WarmPolicy  # noqa: Y015
+
+@_typing.final
+class InstancePool(_message.Message):
+    """The instances of one function (revision) a worker has, reported with every heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
+    BUSY_FIELD_NUMBER: _builtins.int
+    STARTING_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    revision: _builtins.str
+    idle: _builtins.int
+    busy: _builtins.int
+    starting: _builtins.int
+    @_builtins.property
+    def resources(self) -> Global___Resources:
+        """What one instance holds of the worker's capacity while it exists."""
+
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        idle: _builtins.int = ...,
+        busy: _builtins.int = ...,
+        starting: _builtins.int = ...,
+        resources: Global___Resources | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy", b"busy", "function", b"function", "idle", b"idle", "resources", b"resources", "revision", b"revision", "starting", b"starting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstancePool: _TypeAlias = InstancePool  # noqa: Y015
+
+@_typing.final
+class PrewarmRequest(_message.Message):
+    """Server -> agent: start instances of a lambda function ahead of its invocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def function(self) -> Global___AssignJobRequest:
+        """The function as an assignment template (no invocation id, attempt or payload)."""
+
+    def __init__(
+        self,
+        *,
+        function: Global___AssignJobRequest | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "function", b"function"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrewarmRequest: _TypeAlias = PrewarmRequest  # noqa: Y015
 
 @_typing.final
 class CancelJobRequest(_message.Message):
@@ -529,6 +649,8 @@ class JobResult(_message.Message):
     STARTED_AT_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    COLD_START_FIELD_NUMBER: _builtins.int
+    INIT_MS_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     attempt: _builtins.int
     outcome: Global___JobOutcome.ValueType
@@ -540,6 +662,9 @@ class JobResult(_message.Message):
     finished_at_ms: _builtins.int
     final: _builtins.bool
     """Retrying cannot help (the image cannot be pulled): record the failure, no retry."""
+    cold_start: _builtins.bool
+    """lambda: the invocation started a new instance, which took init_ms to be ready."""
+    init_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -553,10 +678,12 @@ class JobResult(_message.Message):
         started_at_ms: _builtins.int = ...,
         finished_at_ms: _builtins.int = ...,
         final: _builtins.bool = ...,
+        cold_start: _builtins.bool = ...,
+        init_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "final", b"final", "finished_at_ms", b"finished_at_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cold_start", b"cold_start", "error", b"error", "exit_code", b"exit_code", "final", b"final", "finished_at_ms", b"finished_at_ms", "init_ms", b"init_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,6 +728,7 @@ class AgentMessage(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def status(self) -> Global___WorkerStatus: ...
     @_builtins.property
@@ -611,6 +739,12 @@ class AgentMessage(_message.Message):
     def log(self) -> Global___LogEntry: ...
     @_builtins.property
     def result(self) -> Global___JobResult: ...
+    @_builtins.property
+    def batch(self) -> Global___AgentMessages:
+        """Several messages written at once (never nested): what queued up while the
+        previous write was in flight travels in one stream message.
+        """
+
     def __init__(
         self,
         *,
@@ -619,16 +753,37 @@ class AgentMessage(_message.Message):
         accepted: Global___JobAccepted | None = ...,
         log: Global___LogEntry | None = ...,
         result: Global___JobResult | None = ...,
+        batch: Global___AgentMessages | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "result", b"result", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch", b"batch", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "result", b"result", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "result", b"result", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch", b"batch", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "result", b"result", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["status", "heartbeat", "accepted", "log", "result"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["status", "heartbeat", "accepted", "log", "result", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class AgentMessages(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___AgentMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentMessages: _TypeAlias = AgentMessages  # noqa: Y015
 
 @_typing.final
 class ServerMessage(_message.Message):
@@ -637,25 +792,55 @@ class ServerMessage(_message.Message):
     ASSIGN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    PREWARM_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___AssignJobRequest: ...
     @_builtins.property
     def cancel(self) -> Global___CancelJobRequest: ...
     @_builtins.property
     def ack(self) -> Global___ResultAck: ...
+    @_builtins.property
+    def prewarm(self) -> Global___PrewarmRequest: ...
+    @_builtins.property
+    def batch(self) -> Global___ServerMessages:
+        """Several messages written at once (never nested)."""
+
     def __init__(
         self,
         *,
         assign: Global___AssignJobRequest | None = ...,
         cancel: Global___CancelJobRequest | None = ...,
         ack: Global___ResultAck | None = ...,
+        prewarm: Global___PrewarmRequest | None = ...,
+        batch: Global___ServerMessages | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "cancel", b"cancel", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "batch", b"batch", "cancel", b"cancel", "kind", b"kind", "prewarm", b"prewarm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "cancel", b"cancel", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "batch", b"batch", "cancel", b"cancel", "kind", b"kind", "prewarm", b"prewarm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["assign", "cancel", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["assign", "cancel", "ack", "prewarm", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015
+
+@_typing.final
+class ServerMessages(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ServerMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerMessages: _TypeAlias = ServerMessages  # noqa: Y015
