@@ -120,16 +120,29 @@ async def wait_for(predicate: Any, within: float, interval: float = 0.02) -> Any
 
 async def final(cp: ControlPlane, invocation_id: str, within: float = 15) -> Invocation:
     async def done() -> Invocation | None:
-        inv = await cp.store.get(invocation_id)
+        inv = await cp.data.invocations.get(invocation_id)
         return inv if inv.status.final else None
 
     result: Invocation = await wait_for(done, within)
     return result
 
 
+async def invoke(cp: ControlPlane, fn: FunctionSpec, payload: bytes = b"", **kw: Any) -> str:
+    """Enqueue an invocation of ``fn`` (as the gateway would); its id."""
+    return (await cp.data.invocations.enqueue(fn.name, payload, **kw)).id
+
+
+async def logs(cp: ControlPlane, invocation_id: str) -> list[dict[str, Any]]:
+    return (await cp.data.invocations.logs(invocation_id, 0, 100_000)).lines
+
+
+async def dead_ids(cp: ControlPlane) -> list[str]:
+    return [inv.id for inv in await cp.data.invocations.dead_letters()]
+
+
 async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
     fn = FunctionSpec.from_dict(name, spec)
-    await cp.store.put_function(fn)
+    await cp.data.functions.put(fn)
     return fn
 
 
@@ -220,8 +233,8 @@ async def start_agent(
     agents.append(agent)
 
     async def connected() -> bool:
-        h = await cp.registry.get(worker_id)
-        return bool(h and h.get("state") in ("available", "running"))
+        w = await cp.data.workers.get(worker_id)
+        return bool(w and w.state in ("available", "running"))
 
     await wait_for(connected, 15)
     return agent
