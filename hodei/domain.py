@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 
 from hodei.proto import hodei_pb2 as pb
 
@@ -22,6 +23,10 @@ GRPC_LIMITS = [
 def now_ms() -> int:
     """Wall-clock milliseconds: what Redis records and leases are measured in."""
     return int(time.time() * 1000)
+
+
+# What the data layer asks the time (tests give it one they move by hand).
+Clock = Callable[[], int]
 
 
 class WorkerState(enum.StrEnum):

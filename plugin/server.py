@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from hodei.consul import ServiceRegistration, consul_address
 from hodei.consul import connect as connect_consul
-from hodei.domain import GRPC_LIMITS
+from hodei.domain import GRPC_LIMITS, Clock, now_ms
 from hodei.plugin.consul_fleet import PassingWorkers, server_registration
 from hodei.plugin.consul_leader import ConsulLeaderLock
 from hodei.plugin.data import DataLayer, LeaseTiming
@@ -33,12 +33,13 @@ SERVICE_NAME = "hodei.v1.WorkerService"
 class ControlPlane:
     """Every part of a server process; ``start``/``stop`` bracket its life."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, clock: Clock = now_ms) -> None:
         self.settings = s = settings
         self.data = DataLayer(
             settings,
             f"hodei-server-{settings.server_id}",
             LeaseTiming(s.lease_ttl_s, s.retry_base_s, s.retry_cap_s),
+            clock,
         )
         address = consul_address(s.consul_addr)
         self.consul: Any = connect_consul(address, s.consul_token) if address else None

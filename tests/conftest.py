@@ -105,6 +105,50 @@ async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
     await cp.stop(0.5)
 
 
+class Gate:
+    """What a function waits for before it goes on: the test opens it when the moment has
+    come (instead of a function that sleeps and a test that hopes). A file under /var/tmp,
+    readable by any uid, outside the functions' private /tmp."""
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="hodei-gate-", dir="/var/tmp"))
+        folder.chmod(0o755)
+        self.path = folder / "open"
+
+    def command(self, before: str, after: str) -> list[str]:
+        """A shell function: ``before``, wait for the gate, ``after``."""
+        wait = f'while [ ! -e "{self.path}" ]; do sleep 0.02; done'
+        return ["sh", "-c", f"{before}; {wait}; {after}"]
+
+    def open(self) -> None:
+        self.path.touch(mode=0o644)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.close()
+    g.path.parent.rmdir()
+
+
+class FakeClock:
+    """A clock the test moves by hand (the data layer's ``clock``): lease and queue
+    timing tested without waiting."""
+
+    def __init__(self) -> None:
+        self.ms = int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+
+
 async def wait_for(predicate: Any, within: float, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + within
     while True:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from conftest import dead_ids, deploy, invoke, logs, wait_for
+from conftest import FakeClock, dead_ids, deploy, invoke, logs, wait_for
 
 from hodei.domain import WorkerState
 from hodei.errors import Conflict, IdempotencyMismatch, NotFound, QueueFull
@@ -179,7 +178,9 @@ async def test_leadership_is_exclusive_and_passes_on_expiry(cp: ControlPlane) ->
     assert b.token and first and int(b.token.split(":")[1]) > int(first.split(":")[1])
 
 
-async def test_results_are_fenced_by_attempt_and_worker(cp: ControlPlane) -> None:
+async def test_results_are_fenced_by_attempt_and_worker(settings: ServerSettings) -> None:
+    clock = FakeClock()
+    cp = ControlPlane(replace(settings, retry_base_s=5), clock)
     await register(cp, "w1")
     await register(cp, "w2")
     fn = await deploy(cp, "f", command=["true"], max_retries=1)
@@ -195,9 +196,10 @@ async def test_results_are_fenced_by_attempt_and_worker(cp: ControlPlane) -> Non
     assert await cp.data.redis.zscore(cp.data.keys.delayed, inv_id) is not None
     stale = await cp.data.leases.end(end(inv_id, 1, "w1", "succeeded"))
     assert stale.kind is EndKind.STALE and stale.reason == "not_running"
+    assert await cp.data.queue.promote_due() == 0  # its backoff is not over
     due = await cp.data.queue.next_due_ms()
     assert due is not None
-    await asyncio.sleep(max(0, due / 1000 - time.time()) + 0.01)
+    clock.ms = due
     assert await cp.data.queue.promote_due() == 1
     assert isinstance(await cp.data.leases.assign(inv_id, "w2", ""), Lease)
     done = await cp.data.leases.end(end(inv_id, 2, "w2", "succeeded", exit_code=0, output=b"ok"))
@@ -207,21 +209,23 @@ async def test_results_are_fenced_by_attempt_and_worker(cp: ControlPlane) -> Non
     for worker in ("w1", "w2"):
         w = await cp.data.workers.get(worker)
         assert w and w.used.cpu == 0 and w.used.slots == 0 and w.state is WorkerState.AVAILABLE
+    await cp.data.close()
 
 
 async def test_lease_is_reclaimed_only_after_its_deadline(settings: ServerSettings) -> None:
-    cp = ControlPlane(replace(settings, lease_ttl_s=0.3))
+    clock = FakeClock()
+    cp = ControlPlane(replace(settings, lease_ttl_s=0.3), clock)
     session = await register(cp, "w1")
     fn = await deploy(cp, "f", command=["true"], max_retries=0)
     inv_id = await invoke(cp, fn, b"")
     await cp.data.leases.assign(inv_id, "w1", "")
     assert await cp.data.leases.reclaim_due() == []
-    await asyncio.sleep(0.2)
+    clock.advance(0.2)
     status, revoked = await cp.data.leases.renew("w1", session, [(inv_id, 1)], 1.0, 1.0)
     assert status == "ok" and revoked == []
-    await asyncio.sleep(0.2)
-    assert await cp.data.leases.reclaim_due() == []  # renewed
-    await asyncio.sleep(0.2)
+    clock.advance(0.2)
+    assert await cp.data.leases.reclaim_due() == []  # renewed at 0.2: due at 0.5
+    clock.advance(0.2)
     [reclaimed] = await cp.data.leases.reclaim_due()
     assert reclaimed.invocation_id == inv_id and reclaimed.kind is EndKind.RECORDED
     inv = await cp.data.invocations.get(inv_id)
@@ -230,12 +234,16 @@ async def test_lease_is_reclaimed_only_after_its_deadline(settings: ServerSettin
     await cp.data.close()
 
 
-async def test_queue_timeout_and_cancel(cp: ControlPlane) -> None:
-    fn = await deploy(cp, "f", command=["true"], queue_timeout_s=0.05)
+async def test_queue_timeout_and_cancel(settings: ServerSettings) -> None:
+    clock = FakeClock()
+    cp = ControlPlane(settings, clock)
+    fn = await deploy(cp, "f", command=["true"], queue_timeout_s=10)
     inv_id = await invoke(cp, fn, b"")
     parked = await invoke(cp, fn, b"")
     await cp.data.queue.park({parked: "no schedulable workers"})
-    await asyncio.sleep(0.1)
+    clock.advance(9.9)
+    assert await cp.data.queue.expire_due() == []
+    clock.advance(0.2)
     expired = await cp.data.queue.expire_due()
     assert sorted(e.id for e in expired) == sorted([inv_id, parked])
     inv = await cp.data.invocations.get(inv_id)
@@ -246,6 +254,7 @@ async def test_queue_timeout_and_cancel(cp: ControlPlane) -> None:
         await cp.data.invocations.cancel(inv_id)
     with pytest.raises(NotFound):
         await cp.data.invocations.cancel("missing")
+    await cp.data.close()
 
 
 async def test_registration_sorts_out_orphans_and_revoked(cp: ControlPlane) -> None:
@@ -397,12 +406,14 @@ async def test_log_bytes_have_a_budget_then_a_marker(settings: ServerSettings) -
 
 
 async def test_depth_counters_match_the_sets_after_every_kind_of_change(
-    cp: ControlPlane,
+    settings: ServerSettings,
 ) -> None:
     """The O(1) depth is kept by the scripts: after enqueues, parks, retries, hand-backs,
     cancels, expiries and replays it still equals what the sets hold."""
+    clock = FakeClock()
+    cp = ControlPlane(settings, clock)
     await register(cp, "w1", slots=10)
-    fn = await deploy(cp, "f", command=["true"], max_retries=2, queue_timeout_s=0.05)
+    fn = await deploy(cp, "f", command=["true"], max_retries=2, queue_timeout_s=5)
     slow = await deploy(cp, "g", command=["true"], max_retries=0)
     ids = [await invoke(cp, fn, b"ab", priority=p) for p in Priority]
     keep = [await invoke(cp, slow, b"abc") for _ in range(3)]
@@ -413,8 +424,8 @@ async def test_depth_counters_match_the_sets_after_every_kind_of_change(
     await cp.data.leases.end(end(keep[1], 1, "w1", "failed", exit_code=2))  # dead letter
     await cp.data.invocations.replay(keep[1])
     await cp.data.invocations.cancel(ids[1])
-    await asyncio.sleep(0.1)
-    await cp.data.queue.expire_due()
+    clock.advance(6)
+    assert len(await cp.data.queue.expire_due()) == 2
     redis, keys = cp.data.redis, cp.data.keys
     waiting = [m.decode() for m in await redis.zrange(keys.waiting, 0, -1)]
     members = set(await redis.zrange(keys.queue, 0, -1)) | set(
@@ -427,6 +438,7 @@ async def test_depth_counters_match_the_sets_after_every_kind_of_change(
     assert depth.total == len(waiting)
     sizes = [await redis.hstrlen(keys.invocation(i), "payload") for i in waiting]
     assert depth.payload_bytes == sum(sizes)
+    await cp.data.close()
 
 
 async def test_indexes_are_trimmed_to_the_retention(settings: ServerSettings) -> None:

@@ -5,13 +5,13 @@ Nothing acknowledged is lost and nothing is recorded twice.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from dataclasses import replace
 
 import grpc
 from conftest import (
     AgentProcess,
+    Gate,
     ServerProcess,
     deploy,
     final,
@@ -50,24 +50,24 @@ async def running_on(cp: ControlPlane, invocation_id: str, worker: str) -> bool:
 
 
 async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rejected(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
     first = await start_agent(plane, agents, "w1", *ONE_SLOT)
     fn = await deploy(
         plane,
         "work",
-        command=[
-            "sh",
-            "-c",
-            'echo "attempt $HODEI_ATTEMPT" >&2; sleep 1; echo "done $HODEI_ATTEMPT"',
-        ],
+        command=gate.command('echo "attempt $HODEI_ATTEMPT" >&2', 'echo "done $HODEI_ATTEMPT"'),
     )
     inv_id = await invoke(plane, fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     await start_agent(plane, agents, "w2", *ONE_SLOT)
     first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    # Its lease runs out; attempt 2 starts on w2 (attempt 1 never got to finish).
+    await wait_for(lambda: running_on(plane, inv_id, "w2"), 30)
+    gate.open()
 
-    inv = await final(plane, inv_id, 20)
+    inv = await final(plane, inv_id, 30)
     assert inv.status is Status.SUCCEEDED
     assert inv.attempt == 2 and inv.worker_id == "w2"
     assert (await plane.data.invocations.result(inv_id))[1] == b"done 2\n"
@@ -110,7 +110,7 @@ async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rej
 
 
 async def test_server_killed_and_restarted_records_results_finished_meanwhile(
-    settings: ServerSettings, servers: list[ServerProcess]
+    settings: ServerSettings, servers: list[ServerProcess], gate: Gate
 ) -> None:
     port = free_port()
     server = ServerProcess(settings, port, "s1")
@@ -123,12 +123,15 @@ async def test_server_killed_and_restarted_records_results_finished_meanwhile(
         fn = await deploy(
             view,
             "outlive",
-            command=["sh", "-c", 'echo begin >&2; sleep 1.5; echo "survived $HODEI_ATTEMPT"'],
+            command=gate.command("echo begin >&2", 'echo "survived $HODEI_ATTEMPT"'),
         )
         inv_id = await invoke(view, fn, b"")
-        await wait_for(lambda: running_on(view, inv_id, "w1"), 15)
+        await wait_for(lambda: running_on(view, inv_id, "w1"), 30)
         server.kill()
-        await asyncio.sleep(2.0)  # the job ends while no server is there
+        gate.open()  # the job ends while no server is there
+        await wait_for(
+            lambda: f"invocation {inv_id} attempt 1 ended succeeded" in agent.output(), 30
+        )
         assert (await view.data.invocations.get(inv_id)).status is Status.RUNNING
         server.start()
         inv = await final(view, inv_id, 20)
@@ -180,16 +183,16 @@ async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
 
 
 async def test_drain_finishes_running_work_takes_no_new_work_and_deregisters(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
-    draining = await start_agent(plane, agents, "w1", "--job-slots", "2")
+    draining = await start_agent(plane, agents, "w1", "--job-slots", "2", "--drain-grace-s", "60")
     fn = await deploy(
         plane,
         "finish-me",
-        command=["sh", "-c", 'echo go >&2; sleep 0.6; echo "finished on attempt $HODEI_ATTEMPT"'],
+        command=gate.command("echo go >&2", 'echo "finished on attempt $HODEI_ATTEMPT"'),
     )
     inv_id = await invoke(plane, fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     draining.proc.send_signal(signal.SIGTERM)
 
     async def state(worker: str) -> str:
@@ -199,38 +202,40 @@ async def test_drain_finishes_running_work_takes_no_new_work_and_deregisters(
     async def is_draining() -> bool:
         return await state("w1") == "draining"
 
-    await wait_for(is_draining, 5)
+    await wait_for(is_draining, 30)
     later = await invoke(plane, fn, b"")
-    inv = await final(plane, inv_id, 10)
+    gate.open()
+    inv = await final(plane, inv_id, 30)
     assert inv.status is Status.SUCCEEDED and inv.attempt == 1
-    await wait_for(lambda: draining.proc.poll() is not None, 10)
+    await wait_for(lambda: draining.proc.poll() is not None, 30)
     assert draining.proc.returncode == 0
     assert await state("w1") == "terminated"
     # Work that arrived meanwhile waits for another worker and runs there.
     assert (await plane.data.invocations.get(later)).status is Status.QUEUED
     await start_agent(plane, agents, "w2")
-    assert (await final(plane, later, 10)).worker_id == "w2"
+    assert (await final(plane, later, 30)).worker_id == "w2"
 
 
 async def test_drain_grace_over_hands_back_work_without_counting_a_failure(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
     quitting = await start_agent(plane, agents, "w1", "--drain-grace-s", "0.3")
     fn = await deploy(
         plane,
         "long",
-        command=["sh", "-c", 'echo go >&2; sleep 1; echo "attempt $HODEI_ATTEMPT"'],
+        command=gate.command("echo go >&2", 'echo "attempt $HODEI_ATTEMPT"'),
         max_retries=0,
     )
     inv_id = await invoke(plane, fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     quitting.proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: quitting.proc.poll() is not None, 10)
+    await wait_for(lambda: quitting.proc.poll() is not None, 30)
     assert quitting.proc.returncode == 0
     inv = await plane.data.invocations.get(inv_id)
     assert inv.status is Status.QUEUED and inv.attempt == 2 and inv.failures == 0
+    gate.open()
     await start_agent(plane, agents, "w2")
-    done = await final(plane, inv_id, 15)
+    done = await final(plane, inv_id, 30)
     assert done.status is Status.SUCCEEDED and done.attempt == 2
 
 
@@ -249,12 +254,15 @@ async def test_silent_worker_turns_unhealthy_gets_no_work_and_recovers(
         async def unhealthy() -> bool:
             return await worker_state(plane, "w1") == "unhealthy"
 
-        await wait_for(unhealthy, 5)
+        await wait_for(unhealthy, 15)
         fn = await deploy(plane, "wait", command=["sh", "-c", "echo ok"])
         inv_id = await invoke(plane, fn, b"")
-        await asyncio.sleep(0.5)
-        inv = await plane.data.invocations.get(inv_id)
-        assert inv.status is Status.QUEUED and inv.pending_reason == "no schedulable workers"
+
+        async def looked_at() -> str:
+            return (await plane.data.invocations.get(inv_id)).pending_reason
+
+        assert await wait_for(looked_at, 15) == "no schedulable workers"
+        assert (await plane.data.invocations.get(inv_id)).status is Status.QUEUED
     finally:
         agent.proc.send_signal(signal.SIGCONT)
     assert (await final(plane, inv_id, 10)).worker_id == "w1"

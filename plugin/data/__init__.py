@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from hodei.domain import Clock, now_ms
 from hodei.plugin.data.callbacks import Callbacks
 from hodei.plugin.data.connection import connect
 from hodei.plugin.data.events import WAKEUPS_MAXLEN, Events
@@ -41,6 +42,7 @@ class DataLayer:
     settings: DataSettings
     name: str
     timing: LeaseTiming = field(default_factory=LeaseTiming)
+    clock: Clock = now_ms
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -52,8 +54,9 @@ class DataLayer:
         )
         self.scripts = Scripts(self.redis, context)
         self.functions = Functions(self.redis, self.keys, s.revision_ttl_s)
-        self.invocations = Invocations(self.redis, self.keys, self.scripts, s)
-        self.queue = Queue(self.redis, self.keys, self.scripts)
+        clock = self.clock
+        self.invocations = Invocations(self.redis, self.keys, self.scripts, s, clock)
+        self.queue = Queue(self.redis, self.keys, self.scripts, clock)
         t = self.timing
         self.leases = Leases(
             self.redis,
@@ -63,12 +66,13 @@ class DataLayer:
             lease_ttl_s=t.lease_ttl_s,
             retry_base_s=t.retry_base_s,
             retry_cap_s=t.retry_cap_s,
+            clock=clock,
         )
-        self.workers = Workers(self.redis, self.keys, self.scripts, s.events_maxlen)
+        self.workers = Workers(self.redis, self.keys, self.scripts, s.events_maxlen, clock)
         self.events = Events(self.redis, self.blocking, self.keys)
         self.inboxes = Inboxes(self.redis, self.blocking, self.keys)
         self.leadership = Leadership(self.redis, self.keys, self.scripts)
-        self.callbacks = Callbacks(self.redis, self.keys, self.scripts)
+        self.callbacks = Callbacks(self.redis, self.keys, self.scripts, clock)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from hodei.domain import now_ms
+from hodei.domain import Clock, now_ms
 from hodei.plugin.data.keys import Keys
 from hodei.plugin.data.replies import texts
 from hodei.plugin.data.scripts import Call, Scripts
 
 
 class Callbacks:
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts) -> None:
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, clock: Clock = now_ms) -> None:
+        self.clock = clock
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -22,7 +23,7 @@ class Callbacks:
         """Due callbacks, each pushed out by ``claim_ms`` (taken over by another gateway
         only if this one dies while delivering)."""
         claimed = await self.scripts.run(
-            Call("claim_callbacks", [self.keys.callbacks], [now_ms(), claim_ms, limit])
+            Call("claim_callbacks", [self.keys.callbacks], [self.clock(), claim_ms, limit])
         )
         return texts(claimed)
 
@@ -39,4 +40,4 @@ class Callbacks:
         )
 
     async def retry_in(self, invocation_id: str, delay_ms: int) -> None:
-        await self.redis.zadd(self.keys.callbacks, {invocation_id: now_ms() + delay_ms})
+        await self.redis.zadd(self.keys.callbacks, {invocation_id: self.clock() + delay_ms})

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hodei.domain import now_ms
+from hodei.domain import Clock, now_ms
 from hodei.errors import Conflict, IdempotencyMismatch, NotFound, QueueFull
 from hodei.plugin.data import records
 from hodei.plugin.data.keys import Keys
@@ -88,7 +88,15 @@ def _refused(verdict: Admission, subject: str) -> Exception:
 
 
 class Invocations:
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, settings: DataSettings):
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        settings: DataSettings,
+        clock: Clock = now_ms,
+    ) -> None:
+        self.clock = clock
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -122,7 +130,7 @@ class Invocations:
                 [
                     invocation_id,
                     function,
-                    now_ms(),
+                    self.clock(),
                     payload,
                     str(priority) if priority else "",
                     traceparent,
@@ -158,7 +166,7 @@ class Invocations:
                 [
                     invocation_id,
                     new_id,
-                    now_ms(),
+                    self.clock(),
                     s.max_queue,
                     s.max_queue_bytes,
                     int(s.ageing_s * 1000),
@@ -184,7 +192,7 @@ class Invocations:
             Call(
                 "cancel",
                 [self.keys.invocation(invocation_id)],
-                [invocation_id, now_ms(), reason, INBOX_TTL_S],
+                [invocation_id, self.clock(), reason, INBOX_TTL_S],
             )
         )
         kind = text(reply[0])

@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hodei import backoff
-from hodei.domain import now_ms
+from hodei.domain import Clock, now_ms
 from hodei.plugin.data import records
 from hodei.plugin.data.keys import Keys
 from hodei.plugin.data.records import Pool
@@ -138,7 +138,9 @@ class Leases:
         lease_ttl_s: float,
         retry_base_s: float,
         retry_cap_s: float,
+        clock: Clock = now_ms,
     ) -> None:
+        self.clock = clock
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -157,7 +159,7 @@ class Leases:
                 self.keys.worker(worker_id),
                 self.keys.worker_jobs(worker_id),
             ],
-            [invocation_id, worker_id, fence, now_ms(), self.lease_ttl_ms],
+            [invocation_id, worker_id, fence, self.clock(), self.lease_ttl_ms],
         )
 
     @staticmethod
@@ -213,7 +215,7 @@ class Leases:
                 end.output,
                 int(end.truncated),
                 _opt(end.started_ms),
-                end.finished_ms or now_ms(),
+                end.finished_ms or self.clock(),
                 int(end.final),
                 delays,
                 "" if end.cold_start is None else int(end.cold_start),
@@ -233,7 +235,10 @@ class Leases:
                 s.log_lines_kept,
                 s.log_bytes_per_invocation,
                 records.log_line(
-                    now_ms(), "hodei", TRUNCATED.format(s.log_bytes_per_invocation), batch.attempt
+                    self.clock(),
+                    "hodei",
+                    TRUNCATED.format(s.log_bytes_per_invocation),
+                    batch.attempt,
                 ),
                 *(
                     records.log_line(ts, stream, line, batch.attempt)
@@ -297,7 +302,7 @@ class Leases:
         args: list[str | int | float] = [
             worker_id,
             session_id,
-            now_ms(),
+            self.clock(),
             self.lease_ttl_ms,
             round(cpu_percent, 2),
             round(mem_percent, 2),
@@ -314,7 +319,9 @@ class Leases:
 
     async def reclaim_due(self, limit: int = 500) -> list[Ended]:
         """End the attempts whose lease ran out (a failure each: retried or final)."""
-        flat = texts(await self.scripts.run(Call("reclaim", (), [now_ms(), limit, self._delays()])))
+        flat = texts(
+            await self.scripts.run(Call("reclaim", (), [self.clock(), limit, self._delays()]))
+        )
         return [
             Ended(flat[i], EndKind(flat[i + 1]), flat[i + 2], flat[i + 3])
             for i in range(0, len(flat), 4)
@@ -324,7 +331,7 @@ class Leases:
         """On a new leadership: give every lease one full TTL, so agents of a restarted
         server (or of a Redis back from an outage) have time to renew before anything is
         reclaimed."""
-        deadline = now_ms() + self.lease_ttl_ms
+        deadline = self.clock() + self.lease_ttl_ms
         ids = texts(await self.redis.zrangebyscore(self.keys.leases, "-inf", deadline))
         if ids:
             await self.redis.zadd(self.keys.leases, dict.fromkeys(ids, deadline), xx=True, gt=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from hodei.domain import now_ms
+from hodei.domain import Clock, now_ms
 from hodei.plugin.data.keys import Keys
 from hodei.plugin.data.replies import mapping, raws, text, texts
 from hodei.plugin.data.scripts import Call, Scripts
@@ -58,7 +58,8 @@ class Expired:
 
 
 class Queue:
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts) -> None:
+    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, clock: Clock = now_ms) -> None:
+        self.clock = clock
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -125,7 +126,7 @@ class Queue:
 
     async def promote_due(self, limit: int = 1000) -> int:
         """Retries whose backoff has elapsed go back to the ready queue."""
-        return int(await self.scripts.run(Call("promote", (), [now_ms(), limit])))
+        return int(await self.scripts.run(Call("promote", (), [self.clock(), limit])))
 
     async def next_due_ms(self) -> int | None:
         first = await self.redis.zrange(self.keys.delayed, 0, 0, withscores=True)
@@ -133,7 +134,7 @@ class Queue:
 
     async def expire_due(self, limit: int = 500) -> list[Expired]:
         """Fail the queued invocations past their queue deadline (the one place)."""
-        flat = await self.scripts.run(Call("expire_due", (), [now_ms(), limit]))
+        flat = await self.scripts.run(Call("expire_due", (), [self.clock(), limit]))
         found = texts(flat)
         return [Expired(found[i], found[i + 1]) for i in range(0, len(found), 2)]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from hodei.domain import WorkerState, now_ms
+from hodei.domain import Clock, WorkerState, now_ms
 from hodei.plugin.data import records
 from hodei.plugin.data.events import WAKEUPS_MAXLEN
 from hodei.plugin.data.keys import Keys
@@ -61,7 +61,10 @@ class Snapshot:
 
 
 class Workers:
-    def __init__(self, redis: Redis, keys: Keys, scripts: Scripts, events_maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, scripts: Scripts, events_maxlen: int, clock: Clock = now_ms
+    ) -> None:
+        self.clock = clock
         self.redis = redis
         self.keys = keys
         self.scripts = scripts
@@ -90,7 +93,7 @@ class Workers:
             labels=labels,
             runtimes=runtimes,
         )
-        args: list[str | int] = [worker_id, now_ms(), len(fields)]
+        args: list[str | int] = [worker_id, self.clock(), len(fields)]
         for k, v in fields.items():
             args += [k, v]
         args += list(running)
@@ -116,7 +119,7 @@ class Workers:
             Call(
                 "worker_state",
                 [self.keys.worker(worker_id)],
-                [worker_id, target.value, sources_of(target), session_id, now_ms()],
+                [worker_id, target.value, sources_of(target), session_id, self.clock()],
             )
         )
         return WorkerState(text(previous)) if previous else None
