@@ -25,6 +25,7 @@ from hodei.consul import connect as connect_consul
 from hodei.plugin.data import DataLayer
 
 log = logging.getLogger(__name__)
+SHUTDOWN_S = 5.0  # after SIGTERM, requests still open this long are cut
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -61,7 +62,13 @@ def create_app(settings: GatewaySettings) -> web.Application:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def closing(app: web.Application) -> None:
+        # Before aiohttp waits for the open requests: end the long ones now.
+        app[GATEWAY].hub.close()
+        app[GATEWAY].completions.close()
+
     app.cleanup_ctx.extend([connections, background])
+    app.on_shutdown.append(closing)
     if settings.consul_register and consul_address(settings.consul_addr):
         app.cleanup_ctx.append(consul_service)
     return app
@@ -109,5 +116,10 @@ def serve(settings: GatewaySettings) -> None:
         extra={"http_port": settings.port},
     )
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_S,
     )

@@ -147,12 +147,13 @@ async def events(request: web.Request) -> web.StreamResponse:
             for entry in await gw.data.events.events(since, None, count=10_000):
                 if stream.fresh(entry) and subscriber.wants(entry):
                     await stream.send_entry(entry)
-        while True:
+        while not stream.closed:
             live = await stream.next()
             if live is None:
                 await stream.keepalive()
             else:
                 await stream.send_entry(live)
+        return stream.response
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:

@@ -166,6 +166,19 @@ async def _wait_for_result(
         if found.status.final:
             return _final_response(found, output)
         left = deadline - asyncio.get_running_loop().time()
+        if gw.completions.closing:
+            response = error(
+                503,
+                "shutting_down",
+                f"this gateway is shutting down; the invocation goes on: fetch it at "
+                f"/v1/invocations/{found.id}",
+                id=found.id,
+                status=str(found.status),
+            )
+            response.headers.update(
+                {**_headers(found), "Location": f"/v1/invocations/{found.id}", "Retry-After": "1"}
+            )
+            return response
         if left <= 0:
             response = error(
                 504,
@@ -263,6 +276,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
             found = await gw.data.invocations.get(invocation_id)
             if found.status.final:
                 await stream.send("end", {"id": found.id, "status": str(found.status)})
+                return stream.response
+            if stream.closed:
                 return stream.response
             await stream.next()  # a log line, the end, or a quiet while: look again
     except (ConnectionResetError, asyncio.CancelledError):

@@ -7,6 +7,7 @@ and in all; a client that cannot keep up is told so and closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -31,8 +32,9 @@ class Subscriber:
     caller: str
     invocation: str = ""
     worker: str = ""
-    entries: asyncio.Queue[Entry] = field(default_factory=lambda: asyncio.Queue(BACKLOG))
+    entries: asyncio.Queue[Entry | None] = field(default_factory=lambda: asyncio.Queue(BACKLOG))
     lagging: bool = False
+    closed: bool = False  # the gateway is shutting down
 
     def wants(self, entry: Entry) -> bool:
         if self.invocation and entry.fields.get("invocation") != self.invocation:
@@ -67,6 +69,15 @@ class EventHub:
         self.subscribers.add(subscriber)
         self.per_caller[caller] += 1
         return subscriber
+
+    def close(self) -> None:
+        """The gateway is shutting down: every stream ends now (it would otherwise hold the
+        shutdown up for as long as its client stays)."""
+        self.max_streams = 0
+        for subscriber in self.subscribers:
+            subscriber.closed = True
+            with contextlib.suppress(asyncio.QueueFull):
+                subscriber.entries.put_nowait(None)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:
@@ -120,8 +131,13 @@ class EventStream:
     async def keepalive(self) -> None:
         await self.response.write(b": keepalive\n\n")
 
+    @property
+    def closed(self) -> bool:
+        return self.subscriber.closed
+
     async def next(self) -> Entry | None:
-        """The next entry not seen yet, or None after a quiet KEEPALIVE_S."""
+        """The next entry not seen yet, or None after a quiet KEEPALIVE_S or when the
+        stream is closed."""
         while True:
             if self.subscriber.lagging:
                 raise StreamLagging(f"more than {BACKLOG} events behind")
@@ -129,7 +145,7 @@ class EventStream:
                 entry = await asyncio.wait_for(self.subscriber.entries.get(), KEEPALIVE_S)
             except TimeoutError:
                 return None
-            if self.fresh(entry):
+            if entry is None or self.fresh(entry):
                 return entry
 
     def fresh(self, entry: Entry) -> bool:

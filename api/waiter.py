@@ -17,6 +17,7 @@ class Completions:
     def __init__(self, data: DataLayer) -> None:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.callbacks_due = asyncio.Event()
+        self.closing = False
         keys = data.keys
         self._completed = keys.completed_channel
         self.subscription = Subscription(
@@ -56,6 +57,12 @@ class Completions:
         for invocation_id in list(self.waiters):
             self._notify(invocation_id)
         self.callbacks_due.set()
+
+    def close(self) -> None:
+        """The gateway is shutting down: waiting requests answer now."""
+        self.closing = True
+        for invocation_id in list(self.waiters):
+            self._notify(invocation_id)
 
     async def run(self) -> None:
         await self.subscription.run()

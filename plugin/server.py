@@ -117,6 +117,9 @@ class ControlPlane:
     async def stop(self, grace_s: float = 5.0) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Streams never end by themselves: close them, so agents move to another server
+        # now rather than after the grace period.
+        self.sessions.close_all()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace_s)
         for task in self.tasks:

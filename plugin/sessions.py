@@ -88,6 +88,11 @@ class Sessions:
         )
         return session
 
+    def close_all(self) -> None:
+        """End every stream (the server is stopping)."""
+        for session in self.by_worker.values():
+            session.outbox.put_nowait(None)
+
     async def close(self, session: Session) -> None:
         if self.by_worker.get(session.worker_id) is session:
             del self.by_worker[session.worker_id]

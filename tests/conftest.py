@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -354,3 +355,106 @@ def servers() -> Iterator[list[ServerProcess]]:
     yield started
     for server in started:
         server.stop()
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, with its AOF in ``folder``
+    (``appendfsync always``: what was acknowledged survives a kill -9), so it can be
+    killed and started again on the same data."""
+
+    def __init__(self, folder: Path, fsync: str = "always") -> None:
+        binary = shutil.which("redis-server")
+        require("a redis-server binary", binary is not None)
+        self.binary = str(binary)
+        self.folder = folder
+        self.fsync = fsync
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if sync_redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    return
+            except Exception:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class GatewayProcess:
+    """``hodei gateway`` as its own OS process."""
+
+    def __init__(self, redis_url: str, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkdtemp(prefix="hodei-gateway-")) / "gateway.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "CONSUL_"))}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hodei.cli",
+                    "gateway",
+                    "--port",
+                    str(self.port),
+                    "--redis-url",
+                    redis_url,
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
