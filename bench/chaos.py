@@ -104,8 +104,9 @@ class World:
         return next(p for p in self.procs.started if p.name == name)
 
     async def verdict(self, ledger: Ledger, fault_over: float, recovery_s: float) -> dict[str, str]:
-        final, pending, _ = await settle(self.session, self.stack.url, ledger, self.grace_s)
-        settled = time.monotonic() - fault_over
+        # Seconds after the stream ended and the fault was over (the stream may go on after
+        # the fault) until every acknowledged invocation was final.
+        final, pending, settled = await settle(self.session, self.stack.url, ledger, self.grace_s)
         checked = await audit(self.redis.url, PREFIX)
         out = {
             "acked": str(len(ledger.acked)),
@@ -255,9 +256,10 @@ async def agent_freeze(world: World, args: argparse.Namespace) -> dict[str, str]
     frozen_s = time.monotonic() - stopped_at
     os.kill(frozen.pid, signal.SIGCONT)
     resumed = time.monotonic()
+    probing = asyncio.create_task(probe(world.session, world.stack.url, resumed, 60))
     # Time for a1 to reconnect and report what it ran for the stale attempts.
     await asyncio.sleep(3 * TIMINGS["heartbeat_interval_s"] + 2)
-    recovery = await probe(world.session, world.stack.url, resumed, 60)
+    recovery = await probing
     out = await world.verdict(ledger, resumed, recovery)
     kept_by_a1 = 0
     for invocation_id in on_a1:
@@ -354,7 +356,10 @@ async def soak(world: World, args: argparse.Namespace) -> dict[str, str]:
     end = await _memory(world)
     out = await world.verdict(ledger, time.monotonic(), 0.0)
     memory = {
-        f"rss_mb[{name}]": f"{start.get(name, 0):.0f}->{end.get(name, 0):.0f}" for name in end
+        (name if name.startswith("redis") else f"rss_mb[{name}]"): (
+            f"{start.get(name, 0):.1f}->{end.get(name, 0):.1f}"
+        )
+        for name in end
     }
     return {"rate": f"{args.soak_rate:g}/s", "duration_s": f"{args.soak_s:g}", **memory, **out}
 
@@ -363,7 +368,7 @@ async def _memory(world: World) -> dict[str, float]:
     found = {p.name: rss_mb(p.pid) for p in world.procs.started if not p.name.startswith("redis")}
     redis = Redis.from_url(world.redis.url)
     try:
-        found["redis_used_memory"] = int((await redis.info("memory"))["used_memory"]) / 2**20
+        found["redis_used_memory_mb"] = int((await redis.info("memory"))["used_memory"]) / 2**20
     finally:
         await redis.aclose()
     return found
@@ -399,6 +404,11 @@ async def run_scenario(name: str, args: argparse.Namespace, procs: Procs, folder
             out = await asyncio.wait_for(scenario(world, args), args.scenario_timeout_s)
         except TimeoutError as exc:
             out = {"error": f"timed out: {exc}"}
+    # Every process must exit within a few seconds of SIGTERM, whatever it served.
+    exits = procs.terminate([p for p in procs.started if not p.name.startswith("redis")])
+    out["sigterm_exit_s"] = " ".join(
+        f"{n}:{t:.1f}" if t >= 0 else f"{n}:>10(killed)" for n, t in sorted(exits.items())
+    )
     print(f"[{name}] ({time.monotonic() - started:.0f}s)")
     for key, value in out.items():
         print(f"{name}.{key}={value}")

@@ -117,17 +117,36 @@ class Procs:
         proc.popen.wait(10)
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
+        """Everything, Redis servers last (so the others can exit cleanly)."""
+        last = [p for p in self.started if p.name.startswith("redis")]
+        self.terminate([p for p in self.started if p not in last])
+        self.terminate(last)
+        self.started.clear()
+
+    def terminate(self, procs: list[Proc], timeout: float = 10.0) -> dict[str, float]:
+        """SIGTERM to each group at once; seconds each leader took to exit (-1: it was
+        still running after ``timeout`` and got SIGKILL)."""
+        started = time.monotonic()
+        for proc in procs:
             _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in reversed(self.started):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(max(0.1, deadline - time.monotonic()))
-        for proc in reversed(self.started):
+        took: dict[str, float] = {}
+        waiting = [p for p in procs if p.alive()]
+        for proc in procs:
+            if proc not in waiting:
+                took[proc.name] = 0.0
+        while waiting and time.monotonic() - started < timeout:
+            time.sleep(0.02)
+            for proc in [p for p in waiting if not p.alive()]:
+                took[proc.name] = time.monotonic() - started
+                waiting.remove(proc)
+        for proc in procs:
             _signal_group(proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(5)
-        self.started.clear()
+            took.setdefault(proc.name, -1.0)
+            if proc in self.started:
+                self.started.remove(proc)
+        return took
 
 
 def _signal_group(proc: Proc, sig: signal.Signals) -> None:
