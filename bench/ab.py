@@ -80,7 +80,8 @@ def run_once(script: str, checkout: str, script_args: list[str], log: str) -> di
         if match and not match.group(1).endswith("_spread"):
             values[match.group(1)] = float(match.group(2))
     took = time.monotonic() - started
-    name = os.path.relpath(script, checkout)
+    inside = script.startswith(checkout + os.sep)
+    name = os.path.relpath(script, checkout) if inside else script
     print(f"# {name} in {checkout}: exit {proc.returncode}, {took:.0f}s")
     if proc.returncode != 0:
         print(f"# (non-zero exit: see {log})")
