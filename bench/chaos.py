@@ -453,6 +453,9 @@ def main() -> int:
     try:
         with supervised() as procs:
             return asyncio.run(main_async(args, procs, root))
+    except KeyboardInterrupt:
+        print("# interrupted: every process started was stopped", flush=True)
+        return 130
     finally:
         if args.keep_logs:
             print(f"# logs kept in {root}")

@@ -342,7 +342,12 @@ def main() -> int:
     unknown = set(args.systems) - set(SYSTEMS) | set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
-    return asyncio.run(main_async(args))
+    try:
+        with supervised():  # SIGTERM -> KeyboardInterrupt, so every `finally` runs
+            return asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        print("# interrupted: every process started was stopped", flush=True)
+        return 130
 
 
 if __name__ == "__main__":
