@@ -65,4 +65,4 @@ class Producer:
             task.delay()
 
     def close(self) -> None:
-        app.pool.force_close_all()
+        pass  # the module (and its connection pool) serves every round
