@@ -138,12 +138,12 @@ def main() -> int:
         print("# no key=value line common to both versions' output")
         return 1
     for key in keys:
-        medians = {}
+        medians: dict[str, float] = {}
         for name in ("new", "old"):
-            values = [r[key] for r in results[name] if key in r]
-            medians[name] = statistics.median(values)
+            runs = [r[key] for r in results[name] if key in r]
+            medians[name] = statistics.median(runs)
             print(f"{name}.{key}={medians[name]:g}")
-            print(f"{name}.{key}_spread={min(values):g}-{max(values):g}")
+            print(f"{name}.{key}_spread={min(runs):g}-{max(runs):g}")
         if medians["old"]:
             print(f"ratio.{key}={medians['new'] / medians['old']:.2f}")
     return 0
