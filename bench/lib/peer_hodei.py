@@ -74,6 +74,10 @@ class HodeiPeer:
         if status not in (200, 201):
             raise RuntimeError(f"PUT bench-spawn: {status} {text}")
         self.noop_unavailable = await self._lambda_function()
+        # Warm-up, as for every peer: scripts loaded, connections open, code paths imported.
+        await self.run("spawn", 100, 30.0)
+        if not self.noop_unavailable:
+            await self.run("noop", 100, 30.0)
         return procs
 
     async def _lambda_function(self) -> str:
@@ -104,6 +108,8 @@ class HodeiPeer:
                     f"hodei/{variant}: {done.finished} of {n - len(refused)} finished, "
                     f"then nothing for {quiet_s:g}s"
                 )
+            if refused:
+                print(f"# hodei/{variant}: {len(refused)} invocations refused: {refused[:5]}")
             return done.last_at - started, len(refused)
 
     async def close(self) -> None:
