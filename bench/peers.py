@@ -336,7 +336,11 @@ def main() -> int:
     parser.add_argument(
         "--bytes-k", type=int, default=2000, help="invocations queued to weigh one (0 = skip)"
     )
+    parser.add_argument("--hodei-job-slots", type=int, default=16, help="the agent's job slots")
+    parser.add_argument("--hodei-clients", type=int, default=32, help="concurrent HTTP clients")
     args = parser.parse_args()
+    os.environ["BENCH_HODEI_JOB_SLOTS"] = str(args.hodei_job_slots)
+    os.environ["BENCH_HODEI_CLIENTS"] = str(args.hodei_clients)
     args.systems = [s for s in args.systems.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = set(args.systems) - set(SYSTEMS) | set(args.variants) - set(VARIANTS)

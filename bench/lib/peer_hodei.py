@@ -22,8 +22,9 @@ from bench_hodei import Completions, HodeiStack, completion_channel, invoke_asyn
 from bench_procs import Procs
 from redis.asyncio import Redis
 
-JOB_SLOTS = 16
-CLIENTS = 32
+# bench/peers.py --hodei-job-slots / --hodei-clients set these before importing this module.
+JOB_SLOTS = int(os.environ.get("BENCH_HODEI_JOB_SLOTS", "16"))
+CLIENTS = int(os.environ.get("BENCH_HODEI_CLIENTS", "32"))
 CONFIG = f"gateway + server + 1 agent ({JOB_SLOTS} job slots), {CLIENTS} HTTP clients"
 RESOURCES = {"cpu_millicores": 100, "memory_mb": 64}
 
