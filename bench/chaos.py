@@ -216,10 +216,12 @@ async def redis_restart(world: World, args: argparse.Namespace) -> dict[str, str
 
 async def _subscribers(redis_url: str) -> str:
     """PUBSUB NUMSUB of the completion channel and of each server's channel."""
-    from hodei.plugin.keys import Keys
+    from hodei.plugin.data.keys import Keys
 
-    keys = Keys.for_url(PREFIX, redis_url) if hasattr(Keys, "for_url") else Keys(PREFIX)
-    channels = [keys.completed_channel, *(keys.server_channel(s) for s in ("s1", "s2"))]
+    # Servers take assignments from their inboxes (lists in Redis, nothing to subscribe
+    # to); the gateway listens on the completion channel.
+    keys = Keys.for_url(PREFIX, redis_url)
+    channels = [keys.completed_channel]
     redis = Redis.from_url(redis_url)
     try:
         counts = await redis.pubsub_numsub(*channels)

@@ -24,20 +24,26 @@ EVENTS_MAXLEN = 5_000_000
 MAX_QUEUE = 1_000_000
 
 
+def _keys() -> Any:
+    """The keys module of the Hodei being run (it moved into the data layer)."""
+    try:
+        from hodei.plugin.data import keys
+    except ImportError:
+        from hodei.plugin import keys  # type: ignore[no-redef]
+    return keys
+
+
 def completion_channel(prefix: str, redis_url: str) -> str:
     """The channel the servers publish finished invocation ids on, as the Hodei being run
     names it (the name changed once: it carries the database number since c5a924c)."""
-    from hodei.plugin import keys
-
+    keys = _keys()
     if hasattr(keys.Keys, "for_url"):
         return str(keys.Keys.for_url(prefix, redis_url).completed_channel)
     return str(keys.Keys(prefix).completed_channel)
 
 
 def events_key(prefix: str) -> str:
-    from hodei.plugin import keys
-
-    return str(keys.Keys(prefix).events)
+    return str(_keys().Keys(prefix).events)
 
 
 @dataclass

@@ -259,7 +259,7 @@ async def probe(session: aiohttp.ClientSession, url: str, since: float, within_s
 
 async def leader(redis_url: str, prefix: str) -> str:
     """The server id holding the Redis leader lock ("" when none or unreadable)."""
-    from hodei.plugin.keys import Keys
+    from hodei.plugin.data.keys import Keys
 
     redis = Redis.from_url(redis_url)
     try:
