@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hodei.api.requests import CALLER
+from hodei.api.requests import CALLER, SCOPES
 from hodei.api.state import error, gateway
 from hodei.api.streams import EventStream
 from hodei.domain import WorkerState, now_ms
@@ -172,6 +172,13 @@ async def console(request: web.Request) -> web.Response:
     a page that reads the /v1 API from the browser."""
     page = (resources.files("hodei.api") / "console.html").read_text()
     return web.Response(text=page, content_type="text/html")
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """GET /v1/whoami: what the caller's token may do (the console asks before it offers
+    actions)."""
+    scopes: frozenset[str] = request[SCOPES]
+    return web.json_response({"scopes": sorted(scopes), "auth": gateway(request).tokens.enabled})
 
 
 async def healthz(request: web.Request) -> web.Response:
