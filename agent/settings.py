@@ -50,7 +50,9 @@ class AgentSettings(EnvSettings):
     consul_addr: str = ""
     consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
     consul_ttl_heartbeats: float = 3.0  # the TTL check's TTL, in heartbeat intervals
-    consul_deregister_after_s: float = 60.0
+    # Consul removes a service critical this long (at least a minute); the agent registers
+    # again when it notices, but a short value drops agents from the UI on every hiccup.
+    consul_deregister_after_s: float = 600.0
     advertise_address: str = ""  # the service address in Consul ("" = the node's)
     # Advertise the Nomad node's identity (datacenter, node, class, meta) as labels.
     nomad_identity: bool = True
