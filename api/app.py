@@ -26,6 +26,7 @@ from hodei.plugin.keys import Keys
 from hodei.plugin.registry import Registry
 from hodei.plugin.scripts import Scripts
 from hodei.plugin.store import Store
+from hodei.readiness import READINESS, Readiness
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ def create_app(settings: GatewaySettings) -> web.Application:
         yield
         await redis.aclose()
 
+    async def readiness(app: web.Application) -> AsyncIterator[None]:
+        address = consul_address(settings.consul_addr)
+        client = connect_consul(address, settings.consul_token) if address else None
+        app[READINESS] = Readiness(app[GATEWAY].redis, client)
+        yield
+        if client is not None:
+            await client.close()
+
     async def background(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
         dispatcher = CallbackDispatcher(
@@ -86,7 +95,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app.cleanup_ctx.extend([connections, background])
+    app.cleanup_ctx.extend([connections, readiness, background])
     if settings.consul_register and consul_address(settings.consul_addr):
         app.cleanup_ctx.append(consul_service)
     return app

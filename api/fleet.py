@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from importlib import resources
 from typing import Any
@@ -15,6 +14,7 @@ from hodei.api.state import error, gateway
 from hodei.errors import Conflict, NotFound
 from hodei.plugin.registry import WorkerState
 from hodei.plugin.store import now_ms
+from hodei.readiness import READINESS
 
 
 def worker_view(h: dict[str, str], jobs: list[str] | None = None) -> dict[str, Any]:
@@ -150,11 +150,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: ready while Redis answers."""
-    try:
-        await asyncio.wait_for(gateway(request).redis.ping(), 1.0)
-    except Exception:
-        return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
+    """GET /readyz: ready while Redis (and Consul, when configured) answer."""
+    problems = await request.app[READINESS].check()
+    if problems:
+        return error(503, problems[0].code, problems[0].message)
     return web.json_response({"status": "ready"})
 
 
