@@ -14,10 +14,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 import requests
-from conftest import AgentProcess, wait_for
+from conftest import ROOT, AgentProcess, wait_for
 from consul_double import ConsulDouble, running_consul
+from nomad_double import Node, running_nomad
 from private_ca import PrivateCA, make_ca
 
+from hodei import nomad as nomad_deploy
+from hodei.cli import build_parser
 from hodei.consul import connect, connect_sync
 from hodei.plugin.server import ControlPlane
 
@@ -171,3 +174,36 @@ async def test_agent_registers_with_consul_over_tls(
     await wait_for(lambda: tls_consul.checks.get(check, {}).get("Status") == "passing", 15)
     assert "agent-secret" in tls_consul.tokens
     assert "client-cert:hodei-client" in tls_consul.tokens
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+async def test_hodei_nomad_verifies_the_private_ca_and_presents_the_client_cert(
+    right: PrivateCA, wrong: PrivateCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def plan(**env: str) -> tuple[int, list[str]]:
+        for name in ("CACERT", "CAPATH", "CLIENT_CERT", "CLIENT_KEY", "SKIP_VERIFY"):
+            monkeypatch.delenv(f"NOMAD_{name}", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(f"NOMAD_{name}", value)
+        args = nomad_deploy_args("plan", "redis")
+        before = len(double.tokens)
+        code = await asyncio.to_thread(nomad_deploy.run, args)
+        return code, double.tokens[before:]
+
+    async with running_nomad([Node("client-1")], tls=right.server_context()) as double:
+        monkeypatch.setenv("NOMAD_ADDR", double.url)
+        monkeypatch.setenv("NOMAD_TOKEN", "nomad-secret")
+        client = {"CLIENT_CERT": str(right.client_cert), "CLIENT_KEY": str(right.client_key)}
+        code, seen = await plan(CACERT=str(right.ca), **client)
+        assert code == 0 and "nomad-secret" in seen and "client-cert:hodei-client" in seen
+        # python-nomad on its own never verifies: with the wrong CA it must now refuse.
+        code, seen = await plan(CACERT=str(wrong.ca), **client)
+        assert code == 2 and not seen
+        code, seen = await plan(CACERT=str(right.ca))  # no client certificate
+        assert code == 2 and not seen
+        code, seen = await plan(SKIP_VERIFY="true", **client)
+        assert code == 0 and "client-cert:hodei-client" in seen
+
+
+def nomad_deploy_args(*argv: str) -> object:
+    return build_parser().parse_args(["nomad", *argv, "--jobspecs", str(ROOT / "jobspecs")])
