@@ -210,6 +210,16 @@ async def test_agent_finds_its_server_through_consul(
     assert inv.worker_id == "w9" and inv.status is Status.SUCCEEDED
 
 
+async def leader_and_standby(tuned: ServerSettings) -> tuple[ControlPlane, ControlPlane]:
+    """Two servers electing through Consul: s1 leads, s2 stands by."""
+    first = ControlPlane(replace(tuned, server_id="s1"))
+    second = ControlPlane(replace(tuned, server_id="s2"))
+    await first.start()
+    await wait_for(lambda: first.leader.is_leader, 10)
+    await second.start()
+    return first, second
+
+
 async def test_leader_session_expiry_hands_over_without_double_assignment(
     settings: ServerSettings, consul: ConsulDouble
 ) -> None:
@@ -221,11 +231,7 @@ async def test_leader_session_expiry_hands_over_without_double_assignment(
     tuned = replace(
         settings, consul_addr=consul.url, consul_session_ttl_s=ttl, consul_lock_delay_s=delay
     )
-    first = ControlPlane(replace(tuned, server_id="s1"))
-    second = ControlPlane(replace(tuned, server_id="s2"))
-    await first.start()
-    await wait_for(lambda: first.leader.is_leader, 10)
-    await second.start()
+    first, second = await leader_and_standby(tuned)
     try:
         await asyncio.sleep(1.5)
         assert not second.leader.is_leader
@@ -270,11 +276,7 @@ async def test_clean_leader_shutdown_hands_over_at_once(
     settings: ServerSettings, consul: ConsulDouble
 ) -> None:
     tuned = replace(settings, consul_addr=consul.url, consul_session_ttl_s=10)
-    first = ControlPlane(replace(tuned, server_id="s1"))
-    second = ControlPlane(replace(tuned, server_id="s2"))
-    await first.start()
-    await wait_for(lambda: first.leader.is_leader, 10)
-    await second.start()
+    first, second = await leader_and_standby(tuned)
     try:
         await asyncio.sleep(0.5)
         stopped_at = time.monotonic()
