@@ -265,6 +265,7 @@ async def test_leader_session_expiry_hands_over_without_double_assignment(
         )
         assert all(assigned[i] == 1 for i in submitted), assigned
         since_renewal = taken_at - session["renewed_at"]
+        print(f"consul takeover {since_renewal:.2f}s after the leader's last renewal")
         assert 2 * ttl + delay <= since_renewal <= 2 * ttl + delay + 2.5, since_renewal
     finally:
         await asyncio.gather(*(agent.stop() for agent in agents))
