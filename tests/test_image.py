@@ -190,9 +190,8 @@ async def test_stack_in_containers_runs_docker_functions_and_drains_as_nomad_sto
 ) -> None:
     stack.server()
     stack.gateway()
-    # A short grace so the running invocation outlasts it and must be handed back; the
-    # hand-back budget and the kill timeout are the jobspec's.
-    first = stack.agent("ci-w1", {"HODEI_DRAIN_GRACE_S": "2"})
+    # The jobspec's drain settings (grace, hand-back) and, below, its kill timeout.
+    first = stack.agent("ci-w1", {})
     await wait_for(lambda: ready(http), 60, interval=0.2)
     await wait_for(lambda: worker_state(http, "ci-w1"), 60, interval=0.2)
 
@@ -220,7 +219,8 @@ async def test_stack_in_containers_runs_docker_functions_and_drains_as_nomad_sto
     stopped_in = time.monotonic() - started
     state = json.loads(docker("inspect", "--format", "{{json .State}}", first))
     assert state["ExitCode"] == 0, (state, stack.logs())  # 137 would be SIGKILL
-    assert stopped_in < kill_timeout
+    grace = float(next(blocks(agent_task(), "env"))["HODEI_DRAIN_GRACE_S"])
+    assert grace <= stopped_in < kill_timeout
     assert not siblings(invocation_id), "the agent left the container it handed back"
     assert "handing back 1 jobs" in container_logs(first)
     handed = await record(http, invocation_id)
