@@ -27,8 +27,7 @@ from typing import Any
 import consul
 
 from hodei.consul import duration
-from hodei.plugin.keys import Keys
-from hodei.plugin.scripts import Scripts
+from hodei.plugin.data.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,14 @@ class ConsulLeaderLock:
     def __init__(
         self,
         client: Any,
-        keys: Keys,
-        scripts: Scripts,
+        leadership: Leadership,
         holder: str,
         key: str,
         session_ttl_s: int,
         lock_delay_s: int,
     ) -> None:
         self.client = client
-        self.keys = keys
-        self.scripts = scripts
+        self.leadership = leadership
         self.holder = holder
         self.key = key
         self.session_ttl_s = session_ttl_s
@@ -114,12 +111,7 @@ class ConsulLeaderLock:
 
     async def lead(self) -> None:
         """We hold the lock: take (or keep) the Redis fencing token, refreshing its TTL."""
-        value = await self.scripts.run(
-            "take_leader",
-            [self.keys.leader, self.keys.leader_epoch],
-            [self.holder, self.session_ttl_s * 1000],
-        )
-        self._set(value.decode())
+        self._set(await self.leadership.take(self.holder, self.session_ttl_s * 1000))
 
     async def step(self) -> None:
         await self.renew_session()
@@ -150,7 +142,7 @@ class ConsulLeaderLock:
         self._set(None)
         if token:
             with contextlib.suppress(Exception):
-                await self.scripts.run("release_leader", [self.keys.leader], [token])
+                await self.leadership.release(token)
         if session:
             # Releasing first hands the lock over without lock-delay; destroying then
             # invalidates a session that holds nothing.

@@ -45,6 +45,6 @@ async def test_agent_process_under_nomad_advertises_its_reservation(
 ) -> None:
     env = NOMAD | {"HODEI_NOMAD_MHZ_PER_CORE": "2400"}
     await start_agent(plane, agents, "w1", "--runtimes", "process", env=env)
-    h = await plane.registry.get("w1")
-    assert h is not None
-    assert (int(h["cpu_total"]), int(h["mem_total"])) == (1916, 2048), h
+    worker = await plane.data.workers.get("w1")
+    assert worker is not None
+    assert (worker.capacity.cpu, worker.capacity.mem) == (1916, 2048), worker
