@@ -16,9 +16,11 @@ https://developer.hashicorp.com/nomad/api-docs/jobs and Nomad's scheduler
   the constraint as "LTarget Operand RTarget"; ``DimensionExhausted`` by "cpu", "memory" or
   "network: reserved port collision <label>=<port>").
 - Evaluations, job status and allocations can be read back.
+- The ``namespace`` and ``region`` query parameters of every request are kept
+  (``scopes``), as Nomad reads them.
 
 Client settings that are not node attributes (``max_kill_timeout``) are not visible
-through the API; ``Node.max_kill_timeout_s`` is what a test compares against.
+through Nomad's API; ``hodei nomad`` takes the clients' value as a flag.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ class Node:
     attributes: dict[str, str] = field(default_factory=default_attributes)
     meta: dict[str, str] = field(default_factory=dict)
     host_volumes: set[str] = field(default_factory=lambda: {"hodei-redis"})
-    max_kill_timeout_s: float = 30.0  # client.max_kill_timeout, Nomad's default
     used_cpu: int = 0
     used_memory: int = 0
     used_ports: set[int] = field(default_factory=set)
@@ -142,6 +143,7 @@ class NomadDouble:
     index: int = 100
     url: str = ""
     placing: list[dict[str, Any]] = field(default_factory=list)
+    scopes: list[tuple[str, str]] = field(default_factory=list)
 
     async def parse(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -329,8 +331,16 @@ class NomadDouble:
         allocs = self.allocations.get(request.match_info["id"], [])
         return web.json_response([{k: v for k, v in a.items() if k[0] != "_"} for a in allocs])
 
+    @web.middleware
+    async def scope(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        query = request.query
+        self.scopes.append((query.get("namespace", ""), query.get("region", "")))
+        response: web.StreamResponse = await handler(request)
+        return response
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[header_recorder("X-Nomad-Token", self.tokens)])
+        recorder = header_recorder("X-Nomad-Token", self.tokens)
+        app = web.Application(middlewares=[recorder, self.scope])
         app.router.add_route("*", "/v1/jobs/parse", self.parse)
         app.router.add_post("/v1/job/{id}/plan", self.plan)
         app.router.add_post("/v1/job/{id}", self.register)

@@ -445,3 +445,32 @@ async def test_double_syncs_output_only_changes_late_as_consul_does(consul: Cons
 
 async def catalog_shows(read: Any, output: str) -> bool:
     return bool((await read())[1] == output)
+
+
+async def test_server_and_gateway_registrations_deleted_from_consul_come_back(
+    settings: ServerSettings, consul: ConsulDouble, redis_url: str
+) -> None:
+    # Each process looks every 3 check intervals whether the local Consul agent still
+    # knows its service (py-consul answers a 404 there with None, not NotFound).
+    cp = ControlPlane(replace(settings, consul_addr=consul.url, consul_check_interval_s=0.2))
+    await cp.start()
+    port = free_port()
+    gateway_settings = GatewaySettings(
+        redis_url=redis_url, port=port, consul_addr=consul.url, consul_check_interval_s=0.2
+    )
+    try:
+        async with TestServer(create_app(gateway_settings), port=port):
+            server_id = f"hodei-server-{cp.settings.server_id}"
+            await wait_for(lambda: server_id in consul.services, 5)
+            [gateway_id] = [
+                i for i, s in consul.services.items() if s["Service"] == "hodei-gateway"
+            ]
+            async with aiohttp.ClientSession() as http:
+                for service_id in (server_id, gateway_id):
+                    url = f"{consul.url}/v1/agent/service/deregister/{service_id}"
+                    async with http.put(url) as r:
+                        assert r.status == 200
+            assert server_id not in consul.services and gateway_id not in consul.services
+            await wait_for(lambda: {server_id, gateway_id} <= set(consul.services), 5)
+    finally:
+        await cp.stop(0.5)

@@ -74,6 +74,16 @@ async def test_plan_parses_with_variables_and_shows_placements(
     assert "nomad-secret" in nomad_api.tokens  # NOMAD_TOKEN is honoured
 
 
+async def test_namespace_and_region_reach_nomad(
+    nomad_api: NomadDouble, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOMAD_NAMESPACE", "team-a")
+    monkeypatch.setenv("NOMAD_REGION", "europe")
+    code, out = await hodei_nomad(capsys, "plan", "redis")
+    assert code == 0, out
+    assert nomad_api.scopes and set(nomad_api.scopes) == {("team-a", "europe")}
+
+
 async def test_the_hodei_image_must_be_given(
     nomad_api: NomadDouble, capsys: pytest.CaptureFixture[str]
 ) -> None:
