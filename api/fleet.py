@@ -18,6 +18,7 @@ from hodei.domain import WorkerState, now_ms
 from hodei.errors import Conflict, NotFound, StreamLagging
 from hodei.plugin.data.events import stream_position
 from hodei.plugin.data.records import WorkerRecord
+from hodei.readiness import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +188,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: ready while Redis answers."""
-    try:
-        await asyncio.wait_for(gateway(request).data.ping(), 1.0)
-    except Exception:
-        return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
+    """GET /readyz: ready while Redis (and Consul, when configured) answer."""
+    problems = await request.app[READINESS].check()
+    if problems:
+        return error(503, problems[0].code, problems[0].message)
     return web.json_response({"status": "ready"})
 
 

@@ -46,10 +46,10 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hodei import nomad as nomad_deploy
     from hodei.agent.settings import AgentSettings
     from hodei.api import commands, dev
     from hodei.api.settings import GatewaySettings
-    from hodei.plugin import nomad_deploy
     from hodei.plugin.settings import ServerSettings
 
     parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_gateway(gateway_settings)
             return 0
         if args.command == "nomad":
-            from hodei.plugin import nomad_deploy
+            from hodei import nomad as nomad_deploy
 
             return nomad_deploy.run(args)
         if args.command == "dev":
