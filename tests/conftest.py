@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from hodei.agent.sandbox import Sandbox, SandboxConfig
 from hodei.plugin.models import FunctionSpec, Invocation
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # This test session's agents keep their marks here: another Hodei on the host (a second
 # test run, a `hodei dev` stack) that uses the same worker ids is never taken for ours.
 STATE_DIR = Path(tempfile.mkdtemp(prefix="hodei-test-state-"))
+SESSION_MARK = secrets.token_hex(16)
 
 
 def require(service: str, available: bool) -> None:
@@ -70,6 +73,21 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+def sandbox_config(sandboxed: bool, **overrides: Any) -> SandboxConfig:
+    """A spawner configuration of this test session (its own cgroup folder)."""
+    if sandboxed:
+        require("root (the process sandbox needs it)", os.geteuid() == 0)
+    return SandboxConfig(sandboxed=sandboxed, mark=SESSION_MARK, uid_count=8, **overrides)
+
+
+@pytest.fixture(params=[True, False], ids=["sandboxed", "unsandboxed"])
+async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """The agent's spawner, sandboxed and not."""
+    spawner = Sandbox.start(sandbox_config(request.param))
+    yield spawner
+    await spawner.close()
 
 
 def fast_settings(redis_url: str, **overrides: Any) -> ServerSettings:
@@ -133,8 +151,15 @@ async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
     return fn
 
 
+# The process runtime is off unless asked for: test agents offer it, sandboxed when the
+# tests run as root (CI does), else unsandboxed as the test's user.
+DEFAULT_RUNTIMES = ("--runtimes", "process", "--runtimes", "docker")
+SANDBOX = () if os.geteuid() == 0 else ("--process-sandbox", "off")
+
+
 class AgentProcess:
-    """``hodei agent`` as its own OS process."""
+    """``hodei agent`` as its own OS process (offering the process runtime unless ``extra``
+    names the runtimes)."""
 
     def __init__(
         self,
@@ -164,6 +189,8 @@ class AgentProcess:
             "0.5",
             "--drain-grace-s",
             "1",
+            *(() if "--runtimes" in extra else DEFAULT_RUNTIMES),
+            *(() if "--process-sandbox" in extra else SANDBOX),
             *extra,
         ]
         environ = {

@@ -6,6 +6,7 @@ import asyncio
 
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime
+from hodei.agent.sandbox import Sandbox
 from hodei.agent.settings import AgentSettings
 from hodei.plugin.settings import ServerSettings
 from hodei.proto import hodei_pb2 as pb
@@ -23,8 +24,8 @@ def job(*command: str, **kw: object) -> pb.AssignJobRequest:
     )  # type: ignore[arg-type]
 
 
-async def test_stdout_is_capped_and_the_rest_drained() -> None:
-    runtime = ProcessRuntime(output_cap_bytes=1000, mark="m")
+async def test_stdout_is_capped_and_the_rest_drained(sandbox: Sandbox) -> None:
+    runtime = ProcessRuntime(output_cap_bytes=1000, mark="m", sandbox=sandbox)
     outcome = await runtime.run(
         job("sh", "-c", "head -c 1000000 /dev/zero; echo done >&2"),
         lambda s, line: None,
@@ -34,8 +35,8 @@ async def test_stdout_is_capped_and_the_rest_drained() -> None:
     assert outcome.output == b"\0" * 1000 and outcome.truncated
 
 
-async def test_payload_on_stdin_and_missing_command() -> None:
-    runtime = ProcessRuntime(output_cap_bytes=1 << 20, mark="m")
+async def test_payload_on_stdin_and_missing_command(sandbox: Sandbox) -> None:
+    runtime = ProcessRuntime(output_cap_bytes=1 << 20, mark="m", sandbox=sandbox)
     data = bytes(range(256)) * 4096
     outcome = await runtime.run(job("cat", payload=data), lambda s, line: None, asyncio.Event())
     assert outcome.output == data and not outcome.truncated
@@ -44,11 +45,11 @@ async def test_payload_on_stdin_and_missing_command() -> None:
     assert "cannot start" in missing.error
 
 
-async def test_logs_are_batched_and_results_reported() -> None:
+async def test_logs_are_batched_and_results_reported(sandbox: Sandbox) -> None:
     sent: list[pb.AgentMessage] = []
     results: list[pb.JobResult] = []
     manager = ProcessManager(
-        {"process": ProcessRuntime(1 << 20, "m")},
+        {"process": ProcessRuntime(1 << 20, "m", sandbox)},
         sent.append,
         results.append,
         "w",
@@ -65,10 +66,10 @@ async def test_logs_are_batched_and_results_reported() -> None:
     assert results[0].outcome == pb.JOB_OUTCOME_SUCCEEDED and results[0].output == b"out\n"
 
 
-async def test_unknown_runtime_fails_the_job_and_cancel_hands_back() -> None:
+async def test_unknown_runtime_fails_the_job_and_cancel_hands_back(sandbox: Sandbox) -> None:
     results: list[pb.JobResult] = []
     manager = ProcessManager(
-        {"process": ProcessRuntime(1 << 20, "m")}, lambda m: None, results.append, "w"
+        {"process": ProcessRuntime(1 << 20, "m", sandbox)}, lambda m: None, results.append, "w"
     )
     manager.start(pb.AssignJobRequest(invocation_id="d", attempt=1, runtime="docker"))
     manager.start(job("sleep", "30"))
