@@ -95,9 +95,6 @@ class Spawner:
             linux.setns(self.host_netns, linux.CLONE_NEWNET)
         except OSError as exc:
             return _refusal(f"no network namespaces ({exc})")
-        problem = self._probe_mounts()
-        if problem:
-            return _refusal(f"no private mounts ({problem})")
         base, count = int(self.config["uid_base"]), int(self.config["uid_count"])
         if base <= 0 < base + count and not self.config.get("allow_root"):
             return _refusal("the function uid range includes root (allow it explicitly)")
@@ -107,6 +104,10 @@ class Spawner:
             return _refusal(str(exc))
         self.uids = sorted(self.uid_locks)
         self.free.extend(range(len(self.uids)))
+        problem = self._probe(self.uids[0])
+        if problem:
+            uids.release(self.uid_locks)
+            return _refusal(problem)
         reaped = self._sweep_uids()
         reaped += self._make_cgroups()
         return {
@@ -120,17 +121,23 @@ class Spawner:
             "reaped": reaped,
         }
 
-    def _probe_mounts(self) -> str:
-        """Run the mount steps once in a throwaway child: better refuse now than fail every
-        function later."""
+    def _probe(self, uid: int) -> str:
+        """Run the confinement steps once in a throwaway child (root in a user namespace,
+        say, may mount but not become another uid): better refuse now than fail every
+        function later. Returns what failed, or ""."""
         read, write = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
+            step = "no private mounts"
             try:
                 child._private_mounts(self.confinement)
+                step = f"cannot become the function uid {uid}"
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
                 os._exit(0)
             except BaseException as exc:
-                os.write(write, str(exc).encode()[:1000])
+                os.write(write, f"{step} ({exc})".encode()[:1000])
                 os._exit(1)
         os.close(write)
         message = os.read(read, 1000).decode(errors="replace")
