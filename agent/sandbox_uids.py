@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import signal
 import time
 
@@ -64,21 +65,30 @@ def processes_of(uids: set[int]) -> dict[int, list[int]]:
 
 
 def kill_all_of(uid: int, within_s: float = 5.0) -> None:
-    """In a child that becomes ``uid``: SIGKILL every process of ``uid`` until none is
-    left. One ``kill(-1)`` is atomic with respect to fork (a process forking while it runs
-    either is on the task list and gets the signal, or sees it pending and fails its fork);
-    it is repeated only while the dead are not reaped yet. Never returns."""
+    """In a child that becomes ``uid``: SIGKILL every process of ``uid``, and return once
+    none is left. One ``kill(-1)`` is atomic with respect to fork (a process forking while
+    it runs either is on the task list and gets the signal, or sees it pending and fails its
+    fork). ``kill(-1)`` cannot tell whether it reached anyone, so "none left" is asked of
+    RLIMIT_NPROC, which counts the uid's processes (zombies too, until the spawner reaps
+    them): with a limit of 2, this child can fork only if it is the last. Never returns."""
     try:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+        resource.setrlimit(resource.RLIMIT_NPROC, (2, 2))
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
+            try:
+                probe = os.fork()
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            if probe == 0:
                 os._exit(0)
-            time.sleep(0.001)
+            os.waitpid(probe, 0)
+            os._exit(0)
     finally:
         os._exit(1)
 

@@ -82,10 +82,14 @@ def sandbox_config(sandboxed: bool, **overrides: Any) -> SandboxConfig:
     return SandboxConfig(sandboxed=sandboxed, mark=SESSION_MARK, uid_count=8, **overrides)
 
 
-@pytest.fixture(params=[True, False], ids=["sandboxed", "unsandboxed"])
+@pytest.fixture(params=["cgroup", "rlimits", "off"], ids=["sandboxed", "no-cgroup", "unsandboxed"])
 async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
-    """The agent's spawner, sandboxed and not."""
-    spawner = Sandbox.start(sandbox_config(request.param))
+    """The agent's spawner: sandboxed with a cgroup per function, sandboxed without cgroups
+    (uids and rlimits alone), and unsandboxed."""
+    mode = request.param
+    spawner = Sandbox.start(
+        sandbox_config(mode != "off", **({"cgroup_root": "off"} if mode == "rlimits" else {}))
+    )
     yield spawner
     await spawner.close()
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import shutil
 import signal
 import socket
 import stat
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from hodei.agent.settings import AgentSettings
 from hodei.plugin.server import ControlPlane
 from hodei.proto import hodei_pb2 as pb
 
+PY_AGENT = sys.executable
 PY = "python3"  # the venv under /root is out of reach of a function's uid
 DOCKER_SOCKET = "/var/run/docker.sock"
 
@@ -42,9 +45,10 @@ def is_socket(path: str) -> bool:
     return os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode)
 
 
-@pytest.fixture
-async def runtime() -> AsyncIterator[Runtime]:
-    """The agent's process runtime, as ``hodei agent --runtimes process`` builds it."""
+@pytest.fixture(params=["cgroup", "off"], ids=["cgroup", "no-cgroup"])
+async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[Runtime]:
+    """The agent's process runtime, as ``hodei agent --runtimes process`` builds it: with a
+    cgroup per function, and with uids and rlimits alone (hosts without cgroup v2)."""
     require("root (the process sandbox needs it)", os.geteuid() == 0)
     settings = AgentSettings.from_env(
         {
@@ -52,6 +56,7 @@ async def runtime() -> AsyncIterator[Runtime]:
             "HODEI_WORKER_ID": f"attack-{SESSION_MARK[:8]}",
             "HODEI_STATE_DIR": str(STATE_DIR),
             "HODEI_PROCESS_UID_COUNT": "8",
+            "HODEI_PROCESS_CGROUP_ROOT": "" if request.param == "cgroup" else "off",
         }
     )
     built = build_runtimes(settings, SESSION_MARK)["process"]
@@ -268,11 +273,13 @@ async def test_agent_secrets_are_out_of_reach(
     assert b"HODEI_TOKEN" not in out
 
 
+@pytest.mark.parametrize("cgroups", ["", "off"], ids=["cgroup", "no-cgroup"])
 async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], cgroups: str
 ) -> None:
     require("root (the process sandbox needs it)", os.geteuid() == 0)
-    agent = await start_agent(plane, agents, "w-crash", "--job-slots", "2")
+    options = ("--job-slots", "2", "--process-cgroup-root", cgroups)
+    agent = await start_agent(plane, agents, "w-crash", *options)
     needle = random_suffix()
     # The leftover drops the agent's mark from its environment: only the uid or the
     # cgroup can tell it is ours.
@@ -303,8 +310,29 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
     agent.proc.wait(10)
     assert sleeping(needle)
     # (Its registration may still look alive to the server: wait on the new life's log.)
-    again = AgentProcess(plane.port, "w-crash", "--job-slots", "2")
+    again = AgentProcess(plane.port, "w-crash", *options)
     agents.append(again)
     await wait_for(lambda: "left by an earlier run" in again.output(), 20)
     assert not sleeping(needle)
     await plane.store.cancel(inv_id)
+
+
+async def test_an_agent_that_cannot_sandbox_refuses_the_process_runtime() -> None:
+    require("root and unshare(1)", os.geteuid() == 0 and shutil.which("unshare") is not None)
+    base = [PY_AGENT, "-m", "hodei.cli", "agent", "--server", "127.0.0.1:1", "--worker-id"]
+    base += [f"refuse-{SESSION_MARK[:8]}", "--state-dir", str(STATE_DIR), "--runtimes", "process"]
+    # Root of a user namespace: namespaces and mounts, but no other uid to run functions as.
+    code, out = await exited(["unshare", "--user", "--map-root-user", *base])
+    assert code != 0 and "cannot sandbox functions here" in out and "--process-sandbox off" in out
+    # Unsandboxed as root is refused too, unless explicitly allowed.
+    code, out = await exited([*base, "--process-sandbox", "off"])
+    assert code != 0 and "unsandboxed as root" in out
+
+
+async def exited(command: list[str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
