@@ -45,6 +45,14 @@ MAX_MESSAGE = 256 * 1024
 HELLO_TIMEOUT_S = 60.0
 
 
+def own_installation() -> tuple[str, ...]:
+    """The agent's interpreter, its environment and the folder Hodei is imported from."""
+    import hodei
+
+    project = os.path.dirname(os.path.dirname(os.path.realpath(hodei.__file__)))
+    return (sys.base_prefix, sys.prefix, project)
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
     """How the agent's function processes are confined (settings ``process_*``)."""
@@ -62,6 +70,9 @@ class SandboxConfig:
     hide_processes: bool = True
     cgroup_root: str = ""  # "" = <cgroup2 mount>/hodei; "off" = no cgroups
     cwd: str = "/tmp"
+    # Folders functions may read even where an ancestor is closed to their uid: the
+    # agent's own Python and Hodei (a Python runtime client runs from them).
+    exposed_paths: tuple[str, ...] = field(default_factory=lambda: own_installation())
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +435,7 @@ def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox
         private_dirs=settings.process_private_dirs,
         hidden_paths=settings.process_hidden_paths,
         cgroup_root=settings.process_cgroup_root,
+        exposed_paths=(*own_installation(), *settings.process_exposed_paths),
     )
     sandbox = Sandbox.start(config)
     if sandbox.uids:

@@ -26,6 +26,8 @@ class Confinement:
     hidden_paths: tuple[str, ...]  # masked (files by /dev/null, folders by an empty tmpfs)
     tmpfs_mb: int
     hide_processes: bool  # a /proc showing the function only its own processes
+    covers: tuple[str, ...] = ()  # folders closed to the function, covered by an empty tmpfs
+    exposed: tuple[str, ...] = ()  # folders put back, read as before, on top of those covers
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +81,42 @@ def run(launch: Launch, confinement: Confinement, error_fd: int) -> None:
     os._exit(127)
 
 
+def plan_exposure(
+    paths: tuple[str, ...], private_dirs: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(covers, exposed) for folders a function must read although an ancestor is closed to
+    its uid (the agent's Python under /root, say) or a private folder covers them: each
+    closed ancestor is covered by an empty tmpfs its uid may cross, and the folders are
+    mounted back on top of it. The rest of the closed folder stays out of sight."""
+
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    covers: list[str] = []
+    exposed: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in paths if p}, key=len):
+        if not os.path.isdir(path) or any(inside(path, done) for done in exposed):
+            continue
+        parts = path.split("/")
+        closed = ""
+        for depth in range(2, len(parts)):
+            ancestor = "/".join(parts[:depth])
+            if not os.stat(ancestor).st_mode & 0o001:
+                closed = ancestor
+                break
+        hidden = any(inside(path, folder) for folder in private_dirs)
+        if closed and not any(inside(closed, folder) for folder in (*covers, *private_dirs)):
+            covers.append(closed)
+        if closed or hidden:
+            exposed.append(path)
+    return tuple(covers), tuple(exposed)
+
+
 def _private_mounts(confinement: Confinement) -> None:
     linux.unshare(linux.CLONE_NEWNS)
     # Nothing mounted from here on may reach the host's namespace.
     linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    trees = [(path, linux.clone_tree(path)) for path in confinement.exposed]
     flags = linux.MS_NOSUID | linux.MS_NODEV
     size = f"size={confinement.tmpfs_mb}m,mode=1777"
     for folder in confinement.private_dirs:
@@ -93,6 +127,12 @@ def _private_mounts(confinement: Confinement) -> None:
             linux.mount("tmpfs", path, "tmpfs", flags | linux.MS_RDONLY, "size=4k,mode=555")
         elif os.path.lexists(path):
             linux.mount("/dev/null", path, None, linux.MS_BIND)
+    for folder in confinement.covers:
+        linux.mount("tmpfs", folder, "tmpfs", flags | linux.MS_NOEXEC, "size=1m,mode=755")
+    for path, tree in trees:
+        os.makedirs(path, exist_ok=True)
+        linux.attach_tree(tree, path)
+        os.close(tree)
     if confinement.hide_processes:
         # hidepid=2: only the processes of one's own uid are visible, the agent's and other
         # functions' command lines included.

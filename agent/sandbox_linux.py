@@ -33,6 +33,12 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
 _SYS_CLONE3 = 435  # x86_64 and aarch64 alike (the syscall table is unified from 5.3 on)
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_OPEN_TREE_CLONE = 1
+_AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_MOVE_MOUNT_F_EMPTY_PATH = 4
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -85,6 +91,30 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str = 
 
 def umount(target: str) -> None:
     _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+def clone_tree(path: str) -> int:
+    """A detached copy of the mounts at ``path`` (open_tree, Linux 5.2+), to be attached
+    elsewhere with ``attach_tree`` even after ``path`` itself is covered."""
+    flags = _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC
+    return _check(
+        _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, path.encode(), ctypes.c_uint(flags)),
+        f"open_tree {path}",
+    )
+
+
+def attach_tree(tree_fd: int, target: str) -> None:
+    _check(
+        _libc.syscall(
+            _SYS_MOVE_MOUNT,
+            tree_fd,
+            b"",
+            _AT_FDCWD,
+            target.encode(),
+            ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"move_mount {target}",
+    )
 
 
 def prctl(option: int, value: int) -> None:

@@ -55,11 +55,15 @@ class Spawner:
         self.sock = sock
         self.config = config
         self.sandboxed = bool(config["sandboxed"])
+        private_dirs = tuple(config.get("private_dirs", ()))
+        covers, exposed = child.plan_exposure(tuple(config.get("exposed_paths", ())), private_dirs)
         self.confinement = child.Confinement(
-            private_dirs=tuple(config.get("private_dirs", ())),
+            private_dirs=private_dirs,
             hidden_paths=tuple(config.get("hidden_paths", ())),
             tmpfs_mb=int(config.get("tmpfs_mb", 64)),
             hide_processes=bool(config.get("hide_processes", True)),
+            covers=covers,
+            exposed=exposed,
         )
         self.pids_max = int(config.get("pids_max", 256))
         self.cwd = os.getcwd()

@@ -56,6 +56,9 @@ class AgentSettings(EnvSettings):
     process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
     process_hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN
     process_cgroup_root: str = ""  # "" = <cgroup v2 mount>/hodei; "off" = rlimits only
+    # Folders functions may read although an ancestor folder is closed to their uid (the
+    # agent's own Python and Hodei always are).
+    process_exposed_paths: tuple[str, ...] = ()
     docker_host: str = ""  # "" = DOCKER_HOST or the engine's default socket
     docker_user: str = "65534:65534"
     docker_tmpfs_mb: int = 64

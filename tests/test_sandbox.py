@@ -252,6 +252,31 @@ async def test_tmp_is_private_to_each_function(runtime: Runtime) -> None:
     assert not glob.glob(f"/tmp/left-{secret}")
 
 
+async def test_the_agents_python_is_usable_and_nothing_else_of_its_home(runtime: Runtime) -> None:
+    # A runtime client (awslambdaric) runs from the agent's interpreter, wherever it is.
+    code = "import hodei.agent.sandbox, os; print(os.getuid())"
+    outcome, lines = await run(runtime, job(PY_AGENT, "-c", code))
+    assert outcome.outcome == pb.JOB_OUTCOME_SUCCEEDED, lines
+    assert int(outcome.output) != 0
+    home, visible = closed_home()
+    if home:  # e.g. /root (0700) holding the interpreter: only the way to it shows
+        outcome, _ = await run(runtime, job("sh", "-c", f"ls -a {home}; cat {home}/.bashrc"))
+        assert set(outcome.output.decode().split()) <= {".", "..", *visible}
+
+
+def closed_home() -> tuple[str, set[str]]:
+    """The agent's home folder if it is closed to others, and the entries of it that lead
+    to the agent's Python (exposed to functions)."""
+    from hodei.agent.sandbox import own_installation
+
+    home = str(Path.home())
+    if os.stat(home).st_mode & 0o001:
+        return "", set()
+    inside = [os.path.realpath(p) for p in own_installation()]
+    depth = len(home.split("/"))
+    return home, {p.split("/")[depth] for p in inside if p.startswith(home + "/")}
+
+
 async def test_agent_secrets_are_out_of_reach(
     plane: ControlPlane, agents: list[AgentProcess], tmp_path: Path
 ) -> None:

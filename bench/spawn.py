@@ -1,0 +1,188 @@
+"""Spawn benchmark: what starting a function process costs the agent, on the process
+runtime's previous path (asyncio's subprocess machinery in the agent) and on the spawner
+(agent/sandbox*.py), unsandboxed and sandboxed, in alternated rounds of one run.
+
+Each spawn is a whole stdio invocation of ``/bin/true`` as the runtime does it (empty payload
+on stdin, stdout and stderr drained, exit collected, leftovers killed). Per variant:
+``agent_cpu_us`` is this process's CPU per spawn (it plays the agent), ``spawner_cpu_us`` the
+spawner's own CPU (forks and confinement steps, not the command's), ``total_cpu_us`` both plus
+the command's, ``spawns_per_s`` the rate with ``--concurrency`` spawns in flight.
+
+Run: python bench/spawn.py [--rounds 5] [--spawns 500] [--concurrency 4]
+(sandboxed needs root; ends with key=value lines: median and min..max over rounds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import secrets
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from hodei.agent.runtime import CappedBuffer, LineSplitter
+from hodei.agent.sandbox import Sandbox, SandboxConfig, SpawnRequest, drain, feed
+
+TICKS = os.sysconf("SC_CLK_TCK")
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+COMMAND = ["/bin/true"]
+
+
+async def previous_path() -> None:
+    """The process runtime before the spawner: asyncio's subprocess machinery in the agent."""
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=ENV,
+        cwd="/tmp",
+        start_new_session=True,
+    )
+    stdout = CappedBuffer(1 << 20)
+    stderr = LineSplitter("stderr", lambda stream, line: None)
+    assert proc.stdin and proc.stdout and proc.stderr
+
+    async def feed_stdin() -> None:
+        assert proc.stdin
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+
+    async def drain_stream(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
+        while chunk := await stream.read(65536):
+            sink(chunk)
+
+    io = asyncio.gather(
+        feed_stdin(),
+        drain_stream(proc.stdout, stdout.write),
+        drain_stream(proc.stderr, stderr.feed),
+    )
+    await proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.wait_for(io, 2.0)
+
+
+def spawner_path(sandbox: Sandbox) -> Callable[[], Awaitable[None]]:
+    async def spawn() -> None:
+        child = await sandbox.spawn(SpawnRequest(COMMAND, ENV))
+        stdout = CappedBuffer(1 << 20)
+        stderr = LineSplitter("stderr", lambda stream, line: None)
+        io = [
+            feed(child.stdin, b""),
+            drain(child.stdout, stdout.write),
+            drain(child.stderr, stderr.feed),
+        ]
+        result = await child.wait()
+        await asyncio.wait(io, timeout=2.0)
+        if result.code != 0:
+            raise RuntimeError(f"/bin/true ended with {result}")
+
+    return spawn
+
+
+def cpu_of(pid: int) -> tuple[float, float]:
+    """(own CPU s, reaped children's CPU s) of process ``pid``: its own from schedstat
+    (nanoseconds), its children's from stat (clock ticks: ~20 us per spawn at 500 spawns)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        own = int(f.read().split()[0]) / 1e9
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    children = (int(fields[13]) + int(fields[14])) / TICKS
+    return own, children
+
+
+def rusage_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def batch(
+    spawn: Callable[[], Awaitable[None]], count: int, concurrency: int, spawner_pid: int
+) -> dict[str, float]:
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await spawn()
+
+    spawner_before = cpu_of(spawner_pid) if spawner_pid else (0.0, 0.0)
+    agent_before = rusage_s(resource.RUSAGE_SELF)
+    children_before = rusage_s(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    agent = rusage_s(resource.RUSAGE_SELF) - agent_before
+    commands = rusage_s(resource.RUSAGE_CHILDREN) - children_before
+    spawner_after = cpu_of(spawner_pid) if spawner_pid else (0.0, 0.0)
+    spawner = spawner_after[0] - spawner_before[0]
+    commands += spawner_after[1] - spawner_before[1]
+    return {
+        "agent_cpu_us": agent / count * 1e6,
+        "spawner_cpu_us": spawner / count * 1e6,
+        "total_cpu_us": (agent + spawner + commands) / count * 1e6,
+        "spawns_per_s": count / elapsed,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--spawns", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+        # As the agent does (agent.py): one pidfd per child, not a thread each.
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+    mark = secrets.token_hex(16)
+    sandboxes = {"spawner_off": Sandbox.start(SandboxConfig(sandboxed=False, mark=mark))}
+    if os.geteuid() == 0:
+        config = SandboxConfig(sandboxed=True, mark=mark, uid_count=max(8, args.concurrency))
+        sandboxes["spawner_on"] = Sandbox.start(config)
+    else:
+        print("# not root: the sandboxed variant is skipped", file=sys.stderr)
+    variants: dict[str, tuple[Callable[[], Awaitable[None]], int]] = {
+        "previous": (previous_path, 0)
+    }
+    for name, sandbox in sandboxes.items():
+        variants[name] = (spawner_path(sandbox), sandbox.process.pid)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    names = list(variants)
+    for spawn, pid in variants.values():  # warm-up: imports, page cache, first forks
+        await batch(spawn, 20, args.concurrency, pid)
+    for round_number in range(args.rounds):
+        order = names[round_number % len(names) :] + names[: round_number % len(names)]
+        for name in order:
+            spawn, pid = variants[name]
+            results[name].append(await batch(spawn, args.spawns, args.concurrency, pid))
+        print(f"# round {round_number + 1}/{args.rounds} done", file=sys.stderr)
+    for sandbox in sandboxes.values():
+        await sandbox.close()
+    print(f"rounds={args.rounds} spawns_per_round={args.spawns} concurrency={args.concurrency}")
+    medians: dict[str, dict[str, float]] = {}
+    for name, rounds in results.items():
+        medians[name] = {}
+        for key in rounds[0]:
+            values = [r[key] for r in rounds]
+            medians[name][key] = statistics.median(values)
+            print(
+                f"{name}_{key}={medians[name][key]:.1f} spread={min(values):.1f}..{max(values):.1f}"
+            )
+    for name in sandboxes:
+        ratio = medians["previous"]["agent_cpu_us"] / medians[name]["agent_cpu_us"]
+        print(f"agent_cpu_previous_over_{name}={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
