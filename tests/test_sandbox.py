@@ -25,6 +25,7 @@ from conftest import (
     AgentProcess,
     deploy,
     final,
+    invoke,
     require,
     start_agent,
     wait_for,
@@ -291,8 +292,8 @@ async def test_agent_secrets_are_out_of_reach(
         f"{token_file} 2>/dev/null | tr '\\0' '\\n'; env; ls /proc"
     )
     fn = await deploy(plane, "spy", command=["sh", "-c", spy])
-    inv = await final(plane, await plane.store.invoke(fn, b""))
-    _, out = await plane.store.result(inv.id)
+    inv = await final(plane, await invoke(plane, fn, b""))
+    _, out = await plane.data.invocations.result(inv.id)
     assert out, inv.error
     assert secret.encode() not in out
     assert b"HODEI_TOKEN" not in out
@@ -317,7 +318,7 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
             f"env -i setsid sleep 71.{needle} </dev/null >/dev/null 2>&1 & echo go >&2; sleep 60",
         ],
     )
-    inv_id = await plane.store.invoke(fn, b"")
+    inv_id = await invoke(plane, fn, b"")
 
     async def started() -> bool:
         return bool(sleeping(needle))
@@ -339,7 +340,7 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
     agents.append(again)
     await wait_for(lambda: "left by an earlier run" in again.output(), 20)
     assert not sleeping(needle)
-    await plane.store.cancel(inv_id)
+    await plane.data.invocations.cancel(inv_id)
 
 
 async def test_an_agent_that_cannot_sandbox_refuses_the_process_runtime() -> None:
