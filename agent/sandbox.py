@@ -1,26 +1,26 @@
 """Starting function processes, sandboxed: the agent's side of its spawner.
 
 ``Sandbox.start(config)`` starts the spawner (``sandbox_spawner``, a small long-lived
-process) once; ``await sandbox.spawn(request)`` starts one function process through it and
-returns a ``Child`` (its pipes, ``wait()``, ``kill()``). The same call starts a one-shot
-stdio function and a long-lived instance; ``await sandbox.endpoint()`` gives an instance
-a listening socket it alone can reach (see ``Endpoint``).
+process) once; ``await sandbox.spawn(request)`` starts one function process and returns a
+``Child`` (its pipes, ``wait()``, ``kill()``). The same call starts a one-shot stdio
+function and a long-lived instance; ``await sandbox.endpoint()`` gives an instance a
+listening socket it alone can reach (see ``Endpoint``).
 
-Sandboxed (``config.sandboxed``, needs root), every function process runs under a uid of
-its own (one per concurrent function; never root), in its own cgroup where cgroup v2
-allows (pids, memory, cpu when the hierarchy offers them; always the kill-everything and
-"is anything left" of v2), with RLIMIT_NPROC and RLIMIT_DATA, no new privileges, a new
-session, private tmpfs folders (``/tmp``...), a ``/proc`` that shows it only its own
-processes, masked paths (the Docker socket), and without the host network unless the
-request asks for it. Unsandboxed, it runs as the agent's user in a new session, and only
-its process group is killed at its end.
+Sandboxed (``config.sandboxed``, needs root), each function process runs under a uid of
+its own (one per concurrent function; never root), started by that uid's slot process
+(``sandbox_slot``: forked once by the spawner, the agent talks to it directly), inheriting
+its set-up: private tmpfs folders (``/tmp``...), a ``/proc`` that shows it only its own
+processes, masked paths (the Docker socket), no network unless the request asks for it,
+RLIMIT_NPROC, no new privileges, the slot's cgroup (pids, memory, cpu limits where the v2
+hierarchy offers them); plus a hard RLIMIT_DATA and a new session of its own. Unsandboxed,
+it runs as the agent's user in a new session, and only its process group is killed at its
+end.
 
 Whatever the child started is gone when ``wait()`` returns.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import itertools
@@ -30,18 +30,22 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hodei.agent import sandbox_wire as wire
 from hodei.agent.identity import remember_uid, remembered_uid
+from hodei.agent.sandbox_channel import Channel
+from hodei.agent.sandbox_pipes import drain, feed
 from hodei.agent.settings import DEFAULT_HIDDEN, AgentSettings
 from hodei.errors import ConfigError, SpawnerFailed
 
+__all__ = ["Child", "Endpoint", "Exit", "Limits", "Sandbox", "SandboxConfig", "SpawnRequest"]
+__all__ += ["agent_sandbox", "drain", "feed"]
+
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
-MAX_MESSAGE = 256 * 1024
 HELLO_TIMEOUT_S = 60.0
 
 
@@ -124,8 +128,8 @@ class Child:
     ends the caller owns (``feed`` and ``drain`` use and close them; stdin is -1 when not
     asked for)."""
 
-    def __init__(self, sandbox: Sandbox, job_id: int, stdin: int, stdout: int, stderr: int):
-        self.sandbox = sandbox
+    def __init__(self, channel: Channel, job_id: int, stdin: int, stdout: int, stderr: int):
+        self.channel = channel
         self.id = job_id
         self.stdin = stdin
         self.stdout = stdout
@@ -138,27 +142,29 @@ class Child:
 
     def kill(self) -> None:
         """SIGKILL the process and everything it started; ``wait()`` then reports it."""
-        if not self.exited.done():
-            self.sandbox._post({"op": "kill", "id": self.id})
+        if not self.exited.done() and not self.channel.closed:
+            self.channel.send({"op": "kill", "id": self.id})
 
 
 class Sandbox:
-    """The agent's spawner. One per agent; ``start`` it, ``close`` it."""
+    """The agent's spawner and, sandboxed, its slots (one process per function uid, which
+    the agent talks to directly). One per agent; ``start`` it, ``close`` it."""
 
     def __init__(
         self, process: subprocess.Popen[bytes], sock: socket.socket, hello: dict[str, Any]
     ):
         self.process = process
-        self.sock = sock
+        self.sock: socket.socket | None = sock
         self.hello = hello
         self.sandboxed = bool(hello.get("sandboxed"))
         self.uids: list[int] = list(hello.get("uids", []))
         self.reaped = int(hello.get("reaped", 0))
         self.ids = itertools.count(1)
-        self.children: dict[int, Child] = {}
-        self.endpoints: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.backlog: list[tuple[bytes, list[int]]] = []
+        self.main: Channel | None = None
+        self.slots: list[Channel | None] = [None] * len(self.uids)
+        self.idle = list(range(len(self.uids) - 1, -1, -1))  # a stack: warm slots first
+        self.running: dict[int, Child] = {}  # job id -> child
+        self.replies: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
         self.closed = False
 
     @classmethod
@@ -179,10 +185,10 @@ class Sandbox:
         finally:
             theirs.close()
         message = {"op": "config", **{k: getattr(config, k) for k in config.__slots__}}
-        ours.sendall(json.dumps(message).encode())
+        ours.sendall(wire.encode(message))
         ours.settimeout(HELLO_TIMEOUT_S)
         try:
-            hello = json.loads(ours.recv(MAX_MESSAGE) or b"{}")
+            hello = json.loads(ours.recv(wire.MAX_MESSAGE) or b"{}")
         except (OSError, ValueError) as exc:
             hello = {"ok": False, "reason": f"the spawner did not start ({exc})"}
         if not hello.get("ok"):
@@ -195,7 +201,6 @@ class Sandbox:
                 "as root, or accept unsandboxed functions (running as the agent's user, "
                 "with its network and files) with --process-sandbox off"
             )
-        ours.setblocking(False)
         return cls(process, ours, hello)
 
     @property
@@ -211,25 +216,39 @@ class Sandbox:
         if where:
             cgroups = f"cgroup v2 {where} ({'+'.join(controllers) or 'no controllers'})"
         else:
-            cgroups = "no cgroup (uid-wide kill)"
+            cgroups = "no cgroup"
         return (
             f"sandboxed: uids {self.uids[0]}..{self.uids[-1]} (one per function), {cgroups}, "
             f"RLIMIT_NPROC/RLIMIT_DATA, private /tmp, /proc of its own processes, "
             f"no network unless the function asks"
         )
 
-    def _attach(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.loop is None:
-            self.loop = loop
-            loop.add_reader(self.sock.fileno(), self._readable)
+    def _channel(self) -> Channel:
+        if self.main is None:
+            if self.closed or self.sock is None:
+                raise SpawnerFailed("the spawner is closed")
+            loop = asyncio.get_running_loop()
+            self.main = Channel(self.sock, loop, self._on_message, self._spawner_died)
+        return self.main
 
     async def spawn(self, request: SpawnRequest) -> Child:
         """Start ``request.argv``. The returned child's ``wait()`` says how it ended (a
         command that could not start ends with code 127 and ``start_error``)."""
-        self._attach()
-        if self.closed:
-            raise SpawnerFailed("the spawner is closed")
+        main = self._channel()
+        slot = -1
+        if self.sandboxed:
+            if not self.idle:
+                raise SpawnerFailed(f"no free function uid ({len(self.uids)} in use)")
+            slot = self.idle.pop()
+        try:
+            channel = await self._slot(slot) if slot >= 0 else main
+            return self._start(channel, slot, request)
+        except BaseException:
+            if slot >= 0:
+                self.idle.append(slot)
+            raise
+
+    def _start(self, channel: Channel, slot: int, request: SpawnRequest) -> Child:
         job_id = next(self.ids)
         ours: list[int] = []
         theirs: list[int] = []
@@ -262,39 +281,58 @@ class Sandbox:
             if request.endpoint is not None and request.endpoint.netns_fd >= 0:
                 message["netns"] = True
                 theirs.append(request.endpoint.netns_fd)
-            data = json.dumps(message, separators=(",", ":")).encode()
-            if len(data) > MAX_MESSAGE:
-                raise SpawnerFailed(f"command and environment too large ({len(data)} bytes)")
-            child = Child(self, job_id, ours[0], ours[1], ours[2])
-            self.children[job_id] = child
-            self._send(data, theirs)
+            child = Child(channel, job_id, ours[0], ours[1], ours[2])
+            child.slot = slot  # type: ignore[attr-defined]
+            self.running[job_id] = child
+            channel.send(message, theirs)
         except BaseException:
             for fd in ours:
                 if fd >= 0:
                     os.close(fd)
-            self.children.pop(job_id, None)
+            self.running.pop(job_id, None)
             raise
         finally:
             for fd in theirs[:3]:
                 os.close(fd)
         return child
 
+    async def _slot(self, index: int) -> Channel:
+        """Slot ``index``'s channel, its process forked by the spawner on first use."""
+        channel = self.slots[index]
+        if channel is not None and not channel.closed:
+            return channel
+        message, fds = await self._ask({"op": "slot", "slot": index})
+        if message.get("error") or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise SpawnerFailed(f"cannot start slot {index}: {message.get('error')}")
+        channel = Channel(
+            socket.socket(fileno=fds[0]),
+            asyncio.get_running_loop(),
+            self._on_message,
+            lambda: self._slot_died(index),
+        )
+        self.slots[index] = channel
+        return channel
+
+    async def _ask(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        request_id = next(self.ids)
+        reply: asyncio.Future[tuple[dict[str, Any], list[int]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.replies[request_id] = reply
+        self._channel().send({**message, "id": request_id})
+        return await reply
+
     async def endpoint(self, port: int = 9001, network: bool = False) -> Endpoint:
         """A listener for one instance's private endpoint (see ``Endpoint``)."""
-        self._attach()
         if network or not self.sandboxed:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.bind(("127.0.0.1", 0))
             listener.listen(64)
             listener.setblocking(False)
             return Endpoint(listener, f"127.0.0.1:{listener.getsockname()[1]}")
-        request_id = next(self.ids)
-        reply: asyncio.Future[tuple[dict[str, Any], list[int]]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.endpoints[request_id] = reply
-        self._post({"op": "endpoint", "id": request_id, "port": port})
-        message, fds = await reply
+        message, fds = await self._ask({"op": "endpoint", "port": port})
         if message.get("error") or len(fds) < 2:
             for fd in fds:
                 os.close(fd)
@@ -304,112 +342,80 @@ class Sandbox:
         return Endpoint(listener, f"127.0.0.1:{port}", fds[1])
 
     async def close(self) -> None:
-        """Stop the spawner; it kills whatever still runs."""
+        """Stop the spawner and its slots; they kill whatever still runs."""
         if self.closed:
             return
         self.closed = True
-        if self.loop is not None:
-            self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        process = self.process
-        for _ in range(500):
-            if process.poll() is not None:
+        for channel in self.slots:
+            if channel is not None:
+                channel.close()
+        if self.main is not None:
+            self.main.close()
+        elif self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        for _ in range(600):
+            if self.process.poll() is not None:
                 break
             await asyncio.sleep(0.01)
         else:
-            process.kill()
+            self.process.kill()
         self._fail_all("the spawner is closed")
 
     # -- messages --------------------------------------------------------------------------
 
-    def _post(self, message: dict[str, Any]) -> None:
-        if not self.closed:
-            self._send(json.dumps(message, separators=(",", ":")).encode(), [])
-
-    def _send(self, data: bytes, fds: list[int]) -> None:
-        if self.backlog:
-            self.backlog.append((data, fds and [os.dup(fd) for fd in fds]))
-            return
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        try:
-            self.sock.sendmsg([data], ancillary)
-        except BlockingIOError:
-            # The spawner is behind; keep order, send when it reads again. The fds are
-            # duplicated because the caller closes its copies at once.
-            self.backlog.append((data, [os.dup(fd) for fd in fds]))
-            assert self.loop is not None
-            self.loop.add_writer(self.sock.fileno(), self._writable)
-        except OSError as exc:
-            raise SpawnerFailed(f"the spawner is gone: {exc}") from exc
-
-    def _writable(self) -> None:
-        while self.backlog:
-            data, fds = self.backlog[0]
-            ancillary = (
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-            )
-            try:
-                self.sock.sendmsg([data], ancillary)
-            except BlockingIOError:
+    def _on_message(self, message: dict[str, Any], fds: list[int]) -> None:
+        if message["op"] == "exit":
+            child = self.running.pop(message["id"], None)
+            if child is None:
                 return
-            except OSError:
-                break
-            self.backlog.pop(0)
+            slot = getattr(child, "slot", -1)
+            if slot >= 0:
+                self.idle.append(slot)
+            if not child.exited.done():
+                child.exited.set_result(
+                    Exit(message["code"], message["oom"], message["error"], message["pid"])
+                )
+            return
+        reply = self.replies.pop(message.get("id", 0), None)
+        if reply is not None and not reply.done():
+            reply.set_result((message, fds))
+        else:
             for fd in fds:
                 os.close(fd)
-        assert self.loop is not None
-        self.loop.remove_writer(self.sock.fileno())
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(
-                    MAX_MESSAGE, socket.CMSG_SPACE(16), socket.MSG_CMSG_CLOEXEC
-                )
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._spawner_died()
-                return
-            fds = array.array("i")
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            message = json.loads(data)
-            if message["op"] == "exit":
-                child = self.children.pop(message["id"], None)
-                if child is not None and not child.exited.done():
-                    child.exited.set_result(
-                        Exit(message["code"], message["oom"], message["error"], message["pid"])
-                    )
-            elif message["op"] == "endpoint":
-                reply = self.endpoints.pop(message["id"], None)
-                if reply is not None and not reply.done():
-                    reply.set_result((message, list(fds)))
-                else:
-                    for fd in fds:
-                        os.close(fd)
+    def _slot_died(self, index: int) -> None:
+        """A slot process is gone (killed from outside): its function is lost with it."""
+        self.slots[index] = None
+        if self.closed:
+            return
+        log.error("process spawner slot %d died", index)
+        for job_id, child in list(self.running.items()):
+            if getattr(child, "slot", -1) == index:
+                del self.running[job_id]
+                self.idle.append(index)
+                if not child.exited.done():
+                    child.exited.set_result(Exit(-9))
 
     def _spawner_died(self) -> None:
         if self.closed:
             return
         self.closed = True
-        assert self.loop is not None
-        self.loop.remove_reader(self.sock.fileno())
         log.error("the process spawner died (exit %s)", self.process.poll())
+        for channel in self.slots:
+            if channel is not None:
+                channel.close()
         self._fail_all("the spawner died")
 
     def _fail_all(self, reason: str) -> None:
-        for child in self.children.values():
+        for child in self.running.values():
             if not child.exited.done():
                 child.exited.set_result(Exit(-9))
-        self.children.clear()
-        for reply in self.endpoints.values():
+        self.running.clear()
+        for reply in self.replies.values():
             if not reply.done():
                 reply.set_exception(SpawnerFailed(reason))
-        self.endpoints.clear()
+        self.replies.clear()
 
 
 def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox:
@@ -441,77 +447,3 @@ def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox
     if sandbox.uids:
         remember_uid(settings.state_dir, settings.worker_id, sandbox.uids[0])
     return sandbox
-
-
-def feed(fd: int, data: bytes) -> asyncio.Future[None]:
-    """Write ``data`` to the pipe ``fd`` and close it; a reader that went away is no error."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    view = memoryview(data)
-
-    def finish() -> None:
-        os.close(fd)
-        if not done.done():
-            done.set_result(None)
-
-    def writable() -> None:
-        nonlocal view
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        loop.remove_writer(fd)
-        finish()
-
-    def abandoned(future: asyncio.Future[None]) -> None:
-        if future.cancelled():
-            loop.remove_writer(fd)
-            os.close(fd)
-
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except BlockingIOError:
-        loop.add_writer(fd, writable)
-        done.add_done_callback(abandoned)
-        return done
-    except OSError:
-        pass
-    finish()
-    return done
-
-
-def drain(fd: int, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
-    """Hand everything read from the pipe ``fd`` to ``sink`` until EOF, then close it."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        try:
-            while True:
-                chunk = os.read(fd, CHUNK)
-                if not chunk:
-                    break
-                sink(chunk)
-                if len(chunk) < CHUNK:
-                    return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        loop.remove_reader(fd)
-        os.close(fd)
-        if not done.done():
-            done.set_result(None)
-
-    def abandoned(future: asyncio.Future[None]) -> None:
-        if future.cancelled():
-            loop.remove_reader(fd)
-            os.close(fd)
-
-    loop.add_reader(fd, readable)
-    done.add_done_callback(abandoned)
-    return done

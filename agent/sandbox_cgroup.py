@@ -1,12 +1,13 @@
-"""The cgroup v2 side of the sandbox: one cgroup per uid slot, ``<mount>/hodei/<mark>/slot-N``.
+"""The cgroup v2 side of the sandbox: one cgroup per uid slot, ``<mount>/hodei/<mark>/slot-N``,
+holding the slot process and the functions it starts.
 
-A slot's cgroup is what tells "everything this function started" (``cgroup.kill`` ends it
-all, ``populated 0`` says it is gone), and, where the pids/memory/cpu controllers are
-available in the v2 hierarchy, what limits it. On a hybrid host (cgroup v1 controllers, a
-v2 hierarchy without them, like Debian with ``systemd.unified_cgroup_hierarchy=0``) the
-slots still track and kill; limits then come from rlimits only. cgroup v1 controllers are
-not used. The tree hangs off the hierarchy's root (as Docker's does), because a cgroup
-with processes of its own cannot hand controllers to children.
+Where the v2 hierarchy offers the pids, memory and cpu controllers, a slot's cgroup limits
+its function; on a hybrid host (cgroup v1 controllers, a v2 hierarchy without them, like
+Debian with ``systemd.unified_cgroup_hierarchy=0``) it only groups, and limits come from
+rlimits. cgroup v1 controllers are not used. The folder named by the agent's mark is how
+its next life finds what a killed one left running (``reap``). The tree hangs off the
+hierarchy's root (as Docker's does), because a cgroup with processes of its own cannot hand
+controllers to children.
 
 Stdlib only: the spawner imports it.
 """
@@ -82,12 +83,16 @@ class SlotCgroups:
     def path(self, slot: int) -> str:
         return os.path.join(self.base, f"slot-{slot}")
 
-    def prepare(self, slot: int, pids: int, memory_mb: int, cpu_millicores: int) -> int:
-        """The slot's cgroup with these limits (written only when they change); returns an
-        O_PATH-like directory fd for clone3 (the caller closes it)."""
+    def open(self, slot: int) -> int:
+        """The slot's cgroup (made when missing) as a directory fd, for clone3; the caller
+        closes it."""
         path = self.path(slot)
         if not os.path.isdir(path):
             os.mkdir(path)
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def limit(self, slot: int, pids: int, memory_mb: int, cpu_millicores: int) -> None:
+        """Set the slot's limits where the controllers exist (written only when they change)."""
         settings: dict[str, str] = {}
         if "pids" in self.controllers:
             settings["pids.max"] = str(pids) if pids > 0 else "max"
@@ -100,11 +105,10 @@ class SlotCgroups:
         for name, value in settings.items():
             if self.values.get((slot, name)) != value:
                 with contextlib.suppress(FileNotFoundError):
-                    _write(os.path.join(path, name), value)
+                    _write(os.path.join(self.path(slot), name), value)
                 self.values[(slot, name)] = value
         if "memory" in self.controllers and slot not in self.oom_kills:
             self.oom_kills[slot] = self.oom_kill_count(slot)
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def oom_kill_count(self, slot: int) -> int:
         try:
@@ -124,19 +128,9 @@ class SlotCgroups:
         self.oom_kills[slot] = now
         return now > before
 
-    def events_fd(self, slot: int) -> int:
-        return os.open(os.path.join(self.path(slot), "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-
-    def kill(self, slot: int) -> None:
-        kill(self.path(slot))
-
     def remove(self) -> None:
         """Remove the agent's folder (its slots must be empty)."""
         reap(self.base)
-
-
-def populated(events_fd: int) -> bool:
-    return b"populated 1" in os.pread(events_fd, 256, 0)
 
 
 def kill(path: str) -> None:

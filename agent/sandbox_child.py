@@ -1,84 +1,128 @@
-"""What a function's process does between the spawner's fork and the exec of its command:
-network namespace, private mounts, rlimits, its own uid, no new privileges, its pipes.
-
-Runs in the forked child of the spawner (single-threaded, root). Any failure is written to
-``error_fd`` and the child exits 127 without running the command. Stdlib only.
-"""
+"""Starting one function process, and the private mounts of a sandboxed one. Stdlib only
+(the spawner imports it)."""
 
 from __future__ import annotations
 
+import _posixsubprocess
 import os
-import resource
-import signal
-from dataclasses import dataclass
+import sys
 
 from hodei.agent import sandbox_linux as linux
 
-# Python ignores these; a command must start with the default dispositions.
-RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# _posixsubprocess.fork_exec is private: its signature is known for 3.11 only.
+FORK_EXEC = sys.version_info[:2] == (3, 11)
 
 
-@dataclass(frozen=True, slots=True)
 class Confinement:
-    """How the spawner confines every sandboxed function (fixed for its life)."""
+    """How a sandboxed function's mounts look (fixed for the spawner's life). A plain class:
+    dataclasses would import inspect and more into the spawner, and a bigger process forks
+    slower."""
 
-    private_dirs: tuple[str, ...]  # each gets a fresh, private tmpfs
-    hidden_paths: tuple[str, ...]  # masked (files by /dev/null, folders by an empty tmpfs)
-    tmpfs_mb: int
-    hide_processes: bool  # a /proc showing the function only its own processes
-    covers: tuple[str, ...] = ()  # folders closed to the function, covered by an empty tmpfs
-    exposed: tuple[str, ...] = ()  # folders put back, read as before, on top of those covers
+    __slots__ = ("covers", "exposed", "hidden_paths", "hide_processes", "private_dirs", "tmpfs_mb")
 
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """One function process to start."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    uid: int | None  # None: unsandboxed (keeps the spawner's user)
-    stdio: tuple[int, int, int]
-    netns_fd: int  # -1: stay in the spawner's network namespace
-    cgroup_procs: str  # join this cgroup first ("" = none, or born in it already)
-    nproc: int
-    data_bytes: int
+    def __init__(
+        self,
+        private_dirs: tuple[str, ...],  # each gets a fresh, private tmpfs
+        hidden_paths: tuple[str, ...],  # masked (files by /dev/null, folders by an empty tmpfs)
+        tmpfs_mb: int,
+        hide_processes: bool,  # a /proc showing the function only its own processes
+        covers: tuple[str, ...] = (),  # folders closed to the function, covered by a tmpfs
+        exposed: tuple[str, ...] = (),  # folders put back, read as before, on top of those
+    ) -> None:
+        self.private_dirs = private_dirs
+        self.hidden_paths = hidden_paths
+        self.tmpfs_mb = tmpfs_mb
+        self.hide_processes = hide_processes
+        self.covers = covers
+        self.exposed = exposed
 
 
-def run(launch: Launch, confinement: Confinement, error_fd: int) -> None:
-    """Set up and exec; never returns."""
+def start_process(
+    argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
+) -> int:
+    """Start ``argv`` (unsandboxed) in a new session with ``stdio`` as its fds 0-2 and
+    nothing else open; its pid. Raises OSError when it cannot run (not found, not
+    executable, cwd missing) like Popen does.
+
+    CPython's _posixsubprocess with vfork: the child shares this process's memory and runs
+    C code only up to the exec, so nothing is copied.
+    """
+    executable = os.fsencode(argv[0])
+    if os.path.dirname(executable):
+        candidates: tuple[bytes, ...] = (executable,)
+    else:
+        candidates = tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))
+    if not FORK_EXEC:  # another CPython than the one this was written against: the public way
+        return _start_with_popen(argv, env, cwd, stdio)
+    env_list = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items() if "=" not in k]
+    error_read, error_write = os.pipe2(os.O_CLOEXEC)
     try:
-        if launch.cgroup_procs:
-            with open(launch.cgroup_procs, "w") as f:
-                f.write("0")
-        if launch.netns_fd >= 0:
-            linux.setns(launch.netns_fd, linux.CLONE_NEWNET)
-        if launch.uid is not None:
-            _private_mounts(confinement)
-            if launch.nproc > 0:
-                resource.setrlimit(resource.RLIMIT_NPROC, (launch.nproc, launch.nproc))
-        if launch.data_bytes > 0:
-            resource.setrlimit(resource.RLIMIT_DATA, (launch.data_bytes, launch.data_bytes))
-        os.setsid()
-        if launch.uid is not None:
-            os.setgroups([])
-            os.setresgid(launch.uid, launch.uid, launch.uid)
-            os.setresuid(launch.uid, launch.uid, launch.uid)
-            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-        for target, fd in enumerate(launch.stdio):
-            os.dup2(fd, target)  # dup2 clears close-on-exec on the copy
-        for sig in RESET_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        os.chdir(launch.cwd)
-        os.execvpe(launch.argv[0], launch.argv, launch.env)
-    except BaseException as exc:
-        message = str(exc) if isinstance(exc, OSError) else repr(exc)
-        try:
-            os.write(error_fd, message.encode(errors="replace")[:4000])
-        finally:
-            os._exit(127)
-    os._exit(127)
+        pid: int = _posixsubprocess.fork_exec(
+            [os.fsencode(a) for a in argv],
+            candidates,
+            True,  # close every other fd but the error pipe
+            (error_write,),
+            cwd,
+            env_list,
+            stdio[0],
+            -1,
+            -1,
+            stdio[1],
+            -1,
+            stdio[2],
+            error_read,
+            error_write,
+            True,  # default SIGPIPE, SIGXFSZ
+            True,  # setsid
+            -1,
+            None,  # gid, groups, uid: unchanged (any of them set would forbid vfork)
+            None,
+            None,
+            -1,
+            None,  # type: ignore[arg-type]  # no preexec_fn: no Python in the child
+            True,
+        )
+    finally:
+        os.close(error_write)
+    try:
+        failure = b""
+        while chunk := os.read(error_read, 4096):  # EOF: the exec succeeded
+            failure += chunk
+    finally:
+        os.close(error_read)
+    if failure:
+        os.waitpid(pid, 0)
+        raise _exec_error(failure, argv[0], cwd)
+    return pid
+
+
+def _exec_error(failure: bytes, executable: str, cwd: str) -> OSError:
+    """The OSError the child reported (``OSError:<hex errno>:<where>``, as Popen reads it)."""
+    _, hex_errno, where = failure.split(b":", 2)
+    number = int(hex_errno, 16)
+    if where == b"noexec:chdir":
+        return OSError(number, os.strerror(number), cwd)
+    if where == b"noexec":
+        return OSError(number, os.strerror(number))
+    return OSError(number, os.strerror(number), executable)
+
+
+def _start_with_popen(
+    argv: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]
+) -> int:
+    import subprocess
+
+    process = subprocess.Popen(
+        argv,
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    process.returncode = 0  # reaped by the spawner's waitpid(-1), never by Popen
+    return process.pid
 
 
 def plan_exposure(
@@ -112,7 +156,7 @@ def plan_exposure(
     return tuple(covers), tuple(exposed)
 
 
-def _private_mounts(confinement: Confinement) -> None:
+def private_mounts(confinement: Confinement) -> None:
     linux.unshare(linux.CLONE_NEWNS)
     # Nothing mounted from here on may reach the host's namespace.
     linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE)

@@ -1,24 +1,25 @@
 """The agent's spawner: a small, long-lived process that starts function processes for it.
 
 ``python -m hodei.agent.sandbox_spawner FD``: the agent starts it once and talks to it over
-the SOCK_SEQPACKET socket FD (JSON messages, file descriptors as SCM_RIGHTS). Forking this
-small process is cheap where forking the agent (gRPC threads, hundreds of MB mapped) is
-not, and the per-function steps (namespaces, cgroup, rlimits, uid) run in its child, never
-in the agent. It reaps what it starts (it is a child subreaper), ends whatever a function
-left when the function exits, and reports the exit once all of it is gone.
+the SOCK_SEQPACKET socket FD (``sandbox_wire``). Forking a small process is cheap where
+forking the agent (gRPC threads, hundreds of MB mapped) is not, and the per-function steps
+run there, never in the agent.
 
-Messages (agent -> spawner): ``config`` (first), ``spawn`` (+ stdin, stdout, stderr and
-optionally a network namespace fd), ``kill``, ``endpoint``. Spawner -> agent: ``hello``
-(what it enforces, or why it cannot), ``exit``, ``endpoint`` (+ listener and namespace
-fds). EOF from the agent: kill everything, clean up, exit.
+Unsandboxed, it starts each function itself (vfork, no Python in the child) and kills its
+process group when it exits. Sandboxed, it checks at start what the host allows (refusing
+with a reason when it cannot confine), claims the function uids, makes the shared empty
+network namespace and the agent's cgroup folder, and forks one *slot* process per uid
+(``sandbox_slot``) on the agent's demand; the agent then talks to each slot directly.
+
+Messages (agent -> spawner): ``config`` (first), ``spawn`` and ``kill`` (unsandboxed),
+``slot``, ``endpoint``. Spawner -> agent: ``hello`` (what it enforces, or why it cannot),
+``exit``, ``slot`` (+ the slot's socket), ``endpoint`` (+ listener and namespace fds). EOF
+from the agent: kill everything, clean up, exit.
 """
 
 from __future__ import annotations
 
-import array
-import collections
 import contextlib
-import json
 import os
 import resource
 import select
@@ -26,28 +27,19 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from hodei.agent import sandbox_cgroup as cgroup
 from hodei.agent import sandbox_child as child
 from hodei.agent import sandbox_linux as linux
+from hodei.agent import sandbox_slot as slots
 from hodei.agent import sandbox_uids as uids
+from hodei.agent import sandbox_wire as wire
 
-MAX_MESSAGE = 256 * 1024
-MAX_FDS = 8
-RECHECK_MS = 100  # how often leftovers being killed are looked at again, besides events
-
-
-@dataclass(eq=False)
-class Job:
-    id: int
-    pid: int
-    slot: int | None
-    error_fd: int
-    status: int | None = None
-    events_fd: int = -1
-    killer: int = 0
+# typing stays unimported at run time: the spawner imports as little as it can, since a
+# smaller process forks faster (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Spawner:
@@ -67,18 +59,13 @@ class Spawner:
         )
         self.pids_max = int(config.get("pids_max", 256))
         self.cwd = os.getcwd()
-        self.jobs: dict[int, Job] = {}
-        self.by_pid: dict[int, Job] = {}
-        self.killers: dict[int, Job] = {}
-        self.waiting: dict[int, Job] = {}  # cgroup.events fd -> job whose leftovers die
+        self.jobs: dict[int, int] = {}  # unsandboxed: pid -> job id
+        self.slot_pids: dict[int, int] = {}  # pid -> slot
         self.uid_locks: dict[int, int] = {}
         self.uids: list[int] = []
-        self.free: collections.deque[int] = collections.deque()
         self.cgroups: cgroup.SlotCgroups | None = None
         self.clone_into_cgroup = False
-        self.host_netns = -1
-        self.empty_netns = -1
-        self.poller = select.poll()
+        self.netns: dict[str, int] = {}
 
     # -- start -----------------------------------------------------------------------------
 
@@ -93,10 +80,10 @@ class Spawner:
         if os.geteuid() != 0:
             return _refusal(f"the agent is not root (uid {os.geteuid()})")
         try:
-            self.host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self.netns["host"] = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             linux.unshare(linux.CLONE_NEWNET)
-            self.empty_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            linux.setns(self.host_netns, linux.CLONE_NEWNET)
+            self.netns["empty"] = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(self.netns["host"], linux.CLONE_NEWNET)
         except OSError as exc:
             return _refusal(f"no network namespaces ({exc})")
         base, count = int(self.config["uid_base"]), int(self.config["uid_count"])
@@ -107,7 +94,6 @@ class Spawner:
         except OSError as exc:
             return _refusal(str(exc))
         self.uids = sorted(self.uid_locks)
-        self.free.extend(range(len(self.uids)))
         problem = self._probe(self.uids[0])
         if problem:
             uids.release(self.uid_locks)
@@ -121,7 +107,6 @@ class Spawner:
             "uids": self.uids,
             "cgroup": self.cgroups.base if self.cgroups else "",
             "controllers": list(self.cgroups.controllers) if self.cgroups else [],
-            "clone_into_cgroup": self.clone_into_cgroup,
             "reaped": reaped,
         }
 
@@ -134,7 +119,7 @@ class Spawner:
         if pid == 0:
             step = "no private mounts"
             try:
-                child._private_mounts(self.confinement)
+                child.private_mounts(self.confinement)
                 step = f"cannot become the function uid {uid}"
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
@@ -161,21 +146,21 @@ class Spawner:
 
     def _make_cgroups(self) -> int:
         root = self.config.get("cgroup_root", "")
-        if root == "off":
-            return 0
         mount = cgroup.cgroup2_mount()
-        if mount is None:
+        if root == "off" or mount is None:
             return 0
-        slots = cgroup.SlotCgroups(mount, root or os.path.join(mount, "hodei"), self.config["mark"])
+        slot_cgroups = cgroup.SlotCgroups(
+            mount, root or os.path.join(mount, "hodei"), self.config["mark"]
+        )
         try:
-            reaped = slots.create()
+            reaped = slot_cgroups.create()
+            fd = slot_cgroups.open(0)
         except OSError as exc:
             print(f"hodei spawner: no cgroups ({exc}); rlimits only", file=sys.stderr)
             return 0
-        self.cgroups = slots
-        fd = slots.prepare(0, self.pids_max, 0, 0)
+        self.cgroups = slot_cgroups
         try:
-            pid = linux.fork_into_cgroup(fd)
+            pid = linux.fork_raw(fd)
             if pid == 0:
                 os._exit(0)
             os.waitpid(pid, 0)
@@ -192,167 +177,65 @@ class Spawner:
         wakeup_read, wakeup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wakeup_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        self.poller.register(self.sock.fileno(), select.POLLIN)
-        self.poller.register(wakeup_read, select.POLLIN)
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(wakeup_read, select.POLLIN)
+        self.wakeup = (wakeup_read, wakeup_write)
         while True:
-            events = self.poller.poll(RECHECK_MS if self.waiting else None)
-            for fd, _ in events:
+            for fd, _ in poller.poll():
                 if fd == wakeup_read:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wakeup_read, 4096)
             self._reap()
-            if self.waiting:
-                for fd, job in list(self.waiting.items()):
-                    if not cgroup.populated(fd):
-                        self._finish(job)
-            if any(fd == self.sock.fileno() for fd, _ in events) and not self._read_requests():
+            try:
+                while (received := wire.receive(self.sock)) is not None:
+                    self._handle(*received)
+            except EOFError:
                 self._shutdown()
                 return
 
-    def _read_requests(self) -> bool:
-        """Handle what the agent sent; False once it is gone."""
-        while True:
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(
-                    MAX_MESSAGE,
-                    socket.CMSG_SPACE(MAX_FDS * 4),
-                    socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT,
-                )
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            fds = array.array("i")
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            message = json.loads(data)
-            op = message["op"]
+    def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message["op"]
+        try:
             if op == "spawn":
-                self._spawn(message, list(fds))
+                self._spawn(message, fds)
             elif op == "kill":
                 self._kill(message["id"])
+            elif op == "slot":
+                self._slot(message)
             elif op == "endpoint":
                 self._endpoint(message)
-
-    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode()
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        # Blocking: the agent reads promptly, and an exit must never be dropped.
-        with contextlib.suppress(OSError):  # the agent is gone; EOF ends the loop
-            self.sock.sendmsg([data], ancillary)
-
-    # -- spawn -----------------------------------------------------------------------------
-
-    def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
-        job_id = message["id"]
-        stdio = (fds[0], fds[1], fds[2])
-        netns = fds[3] if message.get("netns") and len(fds) > 3 else -1
-        try:
-            if self.sandboxed:
-                self._spawn_sandboxed(job_id, message, stdio, netns)
-            else:
-                self._spawn_plain(job_id, message, stdio)
-        except OSError as exc:
-            self._send(
-                {"op": "exit", "id": job_id, "code": 127, "oom": False, "error": str(exc), "pid": 0}
-            )
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def _spawn_sandboxed(
-        self, job_id: int, message: dict[str, Any], stdio: tuple[int, int, int], netns: int
-    ) -> None:
-        if not self.free:
-            raise OSError(f"no free function uid ({len(self.uids)} in use)")
-        slot = self.free.popleft()
-        pids = int(message.get("pids") or self.pids_max)
-        memory_mb = int(message.get("memory_mb", 0))
-        cgroup_fd = -1
+    def _spawn(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Unsandboxed: the function as the agent's user, in a session of its own."""
+        job_id = message["id"]
         try:
-            if self.cgroups is not None:
-                cgroup_fd = self.cgroups.prepare(
-                    slot, pids, memory_mb, int(message.get("cpu_millicores", 0))
-                )
-            if netns < 0 and not message.get("network"):
-                netns = self.empty_netns
-            launch = child.Launch(
-                argv=message["argv"],
-                env=message["env"],
-                cwd=message.get("cwd") or self.cwd,
-                uid=self.uids[slot],
-                stdio=stdio,
-                netns_fd=netns,
-                cgroup_procs=(
-                    os.path.join(self.cgroups.path(slot), "cgroup.procs")
-                    if self.cgroups is not None and not self.clone_into_cgroup
-                    else ""
-                ),
-                nproc=pids,
-                data_bytes=memory_mb * 1024 * 1024,
+            if self.sandboxed:
+                raise OSError("sandboxed functions are started by the slots")
+            pid = child.start_process(
+                message["argv"],
+                message["env"],
+                message.get("cwd") or self.cwd,
+                (fds[0], fds[1], fds[2]),
             )
-            self._fork(job_id, slot, launch, cgroup_fd if self.clone_into_cgroup else -1)
-        except BaseException:
-            self.free.appendleft(slot)
-            raise
-        finally:
-            if cgroup_fd >= 0:
-                os.close(cgroup_fd)
-
-    def _spawn_plain(
-        self, job_id: int, message: dict[str, Any], stdio: tuple[int, int, int]
-    ) -> None:
-        launch = child.Launch(
-            argv=message["argv"],
-            env=message["env"],
-            cwd=message.get("cwd") or self.cwd,
-            uid=None,
-            stdio=stdio,
-            netns_fd=-1,
-            cgroup_procs="",
-            nproc=0,
-            data_bytes=int(message.get("memory_mb", 0)) * 1024 * 1024,
-        )
-        if launch.cwd != self.cwd:
-            self._fork(job_id, None, launch, -1)
+        except OSError as exc:
+            self._exit(job_id, 127, str(exc), 0)
             return
-        # The fast path: vfork-based, no Python in the child. The memory limit is set from
-        # outside right after; the child has run for microseconds by then.
-        pid = os.posix_spawnp(
-            launch.argv[0],
-            launch.argv,
-            launch.env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, n) for n, fd in enumerate(stdio)],
-            setsid=True,
-            setsigdef=child.RESET_SIGNALS,
-        )
-        if launch.data_bytes > 0:
-            limit = launch.data_bytes
+        memory_mb = int(message.get("memory_mb", 0))
+        if memory_mb > 0:
+            limit = memory_mb * 1024 * 1024
             with contextlib.suppress(OSError):
                 resource.prlimit(pid, resource.RLIMIT_DATA, (limit, limit))
-        self._track(Job(job_id, pid, None, -1))
+        self.jobs[pid] = job_id
 
-    def _fork(self, job_id: int, slot: int | None, launch: child.Launch, cgroup_fd: int) -> None:
-        error_read, error_write = os.pipe2(os.O_CLOEXEC)
-        try:
-            pid = linux.fork_into_cgroup(cgroup_fd) if cgroup_fd >= 0 else os.fork()
-        except BaseException:
-            os.close(error_read)
-            os.close(error_write)
-            raise
-        if pid == 0:
-            child.run(launch, self.confinement, error_write)
-        os.close(error_write)
-        self._track(Job(job_id, pid, slot, error_read))
-
-    def _track(self, job: Job) -> None:
-        self.jobs[job.id] = job
-        self.by_pid[job.pid] = job
-
-    # -- end -------------------------------------------------------------------------------
+    def _kill(self, job_id: int) -> None:
+        for pid, running in self.jobs.items():
+            if running == job_id:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:
@@ -362,82 +245,76 @@ class Spawner:
                 return
             if pid == 0:
                 return
-            job = self.by_pid.pop(pid, None)
-            if job is not None:
-                job.status = status
-                self._main_exited(job)
-            killed_for = self.killers.pop(pid, None)
-            if killed_for is not None:
-                killed_for.killer = 0
-                if killed_for.status is not None:
-                    self._finish(killed_for)
+            job_id = self.jobs.pop(pid, None)
+            if job_id is not None:
+                # What the function left in its process group goes with it.
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                self._exit(job_id, os.waitstatus_to_exitcode(status), "", pid)
+            self.slot_pids.pop(pid, None)
 
-    def _main_exited(self, job: Job) -> None:
-        """The function's own process ended: end what it left, then report."""
-        if job.slot is None:
-            with contextlib.suppress(OSError):
-                os.killpg(job.pid, signal.SIGKILL)
-            self._finish(job)
-        elif self.cgroups is not None:
-            job.events_fd = self.cgroups.events_fd(job.slot)
-            if not cgroup.populated(job.events_fd):
-                self._finish(job)
-                return
-            self.cgroups.kill(job.slot)
-            self.waiting[job.events_fd] = job
-            self.poller.register(job.events_fd, select.POLLPRI)
-        elif not job.killer:
-            self._start_killer(job)
-
-    def _start_killer(self, job: Job) -> None:
-        assert job.slot is not None
-        pid = os.fork()
-        if pid == 0:
-            uids.kill_all_of(self.uids[job.slot])
-        job.killer = pid
-        self.killers[pid] = job
-
-    def _kill(self, job_id: int) -> None:
-        job = self.jobs.get(job_id)
-        if job is None:
-            return
-        if job.slot is None:
-            with contextlib.suppress(OSError):
-                os.killpg(job.pid, signal.SIGKILL)
-        elif self.cgroups is not None:
-            self.cgroups.kill(job.slot)
-        elif not job.killer:
-            self._start_killer(job)
-
-    def _finish(self, job: Job) -> None:
-        if self.jobs.pop(job.id, None) is None:
-            return
-        if job.events_fd >= 0:
-            if self.waiting.pop(job.events_fd, None) is not None:
-                self.poller.unregister(job.events_fd)
-            os.close(job.events_fd)
-        error = ""
-        if job.error_fd >= 0:
-            os.set_blocking(job.error_fd, False)
-            with contextlib.suppress(BlockingIOError):
-                error = os.read(job.error_fd, 4096).decode(errors="replace")
-            os.close(job.error_fd)
-        oom = False
-        if job.slot is not None:
-            if self.cgroups is not None:
-                oom = self.cgroups.oom_killed_since_last(job.slot)
-            self.free.append(job.slot)
-        status = job.status if job.status is not None else 0
-        self._send(
-            {
-                "op": "exit",
-                "id": job.id,
-                "code": os.waitstatus_to_exitcode(status),
-                "oom": oom,
-                "error": error,
-                "pid": job.pid,
-            }
+    def _exit(self, job_id: int, code: int, error: str, pid: int) -> None:
+        wire.send(
+            self.sock,
+            {"op": "exit", "id": job_id, "code": code, "oom": False, "error": error, "pid": pid},
         )
+
+    def _slot(self, message: dict[str, Any]) -> None:
+        """Fork the slot process for uid number ``slot``; the agent gets its socket."""
+        index = int(message["slot"])
+        if (
+            not self.sandboxed
+            or not 0 <= index < len(self.uids)
+            or index in self.slot_pids.values()
+        ):
+            wire.send(self.sock, {"op": "slot", "id": message["id"], "error": f"no slot {index}"})
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cgroup_fd = -1
+        try:
+            if self.cgroups is not None:
+                cgroup_fd = self.cgroups.open(index)
+            if cgroup_fd >= 0 and self.clone_into_cgroup:
+                pid = linux.fork_raw(cgroup_fd)
+            else:
+                pid = os.fork()
+            if pid == 0:
+                self._become_slot(index, ours)
+            self.slot_pids[pid] = index
+            wire.send(
+                self.sock, {"op": "slot", "id": message["id"], "error": ""}, [theirs.fileno()]
+            )
+        except OSError as exc:
+            wire.send(self.sock, {"op": "slot", "id": message["id"], "error": str(exc)})
+        finally:
+            ours.close()
+            theirs.close()
+            if cgroup_fd >= 0:
+                os.close(cgroup_fd)
+
+    def _become_slot(self, index: int, sock: socket.socket) -> None:
+        """In the forked child: drop what is the spawner's, serve as slot ``index``."""
+        try:
+            if self.cgroups is not None and not self.clone_into_cgroup:
+                with open(os.path.join(self.cgroups.path(index), "cgroup.procs"), "w") as f:
+                    f.write("0")
+            keep = {0, 1, 2, sock.fileno(), *self.netns.values()}
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) not in keep:
+                    with contextlib.suppress(OSError):
+                        os.close(int(name))
+            slot = slots.Slot(
+                sock,
+                index,
+                self.uids[index],
+                self.netns,
+                self.cgroups,
+                self.pids_max,
+                self.confinement,
+            )
+            slots.run(slot, self.confinement)
+        finally:
+            os._exit(1)
 
     def _endpoint(self, message: dict[str, Any]) -> None:
         """A listening socket on 127.0.0.1:port in a new network namespace whose only
@@ -453,12 +330,11 @@ class Spawner:
                 listener.listen(64)
                 netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             finally:
-                linux.setns(self.host_netns, linux.CLONE_NEWNET)
-            self._send(
-                {"op": "endpoint", "id": message["id"], "error": ""}, [listener.fileno(), netns]
-            )
+                linux.setns(self.netns["host"], linux.CLONE_NEWNET)
+            reply = {"op": "endpoint", "id": message["id"], "error": ""}
+            wire.send(self.sock, reply, [listener.fileno(), netns])
         except OSError as exc:
-            self._send({"op": "endpoint", "id": message["id"], "error": str(exc)})
+            wire.send(self.sock, {"op": "endpoint", "id": message["id"], "error": str(exc)})
         finally:
             if listener is not None:
                 listener.close()
@@ -466,11 +342,13 @@ class Spawner:
                 os.close(netns)
 
     def _shutdown(self) -> None:
-        """The agent is gone: nothing it started may outlive it."""
-        for job in list(self.jobs.values()):
-            self._kill(job.id)
-        deadline = time.monotonic() + 3.0
-        while (self.by_pid or self.killers) and time.monotonic() < deadline:
+        """The agent is gone: nothing it started may outlive it. (Slots see their own EOF
+        and kill what runs in them.)"""
+        for pid in self.jobs:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while (self.jobs or self.slot_pids) and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -478,11 +356,8 @@ class Spawner:
             if pid == 0:
                 time.sleep(0.005)
                 continue
-            ended = self.by_pid.pop(pid, None)
-            if ended is not None and ended.slot is not None and self.cgroups is None:
-                self._start_killer(ended)
-            if pid in self.killers:
-                del self.killers[pid]
+            self.jobs.pop(pid, None)
+            self.slot_pids.pop(pid, None)
         if self.cgroups is not None:
             self.cgroups.remove()
         uids.release(self.uid_locks)
@@ -496,10 +371,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's drain decides, not a Ctrl-C
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.set_inheritable(False)
-    config = json.loads(sock.recv(MAX_MESSAGE))
-    spawner = Spawner(sock, config)
+    received = None
+    while received is None:
+        select.select([sock], [], [])
+        received = wire.receive(sock)
+    spawner = Spawner(sock, received[0])
     hello = spawner.start()
-    spawner._send(hello)
+    wire.send(sock, hello)
     if hello["ok"]:
         spawner.serve()
 

@@ -5,8 +5,9 @@ runtime's previous path (asyncio's subprocess machinery in the agent) and on the
 Each spawn is a whole stdio invocation of ``/bin/true`` as the runtime does it (empty payload
 on stdin, stdout and stderr drained, exit collected, leftovers killed). Per variant:
 ``agent_cpu_us`` is this process's CPU per spawn (it plays the agent), ``spawner_cpu_us`` the
-spawner's own CPU (forks and confinement steps, not the command's), ``total_cpu_us`` both plus
-the command's, ``spawns_per_s`` the rate with ``--concurrency`` spawns in flight.
+spawner's and its slot processes' own CPU (forks, messages), ``total_cpu_us`` both plus the
+children's (set-up and the command), ``spawns_per_s`` the rate with ``--concurrency`` spawns
+in flight.
 
 Run: python bench/spawn.py [--rounds 5] [--spawns 500] [--concurrency 4]
 (sandboxed needs root; ends with key=value lines: median and min..max over rounds)
@@ -91,12 +92,28 @@ def spawner_path(sandbox: Sandbox) -> Callable[[], Awaitable[None]]:
 def cpu_of(pid: int) -> tuple[float, float]:
     """(own CPU s, reaped children's CPU s) of process ``pid``: its own from schedstat
     (nanoseconds), its children's from stat (clock ticks: ~20 us per spawn at 500 spawns)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        own = int(f.read().split()[0]) / 1e9
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    children = (int(fields[13]) + int(fields[14])) / TICKS
-    return own, children
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            own = int(f.read().split()[0]) / 1e9
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    return own, (int(fields[13]) + int(fields[14])) / TICKS
+
+
+def spawner_cpu(spawner_pid: int) -> dict[int, tuple[float, float]]:
+    """``cpu_of`` the spawner and of its slot processes (its children)."""
+    pids = [spawner_pid]
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == spawner_pid:
+                        pids.append(int(name))
+            except OSError:
+                continue
+    return {pid: cpu_of(pid) for pid in pids}
 
 
 def rusage_s(who: int) -> float:
@@ -115,17 +132,20 @@ async def batch(
             left -= 1
             await spawn()
 
-    spawner_before = cpu_of(spawner_pid) if spawner_pid else (0.0, 0.0)
+    spawner_before = spawner_cpu(spawner_pid) if spawner_pid else {}
     agent_before = rusage_s(resource.RUSAGE_SELF)
     children_before = rusage_s(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    spawner = 0.0
     agent = rusage_s(resource.RUSAGE_SELF) - agent_before
     commands = rusage_s(resource.RUSAGE_CHILDREN) - children_before
-    spawner_after = cpu_of(spawner_pid) if spawner_pid else (0.0, 0.0)
-    spawner = spawner_after[0] - spawner_before[0]
-    commands += spawner_after[1] - spawner_before[1]
+    spawner_after = spawner_cpu(spawner_pid) if spawner_pid else {}
+    for pid, (own, children) in spawner_after.items():
+        own_before, children_before = spawner_before.get(pid, (0.0, 0.0))
+        spawner += own - own_before
+        commands += children - children_before
     return {
         "agent_cpu_us": agent / count * 1e6,
         "spawner_cpu_us": spawner / count * 1e6,

@@ -27,12 +27,14 @@ from conftest import (
     final,
     invoke,
     require,
+    sandbox_config,
     start_agent,
     wait_for,
 )
 
 from hodei.agent.agent import build_runtimes
 from hodei.agent.runtime import Outcome, Runtime
+from hodei.agent.sandbox import Endpoint, Sandbox, SpawnRequest, drain, feed
 from hodei.agent.settings import AgentSettings
 from hodei.plugin.server import ControlPlane
 from hodei.proto import hodei_pb2 as pb
@@ -324,15 +326,17 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
         return bool(sleeping(needle))
 
     await wait_for(started, 15)
-    # The agent and its spawner die at once, without a chance to clean up.
+    # The agent and its spawner processes die at once, without a chance to clean up:
+    # all stopped first, then killed.
     spawners = [
         p
-        for p in psutil.Process(agent.proc.pid).children()
+        for p in psutil.Process(agent.proc.pid).children(recursive=True)
         if "sandbox_spawner" in " ".join(p.cmdline())
     ]
     group = [agent.proc.pid, *(p.pid for p in spawners)]
-    for pid in group:
-        os.kill(pid, signal.SIGKILL)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in group:
+            os.kill(pid, sig)
     agent.proc.wait(10)
     assert sleeping(needle)
     # (Its registration may still look alive to the server: wait on the new life's log.)
@@ -362,3 +366,55 @@ async def exited(command: list[str]) -> tuple[int, str]:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+async def test_an_instance_reaches_its_own_endpoint_and_nothing_else() -> None:
+    """The lambda interface's case: each long-lived instance gets a listening socket in a
+    network namespace of its own; with network false it reaches that socket alone."""
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True))
+    loop = asyncio.get_running_loop()
+    endpoints = [await sandbox.endpoint(), await sandbox.endpoint()]
+    try:
+
+        async def serve(endpoint: Endpoint, answer: bytes) -> None:
+            while True:
+                conn, _ = await loop.sock_accept(endpoint.listener)
+                await loop.sock_sendall(conn, answer)
+                conn.close()
+
+        servers = [
+            asyncio.ensure_future(serve(endpoint, b"instance %d" % n))
+            for n, endpoint in enumerate(endpoints)
+        ]
+        probe = (
+            "import socket, sys\n"
+            "for port in (9001, 6379):\n"
+            "    try:\n"
+            "        s = socket.create_connection(('127.0.0.1', port), 2)\n"
+            "        print(port, s.recv(64).decode())\n"
+            "    except OSError as exc:\n"
+            "        print(port, 'refused')\n"
+        )
+        outputs = []
+        for endpoint in endpoints:
+            assert endpoint.address == "127.0.0.1:9001"
+            child = await sandbox.spawn(
+                SpawnRequest([PY, "-c", probe], {"PATH": os.environ["PATH"]}, endpoint=endpoint)
+            )
+            out: list[bytes] = []
+            io = [
+                feed(child.stdin, b""),
+                drain(child.stdout, out.append),
+                drain(child.stderr, out.append),
+            ]
+            assert (await child.wait()).code == 0
+            await asyncio.gather(*io)
+            outputs.append(b"".join(out).decode())
+        assert outputs == ["9001 instance 0\n6379 refused\n", "9001 instance 1\n6379 refused\n"]
+        for server in servers:
+            server.cancel()
+    finally:
+        for endpoint in endpoints:
+            endpoint.close()
+        await sandbox.close()
