@@ -61,6 +61,7 @@ class Spawner:
         self.cwd = os.getcwd()
         self.jobs: dict[int, int] = {}  # unsandboxed: pid -> job id
         self.slot_pids: dict[int, int] = {}  # pid -> slot
+        self.cleaners: dict[int, int] = {}  # pid -> slot whose uid it clears
         self.uid_locks: dict[int, int] = {}
         self.uids: list[int] = []
         self.cgroups: cgroup.SlotCgroups | None = None
@@ -251,7 +252,19 @@ class Spawner:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
                 self._exit(job_id, os.waitstatus_to_exitcode(status), "", pid)
-            self.slot_pids.pop(pid, None)
+            index = self.slot_pids.pop(pid, None)
+            if index is not None and status != 0:  # 0: it saw the agent go, and cleaned up
+                self._slot_died(index)
+            self.cleaners.pop(pid, None)
+
+    def _slot_died(self, index: int) -> None:
+        """A slot process ended while the agent lives (killed from outside, say): what its
+        function started is orphaned under this subreaper; end it before the uid serves
+        again."""
+        cleaner = os.fork()
+        if cleaner == 0:
+            uids.kill_all_of(self.uids[index])
+        self.cleaners[cleaner] = index
 
     def _exit(self, job_id: int, code: int, error: str, pid: int) -> None:
         wire.send(
@@ -266,6 +279,7 @@ class Spawner:
             not self.sandboxed
             or not 0 <= index < len(self.uids)
             or index in self.slot_pids.values()
+            or index in self.cleaners.values()
         ):
             wire.send(self.sock, {"op": "slot", "id": message["id"], "error": f"no slot {index}"})
             return
@@ -358,6 +372,7 @@ class Spawner:
                 continue
             self.jobs.pop(pid, None)
             self.slot_pids.pop(pid, None)
+            self.cleaners.pop(pid, None)
         if self.cgroups is not None:
             self.cgroups.remove()
         uids.release(self.uid_locks)

@@ -80,7 +80,9 @@ def sandbox_config(sandboxed: bool, **overrides: Any) -> SandboxConfig:
     """A spawner configuration of this test session (its own cgroup folder)."""
     if sandboxed:
         require("root (the process sandbox needs it)", os.geteuid() == 0)
-    return SandboxConfig(sandboxed=sandboxed, mark=SESSION_MARK, uid_count=8, **overrides)
+    return SandboxConfig(
+        **{"sandboxed": sandboxed, "mark": SESSION_MARK, "uid_count": 8, **overrides}
+    )
 
 
 @pytest.fixture(params=["cgroup", "rlimits", "off"], ids=["sandboxed", "no-cgroup", "unsandboxed"])

@@ -36,6 +36,7 @@ from hodei.agent.agent import build_runtimes
 from hodei.agent.runtime import Outcome, Runtime
 from hodei.agent.sandbox import Endpoint, Sandbox, SpawnRequest, drain, feed
 from hodei.agent.settings import AgentSettings
+from hodei.errors import SpawnerFailed
 from hodei.plugin.server import ControlPlane
 from hodei.proto import hodei_pb2 as pb
 
@@ -417,4 +418,40 @@ async def test_an_instance_reaches_its_own_endpoint_and_nothing_else() -> None:
     finally:
         for endpoint in endpoints:
             endpoint.close()
+        await sandbox.close()
+
+
+async def test_a_slot_killed_from_outside_fails_its_function_and_nothing_is_left() -> None:
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True, uid_count=1))
+    needle = random_suffix()
+    try:
+        request = SpawnRequest(
+            ["sh", "-c", f"setsid sleep 81.{needle} & echo up; exec sleep 82.{needle}"],
+            {"PATH": os.environ["PATH"]},
+        )
+        child = await sandbox.spawn(request)
+        lines: list[bytes] = []
+        io = [feed(child.stdin, b""), drain(child.stdout, lines.append)]
+        await wait_for(lambda: len(sleeping(needle)) == 2, 10)
+        slot = psutil.Process(sleeping(needle)[0]).parent()
+        assert slot is not None and "sandbox_spawner" in " ".join(slot.cmdline())
+        os.kill(slot.pid, signal.SIGKILL)
+        assert (await asyncio.wait_for(child.wait(), 10)).code == -9
+        await wait_for(lambda: not sleeping(needle), 10)
+        await asyncio.wait(io, timeout=5)
+
+        # The uid serves again, from a new slot process, once what was left is cleared.
+        async def runs_again() -> bool:
+            try:
+                retry = await sandbox.spawn(SpawnRequest(["true"], {"PATH": os.environ["PATH"]}))
+            except SpawnerFailed:
+                return False
+            io = [feed(retry.stdin, b""), drain(retry.stdout, len), drain(retry.stderr, len)]
+            exit = await retry.wait()
+            await asyncio.wait(io, timeout=5)
+            return exit.code == 0
+
+        await wait_for(runs_again, 10)
+    finally:
         await sandbox.close()
