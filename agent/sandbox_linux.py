@@ -7,7 +7,6 @@ Imported by the spawner process, so it stays stdlib-only and cheap to import.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import os
 import signal
@@ -166,9 +165,22 @@ def loopback_up() -> None:
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
-def pidfd_open(pid: int) -> int:
-    return os.pidfd_open(pid)
-
-
-def is_permission_error(exc: OSError) -> bool:
-    return exc.errno in (errno.EPERM, errno.EACCES)
+def listener_in_new_netns(port: int, home_netns: int) -> tuple[socket.socket, int]:
+    """A TCP listener on 127.0.0.1:``port`` in a new network namespace whose only interface,
+    loopback, is up, and an fd of that namespace (a socket stays in the namespace it was
+    made in, so a process that joins it reaches this listener and nothing else). The caller
+    is back in ``home_netns`` on return; it must be single-threaded."""
+    unshare(CLONE_NEWNET)
+    listener: socket.socket | None = None
+    try:
+        loopback_up()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        return listener, os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    finally:
+        setns(home_netns, CLONE_NEWNET)

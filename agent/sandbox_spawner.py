@@ -331,29 +331,16 @@ class Spawner:
             os._exit(1)
 
     def _endpoint(self, message: dict[str, Any]) -> None:
-        """A listening socket on 127.0.0.1:port in a new network namespace whose only
-        interface is loopback; the function joins it and reaches that and nothing else."""
-        listener: socket.socket | None = None
-        netns = -1
+        """An instance's private endpoint: a listener alone in a network namespace."""
         try:
-            linux.unshare(linux.CLONE_NEWNET)
-            try:
-                linux.loopback_up()
-                listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                listener.bind(("127.0.0.1", int(message["port"])))
-                listener.listen(64)
-                netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            finally:
-                linux.setns(self.netns["host"], linux.CLONE_NEWNET)
-            reply = {"op": "endpoint", "id": message["id"], "error": ""}
-            wire.send(self.sock, reply, [listener.fileno(), netns])
+            listener, netns = linux.listener_in_new_netns(int(message["port"]), self.netns["host"])
         except OSError as exc:
             wire.send(self.sock, {"op": "endpoint", "id": message["id"], "error": str(exc)})
-        finally:
-            if listener is not None:
-                listener.close()
-            if netns >= 0:
-                os.close(netns)
+            return
+        reply = {"op": "endpoint", "id": message["id"], "error": ""}
+        wire.send(self.sock, reply, [listener.fileno(), netns])
+        listener.close()
+        os.close(netns)
 
     def _shutdown(self) -> None:
         """The agent is gone: nothing it started may outlive it. (Slots see their own EOF

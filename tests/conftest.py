@@ -15,11 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -95,6 +97,28 @@ async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
     )
     yield spawner
     await spawner.close()
+
+
+def sleeping(suffix: str) -> list[int]:
+    """The live ``sleep N.<suffix>`` processes (the test's own: the suffix is random)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if (
+                len(cmdline) == 2
+                and cmdline[0].endswith("sleep")
+                and cmdline[1].endswith(f".{suffix}")
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def random_suffix() -> str:
+    return f"{uuid.uuid4().int % 10**9:09d}"
 
 
 def fast_settings(redis_url: str, **overrides: Any) -> ServerSettings:
