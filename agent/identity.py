@@ -4,7 +4,9 @@ agent started from those of any other agent on the host that uses the same worke
 A worker id is a guessable name (two `hodei dev` stacks both have a `dev-agent-1`); the
 mark is random, kept in the agent's state folder so that the agent finds it again after a
 crash, and stamped on everything it starts (an environment variable on processes, a label
-on containers). Leftover clean-up only ever touches what carries this mark.
+on containers, the name of its cgroup folder). Leftover clean-up only ever touches what
+carries this mark. The state folder also remembers the function uids the agent held, so
+that its next life claims them again and ends what still runs under them.
 """
 
 from __future__ import annotations

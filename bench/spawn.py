@@ -9,23 +9,34 @@ spawner's and its slot processes' own CPU (forks, messages), ``total_cpu_us`` bo
 children's (set-up and the command), ``spawns_per_s`` the rate with ``--concurrency`` spawns
 in flight.
 
-Run: python bench/spawn.py [--rounds 5] [--spawns 500] [--concurrency 4]
+This process plays the agent: it loads the agent's modules and serves gRPC (threads, fds,
+a bigger heap), which is what the previous path's cost grows with (``--bare`` skips that).
+
+Run: python bench/spawn.py [--rounds 5] [--spawns 500] [--concurrency 4] [--bare]
 (sandboxed needs root; ends with key=value lines: median and min..max over rounds)
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py is named like the standard library's http package: keep this folder off the
+# import path so that `import http` (aiohttp, prometheus_client) finds the real one.
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
+]
+
 import argparse
 import asyncio
 import contextlib
-import os
 import resource
 import secrets
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from hodei.agent.runtime import CappedBuffer, LineSplitter
 from hodei.agent.sandbox import Sandbox, SandboxConfig, SpawnRequest, drain, feed
@@ -154,12 +165,28 @@ async def batch(
     }
 
 
+async def agent_like() -> Any:
+    """Load what the agent loads and serve gRPC, as the agent does while it runs jobs."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    import hodei.agent.agent  # noqa: F401  (the agent's modules: gRPC, Docker, metrics...)
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)  # type: ignore[attr-defined]
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--spawns", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--bare", action="store_true", help="do not play the agent")
     args = parser.parse_args()
+    grpc_server = None if args.bare else await agent_like()
     if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
         # As the agent does (agent.py): one pidfd per child, not a thread each.
         watcher = asyncio.PidfdChildWatcher()
@@ -189,7 +216,12 @@ async def main() -> None:
         print(f"# round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     for sandbox in sandboxes.values():
         await sandbox.close()
-    print(f"rounds={args.rounds} spawns_per_round={args.spawns} concurrency={args.concurrency}")
+    if grpc_server is not None:
+        await grpc_server.stop(0)
+    print(
+        f"rounds={args.rounds} spawns_per_round={args.spawns} concurrency={args.concurrency} "
+        f"agent_like={not args.bare}"
+    )
     medians: dict[str, dict[str, float]] = {}
     for name, rounds in results.items():
         medians[name] = {}
