@@ -104,9 +104,10 @@ class ProcessRuntime:
             child.kill()
         # Everything that held the pipes is gone: they end at once, but for what a
         # descendant passed to a process outside the sandbox (unsandboxed only).
-        _, pending = await asyncio.wait(io, timeout=IO_GRACE_S)
-        for future in pending:
-            future.cancel()
+        if not all(future.done() for future in io):  # usually all are, by the exit
+            _, pending = await asyncio.wait(io, timeout=IO_GRACE_S)
+            for future in pending:
+                future.cancel()
         stderr.close()
         if result.start_error:
             return _not_started(result.start_error, started)

@@ -60,9 +60,12 @@ class Child:
     ends the caller owns (``feed`` and ``drain`` use and close them; stdin is -1 when not
     asked for)."""
 
-    def __init__(self, channel: Channel, job_id: int, stdin: int, stdout: int, stderr: int):
+    def __init__(
+        self, channel: Channel, job_id: int, slot: int, stdin: int, stdout: int, stderr: int
+    ):
         self.channel = channel
         self.id = job_id
+        self.slot = slot  # the uid slot it holds (-1: unsandboxed)
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
@@ -213,8 +216,7 @@ class Sandbox:
             if request.endpoint is not None and request.endpoint.netns_fd >= 0:
                 message["netns"] = True
                 theirs.append(request.endpoint.netns_fd)
-            child = Child(channel, job_id, ours[0], ours[1], ours[2])
-            child.slot = slot  # type: ignore[attr-defined]
+            child = Child(channel, job_id, slot, ours[0], ours[1], ours[2])
             self.running[job_id] = child
             channel.send(message, theirs)
         except BaseException:
@@ -301,9 +303,8 @@ class Sandbox:
             child = self.running.pop(message["id"], None)
             if child is None:
                 return
-            slot = getattr(child, "slot", -1)
-            if slot >= 0:
-                self.idle.append(slot)
+            if child.slot >= 0:
+                self.idle.append(child.slot)
             if not child.exited.done():
                 child.exited.set_result(
                     Exit(message["code"], message["oom"], message["error"], message["pid"])
@@ -323,7 +324,7 @@ class Sandbox:
             return
         log.error("process spawner slot %d died", index)
         for job_id, child in list(self.running.items()):
-            if getattr(child, "slot", -1) == index:
+            if child.slot == index:
                 del self.running[job_id]
                 self.idle.append(index)
                 if not child.exited.done():
