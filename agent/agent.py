@@ -28,6 +28,7 @@ from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
+from hodei.agent.sandbox import agent_sandbox
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
 from hodei.domain import WorkerState
@@ -42,7 +43,14 @@ def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {}
     for name in settings.runtimes:
         if name == "process":
-            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark)
+            sandbox = agent_sandbox(settings, mark, capacity(settings).job_slots)
+            if sandbox.sandboxed:
+                log.info("process runtime: %s", sandbox.description)
+            else:
+                log.warning("process runtime: %s", sandbox.description)
+            if sandbox.reaped:
+                log.warning("killed %d function processes left by an earlier run", sandbox.reaped)
+            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark, sandbox)
         elif name == "docker":
             options = DockerOptions(
                 host=settings.docker_host,
@@ -233,6 +241,9 @@ class Agent:
                 await health_server.stop(0)
             if isinstance(self.docker, DockerRuntime):
                 self.docker.close()
+            process = self.runtimes.get("process")
+            if isinstance(process, ProcessRuntime):
+                await process.sandbox.close()
             if self.consul is not None:
                 if self.consul_service is not None:
                     with contextlib.suppress(TimeoutError):

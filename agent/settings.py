@@ -9,13 +9,24 @@ from dataclasses import dataclass, field
 
 from hodei.config import EnvSettings
 
+# What a sandboxed function must not even see: container engines' sockets, the agents' locks.
+DEFAULT_HIDDEN = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/hodei",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings(EnvSettings):
     # One or several comma-separated addresses; "" = find them in Consul when Consul is
     # configured, else 127.0.0.1:7070.
     server: str = ""
+    # The gRPC token. Prefer token_file: a file keeps it out of the agent's environment
+    # (a HODEI_TOKEN variable is read, then removed from it; see agent/secrets handling).
     token: str = ""
+    token_file: str = ""
     worker_id: str = field(default_factory=socket.gethostname)
     # Where the agent keeps its mark (what tells its own leftover processes and containers
     # from other agents' on the host); "" = $XDG_STATE_HOME/hodei or ~/.local/state/hodei.
@@ -27,8 +38,28 @@ class AgentSettings(EnvSettings):
     gpus: int = 0
     job_slots: int = 0
     labels: tuple[str, ...] = ()
-    # docker is advertised only while its engine answers.
-    runtimes: tuple[str, ...] = ("process", "docker")
+    # docker is advertised only while its engine answers. `process` runs whatever command
+    # a function spec names on this machine: offered only when listed here.
+    runtimes: tuple[str, ...] = ("docker",)
+    # The process runtime's sandbox: "on" (needs root: each function under a uid of its
+    # own, its own cgroup, mount and network namespaces; the agent refuses to start without
+    # them) or "off" (functions run as the agent's user with its network and files: an
+    # explicit choice for a trusted single-user machine).
+    process_sandbox: str = "on"
+    # Function uids: the agent claims process_uid_count free uids from process_uid_base on
+    # (0 = one per job slot), each held by a lock under /run/hodei/uids.
+    process_uid_base: int = 2_147_000_000
+    process_uid_count: int = 0
+    # Let functions run as root (a uid range with 0, or an unsandboxed agent run by root).
+    process_allow_root: bool = False
+    process_pids_max: int = 256  # processes and threads per function
+    process_tmpfs_mb: int = 64  # each private folder's size
+    process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+    process_hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN
+    process_cgroup_root: str = ""  # "" = <cgroup v2 mount>/hodei; "off" = rlimits only
+    # Folders functions may read although an ancestor folder is closed to their uid (the
+    # agent's own Python and Hodei always are).
+    process_exposed_paths: tuple[str, ...] = ()
     docker_host: str = ""  # "" = DOCKER_HOST or the engine's default socket
     docker_user: str = "65534:65534"
     docker_tmpfs_mb: int = 64

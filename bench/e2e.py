@@ -111,6 +111,8 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
             "1000000",
             "--memory-mb",
             "1000000",
+            "--runtimes",
+            "process",
             "--log-level",
             "warning",
         ],

@@ -84,10 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # are for children that use gRPC, which functions never do.
             os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
             from hodei.agent.agent import serve as serve_agent
+            from hodei.agent.sandbox_secrets import protect_agent
             from hodei.agent.settings import AgentSettings
 
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
             logs.setup("agent", agent_settings.log_level)
+            agent_settings = protect_agent(agent_settings)
             tracing.setup("agent")
             return asyncio.run(serve_agent(agent_settings))
         if args.command == "gateway":
