@@ -77,3 +77,13 @@ class ImagePullFailed(HodeiError):
 
 class NomadError(HodeiError):
     """Raised when Nomad refuses a request (parse, plan, register) or cannot be reached."""
+
+
+class GatewayUnreachable(HodeiError):
+    """Raised by the Python client when nothing answers at the gateway's URL, or what
+    answers there does not speak Hodei's HTTP API."""
+
+
+class UsageError(HodeiError):
+    """Raised when the CLI cannot act on its command line: a spec file that is not JSON,
+    a payload file that cannot be read, a malformed flag value."""
