@@ -15,9 +15,12 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
@@ -164,7 +167,11 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
             "or --port 0 for any free port"
         )
     token, tokens_on = api_token(os.environ)
-    redis_url = os.environ.get("HODEI_REDIS_URL", "") or _start_redis(stack)
+    redis_url = os.environ.get("HODEI_REDIS_URL", "")
+    if redis_url:
+        _check_redis(redis_url)
+    else:
+        redis_url = _start_redis(stack)
     env = {"HODEI_REDIS_URL": redis_url, "HODEI_LOG_FORMAT": "json"}
     python = [sys.executable, "-m", "hodei.cli"]
     stack_id = secrets.token_hex(2)
@@ -230,6 +237,18 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     while True:
         stack.check()
         time.sleep(0.5)
+
+
+def _check_redis(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
+            client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise StartFailed(
+            f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {exc}"
+        ) from None
 
 
 def _start_redis(stack: Stack) -> str:
