@@ -61,6 +61,24 @@ async def test_the_console_sends_its_security_headers(settings: ServerSettings) 
             assert (await answer.json())["error"]["code"] == "not_found"
 
 
+def test_the_console_calls_only_routes_that_exist() -> None:
+    from hodei.api.routes import ROUTES
+
+    script = (ROOT / "api" / "console" / "console.js").read_text()
+    called = set()
+    for raw in re.findall(r"[`\"](/v1/[^`\"?]*)", script):
+        # `/v1/invocations/${encodeURIComponent(id)}/logs` -> /v1/invocations/{}/logs
+        called.add(re.sub(r"\$\{[^}]*\}|[0-9a-f]{32}|hodei-console-probe", "{}", raw))
+    routes = {re.sub(r"\{[^}]+\}", "{}", r.path) for r in ROUTES}
+    assert called - routes == set()
+    assert {"/v1/workers", "/v1/queue", "/v1/invocations", "/v1/functions"} <= called
+    assert {
+        "/v1/invocations/{}/logs",
+        "/v1/workers/{}/drain",
+        "/v1/invocations/{}/replay",
+    } <= called
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     require(
