@@ -43,6 +43,8 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
         ("priority", args.priority),
         ("queue_timeout_s", args.queue_timeout),
         ("network", args.network),
+        ("interface", args.interface),
+        ("handler", args.handler),
     ):
         if value is not None:
             spec[key] = value
@@ -51,6 +53,12 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     for key, pairs in (("env", args.env), ("labels", args.label)):
         if pairs:
             spec[key] = {**spec.get(key, {}), **dict(pairs)}
+    warm = dict(spec.get("warm") or {})
+    for key, value in (("min", args.warm_min), ("max", args.warm_max), ("idle_s", args.warm_idle)):
+        if value is not None:
+            warm[key] = value
+    if warm:
+        spec["warm"] = warm
     resources = dict(spec.get("resources") or {})
     for key, value in (
         ("cpu_millicores", args.cpu),

@@ -68,6 +68,16 @@ def add_commands(sub: Any) -> None:
     )
     deploy.add_argument("--image", help="a container image (implies --runtime docker)")
     deploy.add_argument("--runtime", choices=("process", "docker"), help="where it runs")
+    deploy.add_argument(
+        "--interface",
+        choices=("stdio", "lambda"),
+        help="stdio: one process per invocation (default); lambda: long-lived instances "
+        "speaking the AWS Lambda Runtime API",
+    )
+    deploy.add_argument("--handler", help="lambda: the handler (_HANDLER), e.g. app.handler")
+    deploy.add_argument("--warm-min", type=int, help="lambda: instances kept warm at least")
+    deploy.add_argument("--warm-max", type=int, help="lambda: instances at most")
+    deploy.add_argument("--warm-idle", type=float, help="lambda: seconds an idle instance lives")
     deploy.add_argument("--cpu", type=int, help="CPU reserved per invocation, in millicores")
     deploy.add_argument("--memory", type=int, help="memory reserved per invocation, in MB")
     deploy.add_argument("--gpus", type=int, help="GPUs per invocation")

@@ -184,6 +184,11 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     # Agents connect once the server listens: no "connection refused" on a normal start.
     _wait_until("the server", lambda: listening(grpc_port), stack)
     runtimes = args.runtimes or ["process", "docker"]
+    agent_env = dict(env)
+    if os.geteuid() != 0:
+        # The process sandbox needs root; as a user, functions run as that user (dev only).
+        # A variable, not a flag: agents that predate the sandbox ignore it.
+        agent_env["HODEI_PROCESS_SANDBOX"] = "off"
     agent_metrics = []
     for i in range(1, args.agents + 1):
         agent_metrics.append(free_port())
@@ -204,7 +209,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
                 str(stack.workdir),
                 *(flag for runtime in runtimes for flag in ("--runtimes", runtime)),
             ],
-            env,
+            agent_env,
         )
     stack.spawn("gateway", [*python, "gateway", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
@@ -221,7 +226,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
         + ", ".join(f":{p}" for p in agent_metrics)
     )
     _show(f"  workers   dev-{stack_id}-1…{args.agents}, runtimes {', '.join(runtimes)}")
-    if "process" in runtimes:
+    if "process" in runtimes and os.geteuid() != 0:
         _show("            (the process runtime runs functions as your user: development only)")
     _show(f"  logs      {stack.workdir}")
     if tokens_on:

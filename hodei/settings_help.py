@@ -70,6 +70,26 @@ HELP: dict[str, str] = {
     "reconnect_cap_s": "longest delay between reconnection attempts",
     "consul_ttl_heartbeats": "the Consul TTL check's TTL, in heartbeat intervals",
     "nomad_identity": "advertise the Nomad node (datacenter, node, class, meta) as labels",
+    "token_file": "read the agent's gRPC token from this file (keeps it out of the environment)",
+    "process_sandbox": "on: each process function under its own uid, cgroup and namespaces "
+    "(needs root); off: unsandboxed, as the agent's user (an explicit choice)",
+    "process_uid_base": "first uid the agent may claim for its functions (one per concurrent "
+    "function)",
+    "process_uid_count": "function uids this agent claims (0 = one per job slot)",
+    "process_allow_root": "let functions run as root (a uid range with 0, or an unsandboxed "
+    "root agent)",
+    "process_pids_max": "processes and threads one function may have (RLIMIT_NPROC, cgroup "
+    "pids.max)",
+    "process_tmpfs_mb": "size of each private tmpfs folder of a function (/tmp...)",
+    "process_private_dirs": "a folder each function gets as a private, fresh tmpfs (repeatable)",
+    "process_hidden_paths": "a path functions must not see, e.g. a container engine socket "
+    "(repeatable)",
+    "process_cgroup_root": "where function cgroups go (default <cgroup v2 mount>/hodei; off = "
+    "rlimits only)",
+    "process_exposed_paths": "a folder functions may read although an ancestor is closed to "
+    "their uid (repeatable)",
+    "lambda_region": "the AWS_REGION lambda-interface functions see",
+    "lambda_idle_s": "seconds an idle lambda instance is kept when its warm.idle_s is 0",
     # Gateway
     "host": "address the HTTP API listens on",
     "port": "port of the HTTP API",
