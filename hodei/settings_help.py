@@ -18,6 +18,10 @@ HELP: dict[str, str] = {
     "max_queue": "queued invocations at most; beyond, submits get 429 (servers and gateways agree)",
     "ageing_s": "seconds of waiting worth one priority level, so low priority never starves",
     "events_maxlen": "domain events kept in the Redis stream",
+    "max_queue_bytes": "payload bytes queued at most; beyond, submits get 429",
+    "idempotency_ttl_s": "seconds an Idempotency-Key keeps answering with its first invocation",
+    "log_bytes_per_invocation": "log bytes kept per invocation (then a truncation marker)",
+    "log_lines_kept": "log lines kept per invocation (the last ones)",
     "retention_s": "seconds finished invocations (record, result, logs) are kept; 0 = forever",
     "consul_addr": "Consul agent address (else CONSUL_HTTP_ADDR); Consul is off without one",
     "consul_token": "Consul ACL token (else CONSUL_HTTP_TOKEN)",
@@ -68,6 +72,7 @@ HELP: dict[str, str] = {
     "log_flush_s": "seconds log lines wait to be batched",
     "reconnect_base_s": "first delay before reconnecting to a server (doubles, with jitter)",
     "reconnect_cap_s": "longest delay between reconnection attempts",
+    "result_resend_s": "seconds before a result the server has not acknowledged is sent again",
     "consul_ttl_heartbeats": "the Consul TTL check's TTL, in heartbeat intervals",
     "nomad_identity": "advertise the Nomad node (datacenter, node, class, meta) as labels",
     "token_file": "read the agent's gRPC token from this file (keeps it out of the environment)",
@@ -102,6 +107,8 @@ HELP: dict[str, str] = {
     "callback_attempts": "attempts to deliver a callback",
     "callback_base_s": "first delay between callback attempts (doubles)",
     "callback_cap_s": "longest delay between callback attempts",
+    "max_streams": "open event and log streams (follow) at most, in all",
+    "max_streams_per_caller": "open event and log streams at most per token (or address)",
 }
 
 BY_PROCESS: dict[str, str] = {

@@ -94,12 +94,28 @@ async def test_an_async_invocation_followed_to_its_end(
     assert [i["id"] for i in listed] == [inv]
     code, out, _ = await hodei("ls", "--status", "cancelled", env=env)
     assert running in out and inv not in out
-    code, out, _ = await hodei("ls", "--limit", "1", env=env)
-    assert len(out.strip().splitlines()) == 2  # header + one
+    code, out, err = await hodei("ls", "--limit", "1", env=env)
+    assert len(out.strip().splitlines()) == 2 and running in out  # header + the newest
+    cursor = err.split("--cursor ", 1)[1].split()[0]
+    code, out, _ = await hodei("ls", "--limit", "1", "--cursor", cursor, env=env)
+    assert inv in out and running not in out
+
+    await hodei("fn", "deploy", "stuck", "--command", "true", "--label", "zone=nowhere", env=env)
+    code, out, _ = await hodei("invoke", "stuck", "--async", env=env)
+    stuck = out.strip()
+    await wait_for(lambda: _parked(plane, stuck), 15)
+    code, out, _ = await hodei("status", stuck, env=env)
+    assert code == Exit.STILL_RUNNING and "waiting    parked: " in out and "zone" in out
+    code, out, _ = await hodei("queue", env=env)
+    assert f"{stuck}  stuck: parked: " in out
+
+
+async def _parked(plane: ControlPlane, invocation_id: str) -> bool:
+    return (await plane.data.invocations.get(invocation_id)).parked
 
 
 async def _status_is(plane: ControlPlane, invocation_id: str, status: str) -> bool:
-    return str((await plane.store.get(invocation_id)).status) == status
+    return str((await plane.data.invocations.get(invocation_id)).status) == status
 
 
 async def test_failures_carry_the_gateways_reason_and_exit_codes(
@@ -128,7 +144,7 @@ async def test_failures_carry_the_gateways_reason_and_exit_codes(
     code, _, err = await hodei("fn", "deploy", "has space", "--command", "true", env=env)
     assert code == Exit.REFUSED and "invalid_spec" in err and "name" in err
     code, _, err = await hodei("invoke", "has space", env=env)
-    assert code == Exit.REFUSED and "not_found" in err
+    assert code == Exit.REFUSED and "HTTP 404" in err and "does not exist" in err
     code, _, err = await hodei("fn", "deploy", "bad", "--command", "true", "--cpu", "-1", env=env)
     assert code == Exit.REFUSED and "resources.cpu_millicores" in err
     code, _, err = await hodei("cancel", inv, env=env)

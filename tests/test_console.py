@@ -144,26 +144,35 @@ async def test_the_console_in_a_real_browser(
         )
         await asyncio.to_thread(client.deploy, "nap", {"command": ["sleep", "60"]})
         talked = (await asyncio.to_thread(client.invoke, "talk")).invocation_id
+        stuck = {"command": ["true"], "labels": {"zone": "nowhere"}}
+        await asyncio.to_thread(client.deploy, "stuck", stuck)
+        parked = (await asyncio.to_thread(client.invoke, "stuck", asynchronous=True)).invocation_id
         napping = [
             (await asyncio.to_thread(client.invoke, "nap", asynchronous=True)).invocation_id
             for _ in range(2)
         ]
         await wait_for(lambda: _running(plane, napping), 15)
 
-        await asyncio.to_thread(_as_admin, browser, url, talked, napping[0])
-        record = await plane.store.get(napping[0])
+        await wait_for(lambda: _parked(plane, parked), 15)
+        await asyncio.to_thread(_as_admin, browser, url, talked, napping[0], parked)
+        record = await plane.data.invocations.get(napping[0])
         assert str(record.status) == "cancelled"
         await asyncio.to_thread(_read_only, browser, url, talked, napping[1])
-        assert str((await plane.store.get(napping[1])).status) == "running"
+        assert str((await plane.data.invocations.get(napping[1])).status) == "running"
         await asyncio.to_thread(_drain, browser, url)
-        assert (await plane.registry.get("w1") or {}).get("state") == "draining"
+        worker = await plane.data.workers.get("w1")
+        assert worker is not None and worker.state == "draining"
+
+
+async def _parked(plane: ControlPlane, invocation_id: str) -> bool:
+    return (await plane.data.invocations.get(invocation_id)).parked
 
 
 async def _running(plane: ControlPlane, ids: list[str]) -> bool:
-    return all([str((await plane.store.get(i)).status) == "running" for i in ids])
+    return all([str((await plane.data.invocations.get(i)).status) == "running" for i in ids])
 
 
-def _as_admin(driver: WebDriver, url: str, talked: str, napping: str) -> None:
+def _as_admin(driver: WebDriver, url: str, talked: str, napping: str, parked: str) -> None:
     driver.get(f"{url}/ui?token=boss")
     # The token leaves the address bar (and the history) at once.
     _wait(driver, "an address without the token", lambda d: "token" not in d.current_url)
@@ -172,6 +181,10 @@ def _as_admin(driver: WebDriver, url: str, talked: str, napping: str) -> None:
     _wait(driver, "the utilisation in numbers", lambda d: "m ·" in _text(d, "table.workers .meter"))
     _wait(driver, "an invocation", lambda d: talked in _text(d, "table.invocations tbody"))
     _wait(driver, "the running ones", lambda d: napping in _text(d, "table.invocations tbody"))
+    # Parked work says so, with its reason, in the queue and in the list.
+    _wait(driver, "the parked one", lambda d: parked in _text(d, "main table tbody"))
+    assert "parked: " in _text(driver, "main table tbody td.parked")
+    assert "zone" in _text(driver, "main table tbody td.parked")
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "console-overview.png"))
 
@@ -205,12 +218,17 @@ def _read_only(driver: WebDriver, url: str, talked: str, napping: str) -> None:
     driver.get(f"{url}/ui?token=viewer")
     _wait(driver, "an address without the token", lambda d: "token" not in d.current_url)
     _wait(driver, "the read-only note", lambda d: "read-only" in _text(d, "#who"))
+    _wait(driver, "the worker", lambda d: "w1" in _text(d, "table.workers tbody"))
     _wait(driver, "the invocations", lambda d: napping in _text(d, "table.invocations tbody"))
     driver.find_element(By.LINK_TEXT, napping).click()
     _wait(driver, "the running record", lambda d: "running" in _text(d, "table.record"))
     assert _visible_buttons(driver) == []
     driver.get(f"{url}/ui#/invocations/{talked}")
     _wait(driver, "the log line", lambda d: "hello from the log" in _text(d, "pre.logs"))
+    assert _visible_buttons(driver) == []
+    driver.get(f"{url}/ui#/workers/w1")
+    _wait(driver, "the worker's record", lambda d: "running" in _text(d, "table.record"))
+    _wait(driver, "its running invocation", lambda d: napping in _text(d, "table.invocations"))
     assert _visible_buttons(driver) == []
 
 
