@@ -12,6 +12,7 @@ from typing import Any
 
 from hodei import __version__, logs, tracing
 from hodei.errors import ConfigError
+from hodei.exits import EXIT_CODES
 from hodei.settings_help import help_for
 
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hodei",
         description="Hodei runs functions on a fleet of workers. Start with `hodei dev`.",
-        epilog="exit codes of the user commands:\n" + commands.EXIT_CODES,
+        epilog="exit codes of the user commands:\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hodei {__version__}")

@@ -1,14 +1,5 @@
 """The user commands of the CLI: functions, invocations and their lifecycle, the fleet.
-
-Exit codes (the same for every command):
-  0  done (the invocation succeeded)
-  1  the function did not succeed (failed, timed out, cancelled)
-  2  usage: bad arguments, a spec file that is not JSON, a local file that cannot be read
-  3  the gateway cannot be reached, or what answers is not a Hodei gateway
-  4  stopped waiting: the invocation is still queued or running
-  5  the gateway refused the request (not found, invalid spec, forbidden...): its error
-     code and message are printed
-"""
+Their exit codes are ``hodei.exits.EXIT_CODES``."""
 
 from __future__ import annotations
 
@@ -22,7 +13,6 @@ from hodei.client import HodeiClient
 from hodei.errors import ApiError, GatewayUnreachable, UsageError
 from hodei.exits import Exit
 
-EXIT_CODES = __doc__.split("Exit codes (the same for every command):\n", 1)[1]
 STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "cancelled")
 
 

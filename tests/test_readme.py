@@ -18,8 +18,7 @@ import pytest
 from conftest import ROOT
 
 from hodei.cli import build_parser
-from hodei.commands import EXIT_CODES
-from hodei.exits import Exit
+from hodei.exits import EXIT_CODES, Exit
 
 README = (ROOT / "README.md").read_text()
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
