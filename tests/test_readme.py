@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from test_dev import running_stack
 
 from hodei.cli import build_parser
 from hodei.exits import EXIT_CODES, Exit
@@ -109,34 +109,8 @@ def test_the_exit_codes_table_is_the_clis() -> None:
 
 @pytest.fixture
 async def stack() -> AsyncIterator[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hodei.cli",
-        "dev",
-        "--port",
-        "0",
-        "--logs",
-        "off",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=env,
-    )
-    assert proc.stdout is not None
-    banner = ""
-    try:
-        while "Press Ctrl-C" not in banner:
-            line = await asyncio.wait_for(proc.stdout.readline(), 120)
-            assert line, banner
-            banner += line.decode()
-        url = re.search(r"Hodei is running at (\S+)", banner)
-        assert url
-        yield url[1]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.communicate(), 60)
+    async with running_stack() as started:
+        yield started.url
 
 
 def _run(script: str, url: str, cwd: Path, *, strict: bool) -> subprocess.CompletedProcess[str]:
