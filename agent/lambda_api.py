@@ -19,7 +19,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -104,7 +104,7 @@ class RuntimeEndpoint:
         sock: socket.socket,
         function_arn: str,
         output_cap_bytes: int,
-        peer_allowed: Callable[[str], bool] | None = None,
+        peer_allowed: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.sock = sock
         host, port = sock.getsockname()[:2]
@@ -153,7 +153,7 @@ class RuntimeEndpoint:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.peer_allowed is not None:
             peer = request.transport.get_extra_info("peername") if request.transport else None
-            if not peer or not self.peer_allowed(str(peer[0])):
+            if not peer or not await self.peer_allowed(str(peer[0])):
                 log.warning("runtime API %s: refused a request from %s", self.address, peer)
                 return _json(403, {"errorType": "Forbidden", "errorMessage": "not yours"})
         path = request.path

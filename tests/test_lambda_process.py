@@ -14,10 +14,9 @@ from typing import Any
 import psutil
 import pytest
 from conftest import wait_for
+from lambda_harness import Harness
 
-from hodei.agent.instances import InstancePool
 from hodei.agent.process_instances import ProcessLauncher
-from hodei.agent.process_manager import ProcessManager
 from hodei.proto import hodei_pb2 as pb
 
 HANDLER = """
@@ -58,6 +57,10 @@ BROKEN = "raise RuntimeError('cannot even import')\n"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
+def process_launcher() -> ProcessLauncher:
+    return ProcessLauncher("test-mark", 4096, "hodei-test")
+
+
 @pytest.fixture
 def code(tmp_path: Path) -> Path:
     (tmp_path / "fn.py").write_text(HANDLER)
@@ -65,62 +68,9 @@ def code(tmp_path: Path) -> Path:
     return tmp_path
 
 
-class Harness:
-    """An agent's job handling without its connection: what the server would receive."""
-
-    def __init__(self, capacity_mb: int = 8192, reserved: int = 0) -> None:
-        self.messages: list[pb.AgentMessage] = []
-        self.results: dict[str, pb.JobResult] = {}
-        self.done: dict[str, asyncio.Event] = {}
-        self.reserved = reserved
-        self.pool = InstancePool(
-            {"process": ProcessLauncher("test-mark", 4096, "hodei-test")},
-            capacity_mb,
-            lambda: self.reserved,
-            default_idle_s=60,
-        )
-        self.manager = ProcessManager(
-            {},
-            self.messages.append,
-            self._result,
-            "w",
-            lambda_runtimes={"process": self.pool.runtime("process")},
-        )
-
-    def _result(self, result: pb.JobResult) -> None:
-        self.results[result.invocation_id] = result
-        self.done.setdefault(result.invocation_id, asyncio.Event()).set()
-
-    def assign(self, job: pb.AssignJobRequest) -> None:
-        self.done[job.invocation_id] = asyncio.Event()  # a new attempt waits for its own end
-        self.results.pop(job.invocation_id, None)
-        self.manager.start(job)
-
-    async def result(self, invocation_id: str, within: float = 30) -> pb.JobResult:
-        await asyncio.wait_for(self.done[invocation_id].wait(), within)
-        return self.results[invocation_id]
-
-    async def invoke(self, job: pb.AssignJobRequest, within: float = 30) -> pb.JobResult:
-        self.assign(job)
-        return await self.result(job.invocation_id, within)
-
-    def logs(self, invocation_id: str) -> list[str]:
-        return [
-            line.line
-            for m in self.messages
-            if m.WhichOneof("kind") == "log" and m.log.invocation_id == invocation_id
-            for line in m.log.lines
-        ]
-
-    def pools(self) -> dict[str, tuple[int, int, int]]:
-        return {
-            f"{p.function}@{p.revision}": (p.idle, p.busy, p.starting) for p in self.pool.pools()
-        }
-
-
 @pytest.fixture
 async def agent() -> AsyncIterator[Harness]:
-    harness = Harness()
+    harness = Harness(process_launcher())
     yield harness
     await harness.pool.close()
 
@@ -339,7 +289,7 @@ async def test_idle_instances_are_reaped_after_idle_s(agent: Harness, code: Path
 async def test_idle_instances_are_evicted_least_recently_used_under_memory_pressure(
     code: Path,
 ) -> None:
-    agent = Harness(capacity_mb=1024)
+    agent = Harness(process_launcher(), capacity_mb=1024)
     try:
         a = await agent.invoke(job(code, "a", {}, function="fa"))
         b = await agent.invoke(job(code, "b", {}, function="fb"))
@@ -374,7 +324,7 @@ async def test_an_explicit_command_runs_the_runtime_client(agent: Harness, code:
 
 
 async def test_instances_stop_with_the_pool(code: Path) -> None:
-    agent = Harness()
+    agent = Harness(process_launcher())
     result = await agent.invoke(job(code, "one", {}))
     await agent.pool.close()
     assert not agent.pool.instances

@@ -1,0 +1,185 @@
+"""Lambda container instances against a real engine, with a minimal Runtime API client
+written in busybox shell (nc and sed), in the busybox test image."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from conftest import ROOT, require, wait_for
+from lambda_harness import Harness
+
+from hodei.agent.docker_instances import LABEL_INSTANCE, DockerLauncher, network_name
+from hodei.agent.docker_runtime import DockerRuntime
+from hodei.agent.docker_spec import DockerOptions, host_config
+from hodei.agent.identity import LABEL_MARK
+from hodei.proto import hodei_pb2 as pb
+
+IMAGE = "hodei-test/busybox:latest"
+
+# The runtime client: a shell loop over the Runtime API (see the file).
+RUNTIME = (Path(__file__).parent / "lambda_runtime.sh").read_text()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[docker.APIClient]:
+    try:
+        client = docker.APIClient(version="1.41", timeout=10)
+        client.ping()
+    except Exception:
+        client = None
+    require("Docker engine", client is not None)
+    assert client is not None
+    try:
+        client.inspect_image(IMAGE)
+    except docker.errors.ImageNotFound:
+        subprocess.run([str(ROOT / ".ci" / "test-image"), IMAGE], check=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def agent(engine: docker.APIClient) -> AsyncIterator[Harness]:
+    runtime = DockerRuntime("lambda-test", "a" * 32, 1 << 20, DockerOptions())
+    assert await runtime.probe()
+    launcher = DockerLauncher(runtime, 1 << 20, "hodei-test")
+    harness = Harness(launcher)
+    yield harness
+    await harness.pool.close()
+    await launcher.close()
+    runtime.close()
+
+
+def job(invocation_id: str, event: Any, function: str = "sh", **kw: Any) -> pb.AssignJobRequest:
+    fields: dict[str, Any] = {
+        "invocation_id": invocation_id,
+        "attempt": 1,
+        "function": function,
+        "runtime": "docker",
+        "interface": "lambda",
+        "image": IMAGE,
+        "command": ["sh", "-c", RUNTIME],
+        "revision": "r1",
+        "timeout_s": 20,
+        "resources": pb.Resources(memory_mb=64, cpu_millicores=500),
+    }
+    fields.update(kw)
+    return pb.AssignJobRequest(payload=json.dumps(event).encode(), **fields)
+
+
+def instances(engine: docker.APIClient, function: str = "") -> list[dict[str, Any]]:
+    labels = [LABEL_INSTANCE, f"{LABEL_MARK}={'a' * 32}"]
+    if function:
+        labels.append(f"hodei.function={function}")
+    found: list[dict[str, Any]] = engine.containers(all=True, filters={"label": labels})
+    return found
+
+
+async def test_a_container_instance_serves_invocations_warm(
+    agent: Harness, engine: docker.APIClient
+) -> None:
+    first = await agent.invoke(
+        job("c-1", {"x": 1}, traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
+    )
+    assert first.outcome == pb.JOB_OUTCOME_SUCCEEDED, first.error
+    assert first.cold_start and first.init_ms > 0
+    seen = json.loads(first.output)
+    assert seen["n"] == 1 and seen["id"] == "c-1" and seen["event"] == {"x": 1}
+    assert seen["trace"] == f"Root=1-{'ab' * 4}-{'ab' * 12};Parent={'cd' * 8};Sampled=1"
+    assert seen["deadline"] > first.started_at_ms
+    gateway = agent.pool.launchers["docker"].gateways[False][1]  # type: ignore[attr-defined]
+    assert seen["api"].startswith(gateway + ":")
+    assert "serving c-1 #1" in agent.logs("c-1")
+    for i in range(2, 12):
+        result = await agent.invoke(job(f"c-{i}", {"x": i}))
+        assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED and not result.cold_start
+        assert json.loads(result.output)["n"] == i
+        assert agent.logs(f"c-{i}") == [f"serving c-{i} #{i}"]
+    assert len(instances(engine, "sh")) == 1
+
+
+async def test_instance_containers_keep_the_stdio_hardening(
+    agent: Harness, engine: docker.APIClient
+) -> None:
+    await agent.invoke(job("h", {}))
+    (container,) = instances(engine, "sh")
+    config = engine.inspect_container(container["Id"])["HostConfig"]
+    wanted = host_config(job("h", {}), DockerOptions())
+    assert config["CapDrop"] == wanted["cap_drop"] == ["ALL"]
+    assert config["SecurityOpt"] == ["no-new-privileges"] and config["ReadonlyRootfs"]
+    assert config["PidsLimit"] == wanted["pids_limit"]
+    assert config["Memory"] == config["MemorySwap"] == 64 * 1024 * 1024
+    assert config["NanoCpus"] == 500_000_000
+    assert "/tmp" in config["Tmpfs"]
+    assert config["NetworkMode"] == network_name("a" * 32, outbound=False)
+    assert engine.inspect_container(container["Id"])["Config"]["User"] == "65534:65534"
+    network = engine.inspect_network(config["NetworkMode"])
+    assert (
+        network["Internal"]
+        and network["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+    )
+
+
+async def test_without_network_an_instance_reaches_only_its_own_endpoint(
+    agent: Harness,
+) -> None:
+    other = await agent.invoke(job("other", {}, function="other"))
+    other_api = json.loads(other.output)["api"]
+    probe = await agent.invoke(job("probe", {"probe": other_api}))
+    assert probe.outcome == pb.JOB_OUTCOME_SUCCEEDED, probe.error
+    seen = dict(item.split("=", 1) for item in json.loads(probe.output).split())
+    assert seen == {
+        "own": "open",
+        "redis-local": "closed",
+        "redis-gateway": "closed",
+        "internet": "closed",
+        # Another function's endpoint hands nothing to a stranger.
+        "other": "wget:_server_returned_error:_HTTP/1.1_403_Forbidden",
+    }
+    # The other function's instance still serves its own invocations.
+    again = await agent.invoke(job("other-2", {}, function="other"))
+    assert again.outcome == pb.JOB_OUTCOME_SUCCEEDED and not again.cold_start
+
+
+async def test_errors_init_errors_timeouts_and_crashes_in_containers(
+    agent: Harness, engine: docker.APIClient
+) -> None:
+    failed = await agent.invoke(job("f", {"fail": 1}))
+    assert failed.outcome == pb.JOB_OUTCOME_FAILED and failed.error == "Shell.Error: it failed"
+    ok = await agent.invoke(job("ok", {}))
+    assert ok.outcome == pb.JOB_OUTCOME_SUCCEEDED and not ok.cold_start
+
+    init = await agent.invoke(job("i", {}, function="init", env={"INIT_FAIL": "1"}))
+    assert init.outcome == pb.JOB_OUTCOME_FAILED and init.error == "Init.Config: no config"
+
+    slow = await agent.invoke(job("s", {"sleep": 1}, timeout_s=2))
+    assert slow.outcome == pb.JOB_OUTCOME_TIMED_OUT
+    crash = await agent.invoke(job("c", {"crash": 1}))
+    assert crash.outcome == pb.JOB_OUTCOME_FAILED and "exit code 3" in crash.error
+    assert crash.cold_start  # the timeout took the instance that served "s"
+    await wait_for(lambda: not instances(engine, "sh"), 20)
+    await wait_for(lambda: not instances(engine, "init"), 20)
+
+
+async def test_idle_containers_are_reaped(agent: Harness, engine: docker.APIClient) -> None:
+    result = await agent.invoke(job("r", {}, warm=pb.WarmPolicy(idle_s=0.5)))
+    assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED
+    assert instances(engine, "sh")
+    await wait_for(lambda: not agent.pools(), 10)
+    await wait_for(lambda: not instances(engine, "sh"), 20)
+
+
+async def test_leftover_instance_containers_are_removed(
+    agent: Harness, engine: docker.APIClient
+) -> None:
+    await agent.invoke(job("l", {}))
+    launcher = agent.pool.launchers["docker"]
+    assert isinstance(launcher, DockerLauncher)
+    # A new life of the same agent (same mark) removes what the previous one left.
+    assert await launcher.leftovers() == 1
+    assert not instances(engine)
