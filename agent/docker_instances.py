@@ -181,8 +181,8 @@ class DockerLauncher:
         sock.listen(8)
         address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-        async def own_container(peer: str) -> bool:
-            return peer == await asyncio.shield(address)
+        async def own_container(peer: tuple[str, int]) -> bool:
+            return peer[0] == await asyncio.shield(address)
 
         endpoint = RuntimeEndpoint(
             sock, function_arn(job, self.region), self.output_cap_bytes, own_container

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -104,7 +105,7 @@ class RuntimeEndpoint:
         sock: socket.socket,
         function_arn: str,
         output_cap_bytes: int,
-        peer_allowed: Callable[[str], Awaitable[bool]] | None = None,
+        peer_allowed: Callable[[tuple[str, int]], Awaitable[bool]] | None = None,
     ) -> None:
         self.sock = sock
         host, port = sock.getsockname()[:2]
@@ -122,6 +123,7 @@ class RuntimeEndpoint:
             self._handle, handler_cancellation=True, access_log=None, keepalive_timeout=3600
         )
         self._listener: asyncio.AbstractServer | None = None
+        self._trusted: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
     async def start(self) -> None:
         self.sock.setblocking(False)
@@ -151,11 +153,15 @@ class RuntimeEndpoint:
 
     # -- HTTP ------------------------------------------------------------------------
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if self.peer_allowed is not None:
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            if not peer or not await self.peer_allowed(str(peer[0])):
+        transport = request.transport
+        if self.peer_allowed is not None and transport not in self._trusted:
+            # Checked once per connection: the runtime clients keep theirs alive.
+            peer = transport.get_extra_info("peername") if transport else None
+            if not peer or not await self.peer_allowed((str(peer[0]), int(peer[1]))):
                 log.warning("runtime API %s: refused a request from %s", self.address, peer)
                 return _json(403, {"errorType": "Forbidden", "errorMessage": "not yours"})
+            if transport is not None:
+                self._trusted.add(transport)
         path = request.path
         if request.method == "GET" and path == f"{PREFIX}/invocation/next":
             return await self._next()

@@ -16,6 +16,8 @@ import socket
 import sys
 from collections.abc import Callable
 
+import psutil
+
 from hodei.agent.identity import ENV_MARK
 from hodei.agent.lambda_api import RuntimeEndpoint
 from hodei.agent.lambda_env import function_arn, instance_env
@@ -55,6 +57,39 @@ def command_of(job: pb.AssignJobRequest) -> list[str]:
     if job.command:
         return list(job.command)
     return [sys.executable, "-m", "awslambdaric", job.handler]
+
+
+def _proc_address(ip: str, port: int) -> str:
+    """An IPv4 address as /proc/net/tcp writes it (the address bytes little-endian)."""
+    return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
+
+
+def connection_owner(pid: int, peer: tuple[str, int], endpoint: tuple[str, int]) -> bool:
+    """Whether the connection from ``peer`` to ``endpoint`` was opened by process ``pid`` or
+    one of its descendants: its socket's inode, found in the TCP table of pid's network
+    namespace, among their open files."""
+    local, remote = _proc_address(*peer), _proc_address(*endpoint)
+    inode = ""
+    try:
+        with open(f"/proc/{pid}/net/tcp") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 9 and fields[1] == local and fields[2] == remote:
+                    inode = fields[9]
+                    break
+        if not inode or inode == "0":
+            return False
+        wanted = f"socket:[{inode}]"
+        owners = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except (OSError, psutil.Error):
+        return False
+    for owner in owners:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{owner}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{owner}/fd/{fd}") == wanted:
+                        return True
+    return False
 
 
 class PipeReader:
@@ -129,8 +164,18 @@ class ProcessLauncher:
     async def launch(
         self, job: pb.AssignJobRequest, instance_id: str, output: Output
     ) -> tuple[RuntimeEndpoint, ProcessInstance]:
+        sock = listen_socket(job)
+        address = sock.getsockname()[:2]
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def own_process(peer: tuple[str, int]) -> bool:
+            # Loopback is shared by every process of the host: only the instance's own
+            # processes may take its invocations.
+            owner = await asyncio.shield(pid)
+            return owner > 0 and await asyncio.to_thread(connection_owner, owner, peer, address)
+
         endpoint = RuntimeEndpoint(
-            listen_socket(job), function_arn(job, self.region), self.output_cap_bytes
+            sock, function_arn(job, self.region), self.output_cap_bytes, own_process
         )
         await endpoint.start()
         env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
@@ -141,6 +186,7 @@ class ProcessLauncher:
         try:
             proc = await spawn(command_of(job), env, self.workdir, out_w, err_w)
         except BaseException:
+            pid.set_result(0)
             for fd in (out_r, err_r):
                 os.close(fd)
             await endpoint.close()
@@ -148,6 +194,7 @@ class ProcessLauncher:
         finally:
             os.close(out_w)
             os.close(err_w)
+        pid.set_result(proc.pid)
         _limit_memory(proc.pid, job.resources.memory_mb)
         pipes = [PipeReader(out_r, "stdout", output), PipeReader(err_r, "stderr", output)]
         return endpoint, ProcessInstance(proc, pipes)

@@ -113,8 +113,8 @@ async def test_asking_for_more_without_answering_fails_the_open_invocation(
 
 
 async def test_a_stranger_gets_nothing(http: aiohttp.ClientSession) -> None:
-    async def only_me(peer: str) -> bool:
-        return peer == "10.9.9.9"
+    async def only_me(peer: tuple[str, int]) -> bool:
+        return peer[0] == "10.9.9.9"
 
     ep = RuntimeEndpoint(listening(), "arn", 100, peer_allowed=only_me)
     await ep.start()

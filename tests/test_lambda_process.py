@@ -37,11 +37,20 @@ def handler(event, context):
         os._exit(3)
     if action == "big":
         return "x" * event["n"]
+    if action == "steal":
+        import urllib.error, urllib.request
+        url = f"http://{event['api']}/2018-06-01/runtime/invocation/next"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return {"status": answer.status, "body": answer.read().decode()}
+        except urllib.error.HTTPError as exc:
+            return {"status": exc.code}
     if action == "raw":
         return {"raw": event.decode()}
     names = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "_HANDLER",
              "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_REGION", "LAMBDA_TASK_ROOT",
-             "HODEI_FUNCTION", "HODEI_REVISION", "HODEI_AGENT_MARK", "SECRET", "_X_AMZN_TRACE_ID"]
+             "HODEI_FUNCTION", "HODEI_REVISION", "HODEI_AGENT_MARK", "SECRET", "_X_AMZN_TRACE_ID",
+             "AWS_LAMBDA_RUNTIME_API"]
     return {
         "pid": os.getpid(),
         "count": COUNT,
@@ -206,6 +215,29 @@ async def test_cancel_kills_the_instance_serving_the_invocation(agent: Harness, 
     cancelled = await agent.result("long")
     assert cancelled.outcome == pb.JOB_OUTCOME_CANCELLED
     await wait_for(lambda: not psutil.pid_exists(output(first)["pid"]), 10)
+
+
+async def test_an_instance_cannot_pull_another_functions_invocations(
+    agent: Harness, code: Path
+) -> None:
+    victim = await agent.invoke(job(code, "victim", {}, function="victim"))
+    api = output(victim)["env"]["AWS_LAMBDA_RUNTIME_API"]
+    # The victim's instance is idle in `next`; give it work, then let a thief ask for it.
+    agent.assign(job(code, "secret", {"action": "sleep", "s": 0.5}, function="victim"))
+    thief = await agent.invoke(job(code, "thief", {"action": "steal", "api": api}))
+    assert output(thief) == {"status": 403}
+    assert (await agent.result("secret")).outcome == pb.JOB_OUTCOME_SUCCEEDED
+    # Nor can any other local process.
+    proc = await asyncio.create_subprocess_exec(
+        "python3",
+        "-c",
+        "import urllib.request, urllib.error, sys\n"
+        "try: urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+        "except urllib.error.HTTPError as e: print(e.code)",
+        f"http://{api}/2018-06-01/runtime/invocation/next",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert (await proc.communicate())[0].strip() == b"403"
 
 
 async def test_the_response_is_capped_like_stdout(agent: Harness, code: Path) -> None:
