@@ -98,18 +98,18 @@ def error_of(body: bytes, header_type: str) -> str:
 
 
 class RuntimeEndpoint:
-    """The Runtime API of one instance on the listening socket ``sock``."""
+    """The Runtime API of one instance, at ``address``: served on a listening socket of
+    its own (``serve``), or by a listener shared with other instances that hands each
+    request to the endpoint of the instance that sent it (``handle``)."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        address: str,
         function_arn: str,
         output_cap_bytes: int,
         peer_allowed: Callable[[tuple[str, int]], Awaitable[bool]] | None = None,
     ) -> None:
-        self.sock = sock
-        host, port = sock.getsockname()[:2]
-        self.address = f"{host}:{port}"
+        self.address = address
         self.function_arn = function_arn
         self.output_cap_bytes = output_cap_bytes
         self.peer_allowed = peer_allowed
@@ -119,24 +119,17 @@ class RuntimeEndpoint:
         self._pending: Invocation | None = None  # offered, not taken by `next` yet
         self._taken: Invocation | None = None  # handed out, not answered yet
         self._work = asyncio.Event()
-        self._server = web.Server(
-            self._handle, handler_cancellation=True, access_log=None, keepalive_timeout=3600
-        )
-        self._listener: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self._trusted: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
-    async def start(self) -> None:
-        self.sock.setblocking(False)
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._server, sock=self.sock
-        )
+    async def serve(self, sock: socket.socket) -> None:
+        """Listen on ``sock`` for this instance alone."""
+        self._listener = Listener(sock, self.handle)
+        await self._listener.start()
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.close()
-        with contextlib.suppress(Exception):
-            await self._server.shutdown(0.5)
-        self.sock.close()
+            await self._listener.close()
 
     def offer(self, invocation: Invocation) -> None:
         """Give the instance its next invocation; its answer resolves ``invocation.reply``."""
@@ -152,14 +145,14 @@ class RuntimeEndpoint:
         self._work.clear()
 
     # -- HTTP ------------------------------------------------------------------------
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         transport = request.transport
         if self.peer_allowed is not None and transport not in self._trusted:
             # Checked once per connection: the runtime clients keep theirs alive.
             peer = transport.get_extra_info("peername") if transport else None
             if not peer or not await self.peer_allowed((str(peer[0]), int(peer[1]))):
                 log.warning("runtime API %s: refused a request from %s", self.address, peer)
-                return _json(403, {"errorType": "Forbidden", "errorMessage": "not yours"})
+                return forbidden()
             if transport is not None:
                 self._trusted.add(transport)
         path = request.path
@@ -227,6 +220,40 @@ class RuntimeEndpoint:
         if not self.init_error.done():
             self.init_error.set_result(error)
         return _json(202, {"status": "OK"})
+
+
+class Listener:
+    """An HTTP/1.1 server (keep-alive, long polls) on a listening socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> None:
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address = f"{host}:{port}"
+        self._server = web.Server(
+            handler, handler_cancellation=True, access_log=None, keepalive_timeout=3600
+        )
+        self._listener: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.sock.setblocking(False)
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._server, sock=self.sock
+        )
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        with contextlib.suppress(Exception):
+            await self._server.shutdown(0.5)
+        self.sock.close()
+
+
+def forbidden() -> web.Response:
+    return _json(403, {"errorType": "Forbidden", "errorMessage": "not yours"})
 
 
 async def _read_capped(request: web.BaseRequest, cap: int) -> bytes:

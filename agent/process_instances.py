@@ -175,9 +175,12 @@ class ProcessLauncher:
             return owner > 0 and await asyncio.to_thread(connection_owner, owner, peer, address)
 
         endpoint = RuntimeEndpoint(
-            sock, function_arn(job, self.region), self.output_cap_bytes, own_process
+            f"{address[0]}:{address[1]}",
+            function_arn(job, self.region),
+            self.output_cap_bytes,
+            own_process,
         )
-        await endpoint.start()
+        await endpoint.serve(sock)
         env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
         env.update(instance_env(job, endpoint.address, self.region, instance_id, self.workdir))
         env[ENV_MARK] = self.mark

@@ -28,10 +28,9 @@ while :; do
     *crash*) exit 3 ;;
     *fail*) post "invocation/$id/error" '{"errorMessage":"it failed","errorType":"Shell.Error","stackTrace":[]}'; continue ;;
     *probe*)
-      other=$(echo "$event" | sed -n 's/.*"probe": *"\([^"]*\)".*/\1/p')
-      answer=$(wget -q -O- "http://$other/2018-06-01/runtime/invocation/next" 2>&1 | tr -d '\r' | tr ' ' _)
+      service=$(echo "$event" | sed -n 's/.*"port": *\([0-9]*\).*/\1/p')
       result="$(check own "${api%:*}" "${api#*:}") $(check redis-local 127.0.0.1 6379) $(check redis-gateway "${api%:*}" 6379) $(check internet 1.1.1.1 80)"
-      result="$result other=$answer"
+      result="$result $(check host-service "${api%:*}" "$service")"
       post "invocation/$id/response" "\"$result\""; continue ;;
   esac
   post "invocation/$id/response" "{\"n\":$n,\"id\":\"$id\",\"deadline\":$deadline,\"trace\":\"$trace\",\"api\":\"$api\",\"event\":$event}"

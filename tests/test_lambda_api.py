@@ -30,8 +30,9 @@ def listening() -> socket.socket:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[RuntimeEndpoint]:
-    ep = RuntimeEndpoint(listening(), "arn:hodei:lambda:r:0:function:f", output_cap_bytes=10)
-    await ep.start()
+    sock = listening()
+    ep = RuntimeEndpoint("{}:{}".format(*sock.getsockname()), "arn:hodei:lambda:r:0:function:f", 10)
+    await ep.serve(sock)
     yield ep
     await ep.close()
 
@@ -116,8 +117,9 @@ async def test_a_stranger_gets_nothing(http: aiohttp.ClientSession) -> None:
     async def only_me(peer: tuple[str, int]) -> bool:
         return peer[0] == "10.9.9.9"
 
-    ep = RuntimeEndpoint(listening(), "arn", 100, peer_allowed=only_me)
-    await ep.start()
+    sock = listening()
+    ep = RuntimeEndpoint("{}:{}".format(*sock.getsockname()), "arn", 100, peer_allowed=only_me)
+    await ep.serve(sock)
     try:
         invocation = Invocation("secret", b"{}", 1, "")
         ep.offer(invocation)

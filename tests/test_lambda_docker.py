@@ -3,12 +3,14 @@ written in busybox shell (nc and sed), in the busybox test image."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import docker
 import pytest
 from conftest import ROOT, require, wait_for
@@ -92,7 +94,7 @@ async def test_a_container_instance_serves_invocations_warm(
     assert seen["n"] == 1 and seen["id"] == "c-1" and seen["event"] == {"x": 1}
     assert seen["trace"] == f"Root=1-{'ab' * 4}-{'ab' * 12};Parent={'cd' * 8};Sampled=1"
     assert seen["deadline"] > first.started_at_ms
-    gateway = agent.pool.launchers["docker"].gateways[False][1]  # type: ignore[attr-defined]
+    gateway = agent.pool.launchers["docker"].networks[False].gateway  # type: ignore[attr-defined]
     assert seen["api"].startswith(gateway + ":")
     assert "serving c-1 #1" in agent.logs("c-1")
     for i in range(2, 12):
@@ -128,9 +130,13 @@ async def test_instance_containers_keep_the_stdio_hardening(
 async def test_without_network_an_instance_reaches_only_its_own_endpoint(
     agent: Harness,
 ) -> None:
-    other = await agent.invoke(job("other", {}, function="other"))
-    other_api = json.loads(other.output)["api"]
-    probe = await agent.invoke(job("probe", {"probe": other_api}))
+    # A service of the host listening on every address (as a Consul agent may).
+    service = await asyncio.start_server(lambda r, w: w.close(), "0.0.0.0", 0)
+    port = service.sockets[0].getsockname()[1]
+    try:
+        probe = await agent.invoke(job("probe", {"probe": 1, "port": port}))
+    finally:
+        service.close()
     assert probe.outcome == pb.JOB_OUTCOME_SUCCEEDED, probe.error
     seen = dict(item.split("=", 1) for item in json.loads(probe.output).split())
     assert seen == {
@@ -138,12 +144,27 @@ async def test_without_network_an_instance_reaches_only_its_own_endpoint(
         "redis-local": "closed",
         "redis-gateway": "closed",
         "internet": "closed",
-        # Another function's endpoint hands nothing to a stranger.
-        "other": "wget:_server_returned_error:_HTTP/1.1_403_Forbidden",
+        "host-service": "closed",
     }
-    # The other function's instance still serves its own invocations.
-    again = await agent.invoke(job("other-2", {}, function="other"))
-    assert again.outcome == pb.JOB_OUTCOME_SUCCEEDED and not again.cold_start
+
+
+async def test_an_instance_gets_only_its_own_invocations(agent: Harness) -> None:
+    """All instances of a network share one listener, which hands each request to the
+    endpoint of the container that sent it: there is no other endpoint to ask."""
+    victim = await agent.invoke(job("v1", {}, function="victim"))
+    thief = await agent.invoke(job("t1", {}, function="thief"))
+    api = json.loads(victim.output)["api"]
+    assert json.loads(thief.output)["api"] == api
+    # Give the victim's idle instance work it holds for a while...
+    agent.assign(job("v2", {"sleep": 1}, function="victim", timeout_s=1))
+    # ...and anyone else asking gets nothing: the thief's own request is its own `next`
+    # (it is answered with the thief's invocation), a stranger's is refused.
+    next_url = f"http://{api}/2018-06-01/runtime/invocation/next"
+    async with aiohttp.ClientSession() as http, http.get(next_url) as answer:
+        assert answer.status == 403
+    stolen = await agent.invoke(job("t2", {"x": 2}, function="thief"))
+    assert json.loads(stolen.output)["id"] == "t2" and not stolen.cold_start
+    assert (await agent.result("v2")).outcome == pb.JOB_OUTCOME_TIMED_OUT
 
 
 async def test_errors_init_errors_timeouts_and_crashes_in_containers(
