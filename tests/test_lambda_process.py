@@ -364,3 +364,14 @@ async def test_instances_stop_with_the_pool(code: Path) -> None:
         psutil.Process(output(result)["pid"]).status() == psutil.STATUS_ZOMBIE
     )
     assert os.environ.get("AWS_LAMBDA_RUNTIME_API") is None
+
+
+async def test_the_demo_handler_shipped_with_hodei_runs_warm(agent: Harness, code: Path) -> None:
+    demo = {"handler": "hodei.agent.lambda_demo.handler", "env": {}, "function": "demo"}
+    first = await agent.invoke(job(code, "d1", {"name": "Ada"}, **demo))
+    second = await agent.invoke(job(code, "d2", {}, **demo))
+    assert output(first)["hello"] == "Ada" and output(second)["hello"] == "world"
+    assert output(second)["served"] == 2 and not second.cold_start
+    assert agent.logs("d2") == [
+        f"hello world from instance {output(second)['instance_pid']} (invocation 2)"
+    ]
