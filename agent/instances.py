@@ -185,8 +185,25 @@ class InstancePool:
         key = self._learn(job)
         self._retire(policy.stale(list(self.instances.values()), key), "another revision")
 
-        def ended(outcome: pb.JobOutcome.ValueType, error: str, **kw: object) -> Outcome:
-            return Outcome(outcome, error=error, started_ms=started, finished_ms=now_ms(), **kw)  # type: ignore[arg-type]
+        def ended(
+            outcome: pb.JobOutcome.ValueType,
+            error: str,
+            exit_code: int,
+            reply: Reply | None = None,
+            cold_start: bool = False,
+            init_ms: int = 0,
+        ) -> Outcome:
+            return Outcome(
+                outcome,
+                exit_code=exit_code,
+                error=error,
+                output=reply.body if reply else b"",
+                truncated=reply.truncated if reply else False,
+                started_ms=started,
+                finished_ms=now_ms(),
+                cold_start=cold_start,
+                init_ms=init_ms,
+            )
 
         instance: Instance | None = None
         cold = False
@@ -221,24 +238,16 @@ class InstancePool:
                     return ended(*failure, exit_code=-1, cold_start=True)
                 instance.state = State.BUSY
             kind, reply = await self._invoke(instance, job, deadline_ms, cancel, deadline)
+        except BaseException:
+            instance.kill()  # abandoned mid-way (the agent stops): it cannot serve again
+            raise
         finally:
             instance.take_output()
             instance.sink = None
             instance.invocation = ""
-        init_ms = instance.init_ms if cold else 0
-        if reply.ok:
-            outcome = ended(
-                pb.JOB_OUTCOME_SUCCEEDED,
-                "",
-                output=reply.body,
-                truncated=reply.truncated,
-                cold_start=cold,
-                init_ms=init_ms,
-            )
-        else:
-            outcome = ended(kind, reply.error, exit_code=1, cold_start=cold, init_ms=init_ms)
         self._release(instance)
-        return outcome
+        init_ms = instance.init_ms if cold else 0
+        return ended(kind, reply.error, 0 if reply.ok else 1, reply, cold, init_ms)
 
     async def _invoke(
         self,
@@ -358,12 +367,14 @@ class InstancePool:
                 if instance.state is State.STARTING and not instance.claimed:
                     self._release(instance)
             code = await exited
+            was_stopping = instance.state is State.STOPPING
+            instance.state = State.STOPPING  # never chosen again
             instance.exit_code.set_result(code)
             if not instance.up.done():
                 instance.up.set_exception(
                     RuntimeError(f"the instance exited while starting ({_exit(instance)})")
                 )
-            if instance.state is not State.STOPPING:
+            if not was_stopping:
                 log.warning(
                     "instance %s (%s) exited (%s)", instance.id, job.function, _exit(instance)
                 )
