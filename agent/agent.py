@@ -26,7 +26,8 @@ from hodei.agent.docker_instances import DockerLauncher
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.identity import agent_mark
-from hodei.agent.instances import InstancePool, Launcher
+from hodei.agent.instance import Launcher
+from hodei.agent.instances import InstancePool
 from hodei.agent.process_instances import ProcessLauncher
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers

@@ -35,6 +35,7 @@ from aiohttp import web
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import LABEL_FUNCTION, FrameReader, host_config
 from hodei.agent.identity import LABEL_MARK
+from hodei.agent.instance import Output
 from hodei.agent.lambda_api import Listener, RuntimeEndpoint, forbidden
 from hodei.agent.lambda_env import function_arn, instance_env
 from hodei.errors import ImagePullFailed
@@ -46,7 +47,6 @@ LABEL_REVISION = "hodei.revision"
 ICC = "com.docker.network.bridge.enable_icc"
 BRIDGE = "com.docker.network.bridge.name"
 CHUNK = 64 * 1024
-Output = Callable[[str, bytes], None]
 
 
 def network_name(mark: str, outbound: bool) -> str:

@@ -12,91 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from hodei.agent import instance_policy as policy
+from hodei.agent.instance import Instance, Launcher, exit_text
 from hodei.agent.instance_policy import Choice, PoolKey, State
-from hodei.agent.lambda_api import NO_DEADLINE_MS, Invocation, Reply, RuntimeEndpoint
-from hodei.agent.runtime import LineSplitter, LogSink, Outcome, now_ms
+from hodei.agent.lambda_api import NO_DEADLINE_MS, Invocation, Reply
+from hodei.agent.runtime import LogSink, Outcome, now_ms
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
-Output = Callable[[str, bytes], None]
-
-
-class Backend(Protocol):
-    """The process or container behind an instance."""
-
-    async def wait(self) -> int:
-        """Until it exits; its exit code."""
-        ...
-
-    def drain(self) -> None:
-        """Hand over, now, the output it has written so far."""
-        ...
-
-    def kill(self) -> None: ...
-
-
-class Launcher(Protocol):
-    name: str
-
-    @property
-    def available(self) -> bool: ...
-
-    async def launch(
-        self, job: pb.AssignJobRequest, instance_id: str, output: Output
-    ) -> tuple[RuntimeEndpoint, Backend]: ...
-
-
-_ids = itertools.count(1)
-
-
-class Instance:
-    def __init__(self, job: pb.AssignJobRequest, runtime: str, claimed: bool) -> None:
-        self.id = f"{os.getpid():x}-{next(_ids)}"
-        self.key = PoolKey(job.function, job.revision)
-        self.runtime = runtime
-        self.memory_mb = job.resources.memory_mb
-        self.state = State.STARTING
-        self.claimed = claimed
-        self.last_used = time.monotonic()
-        self.spawned = time.monotonic()
-        self.init_ms = 0
-        self.endpoint: RuntimeEndpoint | None = None
-        self.backend: Backend | None = None
-        self.exit_code: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sink: LogSink | None = None  # the logs of the invocation it serves
-        self.invocation = ""
-        self.lines = {s: LineSplitter(s, self._line) for s in ("stdout", "stderr")}
-
-    def output(self, stream: str, data: bytes) -> None:
-        self.lines[stream].feed(data)
-
-    def _line(self, stream: str, line: str) -> None:
-        if self.sink is not None:
-            self.sink(stream, line)
-        else:
-            log.debug("instance %s (%s) %s: %s", self.id, self.key.function, stream, line)
-
-    def take_output(self) -> None:
-        """Everything written so far goes to the current invocation's logs."""
-        if self.backend is not None:
-            self.backend.drain()
-        for splitter in self.lines.values():
-            splitter.close()
-
-    def kill(self) -> None:
-        self.state = State.STOPPING
-        if self.backend is not None:
-            self.backend.kill()
 
 
 class InstancePool:
@@ -282,7 +211,7 @@ class InstancePool:
             return (pb.JOB_OUTCOME_SUCCEEDED if reply.ok else pb.JOB_OUTCOME_FAILED), reply
         kind: pb.JobOutcome.ValueType = pb.JOB_OUTCOME_FAILED
         if instance.exit_code in done:
-            reason = f"the instance exited during the invocation ({_exit(instance)})"
+            reason = f"the instance exited during the invocation ({exit_text(instance)})"
         elif cancelled in done:
             kind, reason = pb.JOB_OUTCOME_CANCELLED, "cancelled"
         else:
@@ -372,11 +301,11 @@ class InstancePool:
             instance.exit_code.set_result(code)
             if not instance.up.done():
                 instance.up.set_exception(
-                    RuntimeError(f"the instance exited while starting ({_exit(instance)})")
+                    RuntimeError(f"the instance exited while starting ({exit_text(instance)})")
                 )
             if not was_stopping:
                 log.warning(
-                    "instance %s (%s) exited (%s)", instance.id, job.function, _exit(instance)
+                    "instance %s (%s) exited (%s)", instance.id, job.function, exit_text(instance)
                 )
             await endpoint.close()
         finally:
@@ -476,10 +405,3 @@ def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - asyncio.get_running_loop().time())
-
-
-def _exit(instance: Instance) -> str:
-    code = instance.exit_code.result() if instance.exit_code.done() else None
-    if code is None:
-        return "still running"
-    return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"

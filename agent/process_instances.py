@@ -14,18 +14,17 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 
 import psutil
 
 from hodei.agent.identity import ENV_MARK
+from hodei.agent.instance import Output
 from hodei.agent.lambda_api import RuntimeEndpoint
 from hodei.agent.lambda_env import function_arn, instance_env
 from hodei.agent.process_runtime import PASSED_THROUGH, _limit_memory
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
-Output = Callable[[str, bytes], None]  # (stream, data)
 
 
 def listen_socket(job: pb.AssignJobRequest) -> socket.socket:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from hodei.agent.instances import InstancePool, Launcher
+from hodei.agent.instance import Launcher
+from hodei.agent.instances import InstancePool
 from hodei.agent.process_manager import ProcessManager
 from hodei.proto import hodei_pb2 as pb
 
