@@ -12,9 +12,11 @@ the listener's port from the bridge, drop the rest (when the agent runs as root 
 not another container, not the internet, not the host's loopback (its 127.0.0.1 is its own)
 nor its other services.
 
-The attached stdout/stderr stream is read by the loop and, when an invocation ends, to its
-current end, like the pipes of a process instance (the engine relays the output, so a line
-written just before the answer can still arrive a moment after it).
+The attached stdout/stderr stream is read by the loop and, when an invocation ends, until
+it has been quiet for a few milliseconds: the engine relays the output, so a line written
+just before the answer can arrive after it. Under load one can arrive later still: it then
+misses its invocation's logs, or lands in the next one's (process instances have no such
+lag: their pipes are read to the end when the answer comes).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ LABEL_REVISION = "hodei.revision"
 ICC = "com.docker.network.bridge.enable_icc"
 BRIDGE = "com.docker.network.bridge.name"
 CHUNK = 64 * 1024
+SETTLE_QUIET_S = 0.003
+SETTLE_MAX_S = 0.03
 
 
 def network_name(mark: str, outbound: bool) -> str:
@@ -172,6 +176,7 @@ class ContainerInstance:
         self.ended = asyncio.get_running_loop().create_future()
         self._removal: asyncio.Future[Any] | None = None
         self.forget: Callable[[], object] = lambda: None  # its address no longer routes here
+        self.last_output = 0.0  # loop time
 
     def follow(self, output: Output) -> None:
         self.frames = FrameReader(lambda b: output("stdout", b), lambda b: output("stderr", b))
@@ -190,8 +195,23 @@ class ContainerInstance:
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
                 self.ended.set_result(None)
                 return
+            self.last_output = asyncio.get_running_loop().time()
             if self.frames is not None:
                 self.frames.feed(data)
+
+    async def settle(self) -> None:
+        """The engine relays the container's output: a line written just before the answer
+        can arrive a moment after it. Wait until the stream has been quiet for
+        ``SETTLE_QUIET_S`` (at most ``SETTLE_MAX_S``)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_MAX_S
+        while not self.ended.done():
+            quiet_until = max(self.last_output, loop.time() - SETTLE_QUIET_S) + SETTLE_QUIET_S
+            wake = min(quiet_until, until)
+            if wake <= loop.time():
+                return
+            await asyncio.sleep(wake - loop.time())
+            self.drain()
 
     async def wait(self) -> int:
         await self.ended

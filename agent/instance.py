@@ -31,6 +31,10 @@ class Backend(Protocol):
         """Hand over, now, the output it has written so far."""
         ...
 
+    async def settle(self) -> None:
+        """Wait for output still on its way (relayed output lags behind the answer)."""
+        ...
+
     def kill(self) -> None: ...
 
 
@@ -75,6 +79,10 @@ class Instance:
             self.sink(stream, line)
         else:
             log.debug("instance %s (%s) %s: %s", self.id, self.key.function, stream, line)
+
+    async def settle(self) -> None:
+        if self.backend is not None:
+            await self.backend.settle()
 
     def take_output(self) -> None:
         """Everything written so far goes to the current invocation's logs."""

@@ -167,6 +167,7 @@ class InstancePool:
                     return ended(*failure, exit_code=-1, cold_start=True)
                 instance.state = State.BUSY
             kind, reply = await self._invoke(instance, job, deadline_ms, cancel, deadline)
+            await instance.settle()
         except BaseException:
             instance.kill()  # abandoned mid-way (the agent stops): it cannot serve again
             raise

@@ -145,6 +145,9 @@ class ProcessInstance:
         for pipe in self.pipes:
             pipe.read()
 
+    async def settle(self) -> None:
+        """Nothing on its way: what the process wrote is in its pipes (``drain`` reads it)."""
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import docker
 import pytest
-from conftest import ROOT, require, wait_for
+from conftest import wait_for
 from lambda_harness import Harness
+from test_docker import IMAGE, engine
 
 from hodei.agent.docker_instances import LABEL_INSTANCE, DockerLauncher, network_name
 from hodei.agent.docker_runtime import DockerRuntime
@@ -22,27 +22,10 @@ from hodei.agent.docker_spec import DockerOptions, host_config
 from hodei.agent.identity import LABEL_MARK
 from hodei.proto import hodei_pb2 as pb
 
-IMAGE = "hodei-test/busybox:latest"
+__all__ = ["engine"]  # the fixture: a real engine with the test image
 
 # The runtime client: a shell loop over the Runtime API (see the file).
 RUNTIME = (Path(__file__).parent / "lambda_runtime.sh").read_text()
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[docker.APIClient]:
-    try:
-        client = docker.APIClient(version="1.41", timeout=10)
-        client.ping()
-    except Exception:
-        client = None
-    require("Docker engine", client is not None)
-    assert client is not None
-    try:
-        client.inspect_image(IMAGE)
-    except docker.errors.ImageNotFound:
-        subprocess.run([str(ROOT / ".ci" / "test-image"), IMAGE], check=True)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -96,12 +79,17 @@ async def test_a_container_instance_serves_invocations_warm(
     assert seen["deadline"] > first.started_at_ms
     gateway = agent.pool.launchers["docker"].networks[False].gateway  # type: ignore[attr-defined]
     assert seen["api"].startswith(gateway + ":")
-    assert "serving c-1 #1" in agent.logs("c-1")
     for i in range(2, 12):
         result = await agent.invoke(job(f"c-{i}", {"x": i}))
         assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED and not result.cold_start
         assert json.loads(result.output)["n"] == i
-        assert agent.logs(f"c-{i}") == [f"serving c-{i} #{i}"]
+    # The engine relays a container's output, so a line written just before the answer can
+    # arrive after the invocation ended (the agent waits for the stream to go quiet, briefly):
+    # then it misses its invocation's logs, or lands in the next one's. Nothing else mixes.
+    for i in range(1, 12):
+        own, late = f"serving c-{i} #{i}", f"serving c-{i - 1} #{i - 1}"
+        assert set(agent.logs(f"c-{i}")) <= {own, late}, agent.logs(f"c-{i}")
+    assert sum(f"serving c-{i} #{i}" in agent.logs(f"c-{i}") for i in range(1, 12)) >= 6
     assert len(instances(engine, "sh")) == 1
 
 
