@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import signal
 import sys
@@ -35,21 +34,12 @@ from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
+from hodei.domain import WorkerState
 from hodei.errors import AgentRejected, ConfigError
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-class AgentState(enum.StrEnum):
-    CREATING = "creating"
-    REGISTERING = "registering"
-    AVAILABLE = "available"
-    RUNNING = "running"
-    DRAINING = "draining"
-    TERMINATED = "terminated"
-    FAILED = "failed"
 
 
 def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
@@ -99,7 +89,7 @@ class Agent:
         self.settings = settings
         self.consul: Any = None
         self.consul_service: AgentService | None = None
-        self.state = AgentState.CREATING
+        self.state = WorkerState.CREATING
         self.mark = agent_mark(settings.state_dir, settings.worker_id)
         self.runtimes = runtimes if runtimes is not None else build_runtimes(settings, self.mark)
         self.monitor = ResourceMonitor()
@@ -149,7 +139,7 @@ class Agent:
         return server
 
     async def _publish_health(self) -> None:
-        serving = self.state in (AgentState.AVAILABLE, AgentState.RUNNING) and (
+        serving = self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING) and (
             self.connection.connected.is_set()
         )
         status = (
@@ -160,7 +150,7 @@ class Agent:
         await self.health.set("", status)
 
     async def _on_assign(self, request: pb.AssignJobRequest) -> None:
-        if self.state is AgentState.DRAINING:
+        if self.state is WorkerState.DRAINING:
             log.info(
                 "invocation %s attempt %d: handed back, draining",
                 request.invocation_id,
@@ -173,7 +163,7 @@ class Agent:
             # Idle lambda instances give way to other work (a cold start makes its own room).
             self.instances.make_room(request.resources.memory_mb)
         self.jobs.start(request)
-        self.state = AgentState.RUNNING
+        self.state = WorkerState.RUNNING
 
     def _reserved_mb(self) -> int:
         """Memory the running stdio jobs hold (lambda jobs hold their instance's)."""
@@ -211,12 +201,13 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.beat_now.wait(), self.settings.heartbeat_interval_s)
             self.beat_now.clear()
+            self.connection.resend_unacked(self.settings.result_resend_s)
             cpu, memory = self.monitor.sample()
             worker = self.settings.worker_id
             metrics.CPU.labels(worker).set(cpu)
             metrics.MEMORY.labels(worker).set(memory)
-            if self.state in (AgentState.AVAILABLE, AgentState.RUNNING):
-                self.state = AgentState.RUNNING if self.jobs.jobs else AgentState.AVAILABLE
+            if self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING):
+                self.state = WorkerState.RUNNING if self.jobs.jobs else WorkerState.AVAILABLE
             delivered = await self.connection.heartbeat(
                 pb.Heartbeat(
                     worker_id=worker,
@@ -230,7 +221,7 @@ class Agent:
                 )
             )
             metrics.HEARTBEATS.labels(worker).inc()
-            if delivered and self.consul_service and self.state is not AgentState.DRAINING:
+            if delivered and self.consul_service and self.state is not WorkerState.DRAINING:
                 await self.consul_service.passed(
                     len(self.jobs.jobs), cpu, memory, self.offered_runtimes()
                 )
@@ -246,7 +237,7 @@ class Agent:
             self.consul_service = AgentService(
                 self.consul, self.settings, self.connection.capacity, self.offered_runtimes()
             )
-        self.state = AgentState.REGISTERING
+        self.state = WorkerState.REGISTERING
         health_server = await self._serve_health()
         connection = asyncio.create_task(self.connection.run())
         heartbeats = asyncio.create_task(self._heartbeats())
@@ -257,7 +248,7 @@ class Agent:
                 {connection, connected, stop}, return_when=asyncio.FIRST_COMPLETED
             )
             if connected in done:
-                self.state = AgentState.AVAILABLE
+                self.state = WorkerState.AVAILABLE
                 await self._publish_health()
                 if self.consul_service is not None:
                     await self.consul_service.register()
@@ -272,7 +263,7 @@ class Agent:
                 await asyncio.wait_for(asyncio.shield(connection), 5.0)
             return 0
         except AgentRejected as exc:
-            self.state = AgentState.FAILED
+            self.state = WorkerState.FAILED
             log.error("the server refused this agent: %s", exc)
             return 1
         finally:
@@ -350,7 +341,7 @@ class Agent:
     async def drain(self) -> None:
         """No new jobs; let running ones finish within the grace period, hand back the rest,
         wait until every result is acknowledged and the server holds no lease for us."""
-        self.state = AgentState.DRAINING
+        self.state = WorkerState.DRAINING
         await self._publish_health()
         log.info(
             "draining: %d jobs running, grace %.0fs",
@@ -375,7 +366,7 @@ class Agent:
                         break
             await asyncio.sleep(0.1)
         await self.connection.terminate()
-        self.state = AgentState.TERMINATED
+        self.state = WorkerState.TERMINATED
         log.info("terminated")
 
 

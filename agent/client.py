@@ -1,8 +1,10 @@
 """The agent's gRPC client: registration, the JobStream, reconnection and result buffering.
 
 Jobs keep running while the connection is down. Their results wait in ``unacked`` until
-the server acknowledges them (ResultAck), and are sent again after every reconnect; the
-server's fencing makes a repeated result harmless.
+the server acknowledges them (ResultAck), and are sent again after every reconnect and
+every ``result_resend_s`` while unacknowledged (a server whose store was away asks for
+that with ``retry``); the server's fencing makes a repeated result harmless. Messages
+that queue up while a write is in flight travel as one batch.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import grpc
 from hodei import __version__, backoff
 from hodei.agent import metrics
 from hodei.agent.settings import AgentSettings
+from hodei.domain import GRPC_LIMITS
 from hodei.errors import AgentRejected, ConfigError, NoServerFound
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
+from hodei.streams import drain
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class ServerConnection:
         self.session_id = ""
         self.connected = asyncio.Event()
         self.unacked: dict[tuple[str, int], pb.JobResult] = {}
+        self._sent_at: dict[tuple[str, int], float] = {}
         self._outbox: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         self._draining = False
         self._closing = False
@@ -79,9 +84,22 @@ class ServerConnection:
             self._outbox.put_nowait(message)
 
     def result(self, result: pb.JobResult) -> None:
-        self.unacked[(result.invocation_id, result.attempt)] = result
+        key = (result.invocation_id, result.attempt)
+        self.unacked[key] = result
+        self._sent_at[key] = asyncio.get_running_loop().time()
         metrics.BUFFERED_RESULTS.set(len(self.unacked))
         self.send(pb.AgentMessage(result=result))
+
+    def resend_unacked(self, older_than_s: float) -> int:
+        """Send again the results still unacknowledged after ``older_than_s``."""
+        if not self.connected.is_set():
+            return 0
+        now = asyncio.get_running_loop().time()
+        due = [k for k, at in self._sent_at.items() if now - at >= older_than_s]
+        for key in due:
+            self._sent_at[key] = now
+            self._outbox.put_nowait(pb.AgentMessage(result=self.unacked[key]))
+        return len(due)
 
     def reported_jobs(self) -> list[pb.RunningJob]:
         """Running jobs and finished-but-unacknowledged ones: the server must keep both."""
@@ -153,6 +171,7 @@ class ServerConnection:
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
+                *GRPC_LIMITS,
                 ("grpc.initial_reconnect_backoff_ms", base_ms),
                 ("grpc.min_reconnect_backoff_ms", base_ms),
                 ("grpc.max_reconnect_backoff_ms", cap_ms),
@@ -234,6 +253,7 @@ class ServerConnection:
                 extra=inv(job.invocation_id, job.attempt),
             )
             self.unacked.pop((job.invocation_id, job.attempt), None)
+            self._sent_at.pop((job.invocation_id, job.attempt), None)
             self.on_cancel(
                 pb.CancelJobRequest(
                     invocation_id=job.invocation_id, attempt=job.attempt, reason="revoked"
@@ -270,7 +290,9 @@ class ServerConnection:
             self.settings.worker_id,
             self.session_id,
         )
-        for result in list(self.unacked.values()):
+        now = asyncio.get_running_loop().time()
+        for key, result in list(self.unacked.items()):
+            self._sent_at[key] = now
             self._outbox.put_nowait(pb.AgentMessage(result=result))
         writer = asyncio.create_task(self._write(call))
         try:
@@ -283,13 +305,22 @@ class ServerConnection:
 
     async def _write(self, call: Any) -> None:
         while (message := await self._outbox.get()) is not None:
-            await call.write(message)
+            batch, ended = drain(message, self._outbox)
+            if len(batch) == 1:
+                await call.write(message)
+            else:
+                await call.write(pb.AgentMessage(batch=pb.AgentMessages(messages=batch)))
+            if ended:
+                break
         with contextlib.suppress(Exception):
             await call.done_writing()
 
     async def _dispatch(self, message: pb.ServerMessage) -> None:
         kind = message.WhichOneof("kind")
-        if kind == "assign":
+        if kind == "batch":
+            for inner in message.batch.messages:
+                await self._dispatch(inner)
+        elif kind == "assign":
             await self.on_assign(message.assign)
         elif kind == "cancel":
             self.on_cancel(message.cancel)
@@ -298,7 +329,10 @@ class ServerConnection:
                 self.on_prewarm(message.prewarm)
         elif kind == "ack":
             ack = message.ack
+            if ack.retry:
+                return  # kept: sent again after result_resend_s
             self.unacked.pop((ack.invocation_id, ack.attempt), None)
+            self._sent_at.pop((ack.invocation_id, ack.attempt), None)
             metrics.BUFFERED_RESULTS.set(len(self.unacked))
             if not ack.recorded:
                 log.info(

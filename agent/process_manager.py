@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 
 from hodei import tracing
 from hodei.agent import metrics
-from hodei.agent.runtime import LogSink, Outcome, Runtime, now_ms
+from hodei.agent.runtime import LogSink, Outcome, Runtime
+from hodei.domain import OUTCOMES, now_ms
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
 Runner = Callable[[LogSink, asyncio.Event], Awaitable[Outcome]]
-
-OUTCOME_NAMES = {
-    pb.JOB_OUTCOME_SUCCEEDED: "succeeded",
-    pb.JOB_OUTCOME_FAILED: "failed",
-    pb.JOB_OUTCOME_TIMED_OUT: "timed_out",
-    pb.JOB_OUTCOME_CANCELLED: "cancelled",
-    pb.JOB_OUTCOME_HANDED_BACK: "handed_back",
-}
+# A log batch is sent once it holds this many bytes (or batch_lines lines, or flush_s).
+BATCH_BYTES = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -38,6 +33,7 @@ class RunningJob:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     hand_back: bool = False
     lines: list[pb.LogLine] = field(default_factory=list)
+    line_bytes: int = 0
     flush_handle: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
 
@@ -156,7 +152,8 @@ class ProcessManager:
 
         def logs(stream: str, line: str) -> None:
             job.lines.append(pb.LogLine(ts_ms=now_ms(), stream=stream, line=line))
-            if len(job.lines) >= self.batch_lines:
+            job.line_bytes += len(line) + 16
+            if len(job.lines) >= self.batch_lines or job.line_bytes >= BATCH_BYTES:
                 self._flush(job)
             elif job.flush_handle is None:
                 job.flush_handle = asyncio.get_running_loop().call_later(
@@ -182,7 +179,7 @@ class ProcessManager:
         if job.hand_back and outcome.outcome != pb.JOB_OUTCOME_SUCCEEDED:
             outcome.outcome = pb.JOB_OUTCOME_HANDED_BACK
             outcome.error = "handed back: the worker is shutting down"
-        status = OUTCOME_NAMES[outcome.outcome]
+        status = OUTCOMES[outcome.outcome]
         metrics.JOB_DURATION.labels(request.function, status).observe(time.perf_counter() - started)
         if tracing.active():
             self._trace(request, outcome, status, started_ns)
@@ -214,6 +211,7 @@ class ProcessManager:
             job.flush_handle = None
         if job.lines:
             lines, job.lines = job.lines, []
+            job.line_bytes = 0
             self.send(
                 pb.AgentMessage(
                     log=pb.LogEntry(
@@ -236,7 +234,7 @@ class ProcessManager:
             "invocation %s attempt %d ended %s (exit %d)",
             request.invocation_id,
             request.attempt,
-            OUTCOME_NAMES[outcome.outcome],
+            OUTCOMES[outcome.outcome],
             outcome.exit_code,
             extra=inv(request.invocation_id, request.attempt),
         )

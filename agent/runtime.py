@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hodei.domain import now_ms
 from hodei.proto import hodei_pb2 as pb
 
 LogSink = Callable[[str, str], None]  # (stream, line)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+__all__ = ["now_ms"]
 
 
 @dataclass(slots=True)
@@ -89,7 +86,9 @@ class CappedBuffer:
 
 
 class LineSplitter:
-    """Turns a byte stream into lines for the log sink, bounding a line's length."""
+    """Turns a byte stream into lines for the log sink, bounding a line's length in bytes
+    as it is sent (invalid UTF-8 becomes U+FFFD, three bytes for one: it is cut again
+    after decoding)."""
 
     MAX_LINE = 16 * 1024
 
@@ -117,4 +116,8 @@ class LineSplitter:
             self.pending = b""
 
     def _emit(self, raw: bytes) -> None:
-        self.sink(self.stream, raw.decode("utf-8", errors="replace").rstrip("\r"))
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        encoded = line.encode()
+        if len(encoded) > self.MAX_LINE:
+            line = encoded[: self.MAX_LINE].decode("utf-8", errors="ignore")
+        self.sink(self.stream, line)

@@ -49,6 +49,8 @@ class AgentSettings(EnvSettings):
     log_flush_s: float = 0.05
     reconnect_base_s: float = 0.2
     reconnect_cap_s: float = 10.0
+    # A result the server has not acknowledged is sent again this often.
+    result_resend_s: float = 5.0
     log_level: str = "info"
     # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR.
     consul_addr: str = ""

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from hodei.api import middleware
 from hodei.api.auth import TokenTable
@@ -19,15 +18,14 @@ from hodei.api.openapi import serve_document
 from hodei.api.routes import add_routes
 from hodei.api.settings import GatewaySettings
 from hodei.api.state import GATEWAY, Gateway
+from hodei.api.streams import EventHub
 from hodei.api.waiter import Completions
 from hodei.consul import ServiceRegistration, consul_address, duration
 from hodei.consul import connect as connect_consul
-from hodei.plugin.keys import Keys
-from hodei.plugin.registry import Registry
-from hodei.plugin.scripts import Scripts
-from hodei.plugin.store import Store
+from hodei.plugin.data import DataLayer
 
 log = logging.getLogger(__name__)
+SHUTDOWN_S = 5.0  # after SIGTERM, requests still open this long are cut
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -40,53 +38,37 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/openapi.json", serve_document)
 
     async def connections(app: web.Application) -> AsyncIterator[None]:
-        redis = Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=2,
-            socket_keepalive=True,
-            health_check_interval=10,
-        )
-        keys = Keys.for_url(settings.key_prefix, settings.redis_url)
-        scripts = Scripts(redis)
-        store = Store(
-            redis,
-            keys,
-            scripts,
-            ageing_s=settings.ageing_s,
-            max_queue=settings.max_queue,
-            events_maxlen=settings.events_maxlen,
-            retention_s=settings.retention_s,
-        )
+        data = DataLayer(settings, "hodei-gateway")
         app[GATEWAY] = Gateway(
             settings=settings,
-            redis=redis,
-            keys=keys,
-            scripts=scripts,
-            store=store,
-            registry=Registry(redis, keys, scripts, settings.events_maxlen),
-            completions=Completions(redis, keys.completed_channel),
+            data=data,
+            completions=Completions(data),
+            hub=EventHub(data, settings.max_streams, settings.max_streams_per_caller),
             tokens=tokens,
         )
         yield
-        await redis.aclose()
+        await data.close()
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
-        dispatcher = CallbackDispatcher(
-            gw.redis, gw.keys, gw.scripts, gw.store, gw.completions, settings
-        )
+        dispatcher = CallbackDispatcher(gw.data, gw.completions, settings)
         tasks = [
             asyncio.create_task(gw.completions.run(), name="completions"),
+            asyncio.create_task(gw.hub.run(), name="event-hub"),
             asyncio.create_task(dispatcher.run(), name="callbacks"),
         ]
         yield
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def closing(app: web.Application) -> None:
+        # Before aiohttp waits for the open requests: end the long ones now.
+        app[GATEWAY].hub.close()
+        app[GATEWAY].completions.close()
 
     app.cleanup_ctx.extend([connections, background])
+    app.on_shutdown.append(closing)
     if settings.consul_register and consul_address(settings.consul_addr):
         app.cleanup_ctx.append(consul_service)
     return app
@@ -134,5 +116,10 @@ def serve(settings: GatewaySettings) -> None:
         extra={"http_port": settings.port},
     )
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_S,
     )

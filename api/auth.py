@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from dataclasses import dataclass
 from pathlib import Path
 
 from hodei.errors import ConfigError
 
 SCOPES = frozenset({"admin", "invoke", "read"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    id: str  # a digest of the token: what idempotency keys and stream caps belong to
+    scopes: frozenset[str]
 
 
 class TokenTable:
@@ -37,12 +45,13 @@ class TokenTable:
     def enabled(self) -> bool:
         return bool(self.scopes)
 
-    def scopes_of(self, authorization: str) -> frozenset[str] | None:
-        """The scopes of the bearer token in an Authorization header, None when unknown."""
+    def identify(self, authorization: str) -> Caller | None:
+        """Who the bearer token of an Authorization header is, None when unknown."""
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or not token.isascii():
             return None
         for known, scopes in self.scopes.items():
-            if hmac.compare_digest(known, token.strip()):
-                return scopes
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return Caller(hashlib.sha256(token.encode()).hexdigest()[:16], scopes)
         return None

@@ -18,30 +18,22 @@ import aiohttp
 from hodei import backoff
 from hodei.api.settings import GatewaySettings
 from hodei.api.waiter import Completions
+from hodei.errors import NotFound
 from hodei.logs import inv
-from hodei.plugin.keys import Keys
-from hodei.plugin.scripts import RedisClient, Scripts
-from hodei.plugin.store import Store, now_ms
+from hodei.plugin.data import DataLayer
+from hodei.plugin.data.connection import Outage, keep_running
 
 log = logging.getLogger(__name__)
 CLAIM_MS = 60_000
 MAX_PARALLEL = 64
+POLL_S = 1.0  # retries come due without a notice
 
 
 class CallbackDispatcher:
     def __init__(
-        self,
-        redis: RedisClient,
-        keys: Keys,
-        scripts: Scripts,
-        store: Store,
-        completions: Completions,
-        settings: GatewaySettings,
+        self, data: DataLayer, completions: Completions, settings: GatewaySettings
     ) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.scripts = scripts
-        self.store = store
+        self.data = data
         self.completions = completions
         self.settings = settings
         self.slots = asyncio.Semaphore(MAX_PARALLEL)
@@ -51,33 +43,31 @@ class CallbackDispatcher:
         timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
-                while True:
-                    self.completions.any_completion.clear()
-                    try:
-                        claimed = await self.scripts.run(
-                            "claim_callbacks",
-                            [self.keys.callbacks],
-                            [now_ms(), CLAIM_MS, MAX_PARALLEL],
-                        )
-                    except Exception as exc:
-                        log.warning("callbacks: cannot claim: %s", exc)
-                        claimed = []
-                    for raw in claimed:
-                        task = asyncio.create_task(self._deliver(session, raw.decode()))
-                        self.tasks.add(task)
-                        task.add_done_callback(self.tasks.discard)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.completions.any_completion.wait(), 1.0)
+                await keep_running("callbacks", lambda outage: self._claim(session, outage), log)
             finally:
                 for task in self.tasks:
                     task.cancel()
                 await asyncio.gather(*self.tasks, return_exceptions=True)
 
+    async def _claim(self, session: aiohttp.ClientSession, outage: Outage) -> None:
+        while True:
+            self.completions.callbacks_due.clear()
+            for invocation_id in await self.data.callbacks.claim(CLAIM_MS, MAX_PARALLEL):
+                task = asyncio.create_task(self._deliver(session, invocation_id))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            outage.recovered()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.completions.callbacks_due.wait(), POLL_S)
+
     async def _deliver(self, session: aiohttp.ClientSession, invocation_id: str) -> None:
         async with self.slots:
-            key = self.keys.invocation(invocation_id)
-            url = (await self.redis.hget(key, "callback_url") or b"").decode()
-            record, output = await self.store.result(invocation_id)
+            try:
+                url = await self.data.invocations.callback_url(invocation_id)
+                record, output = await self.data.invocations.result(invocation_id)
+            except NotFound:
+                await self.data.callbacks.done(invocation_id, "expired")
+                return
             headers = {
                 "Content-Type": "application/octet-stream",
                 "X-Hodei-Invocation-Id": invocation_id,
@@ -93,7 +83,7 @@ class CallbackDispatcher:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 delivered, detail = False, f"{type(exc).__name__}: {exc}"
             if delivered:
-                await self._done(invocation_id, "delivered")
+                await self.data.callbacks.done(invocation_id, "delivered")
                 log.info(
                     "invocation %s: callback delivered to %s",
                     invocation_id,
@@ -101,9 +91,11 @@ class CallbackDispatcher:
                     extra=inv(invocation_id),
                 )
                 return
-            attempts = int(await self.redis.hincrby(key, "callback_attempts", 1))
+            attempts = await self.data.callbacks.failed(invocation_id)
             if attempts >= self.settings.callback_attempts:
-                await self._done(invocation_id, f"gave up after {attempts} attempts: {detail}")
+                await self.data.callbacks.done(
+                    invocation_id, f"gave up after {attempts} attempts: {detail}"
+                )
                 log.warning(
                     "invocation %s: callback to %s abandoned: %s",
                     invocation_id,
@@ -118,9 +110,7 @@ class CallbackDispatcher:
                 self.settings.callback_cap_s,
                 random.Random(),
             )
-            await self.redis.zadd(
-                self.keys.callbacks, {invocation_id: now_ms() + int(delay * 1000)}
-            )
+            await self.data.callbacks.retry_in(invocation_id, int(delay * 1000))
             log.info(
                 "invocation %s: callback to %s failed (%s), retry in %.1fs",
                 invocation_id,
@@ -129,9 +119,3 @@ class CallbackDispatcher:
                 delay,
                 extra=inv(invocation_id),
             )
-
-    async def _done(self, invocation_id: str, outcome: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(self.keys.callbacks, invocation_id)
-        pipe.hset(self.keys.invocation(invocation_id), "callback_status", outcome)
-        await pipe.execute()

@@ -3,53 +3,65 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import logging
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hodei.api.sse import EventStream
+from hodei.api.requests import CALLER
 from hodei.api.state import error, gateway
-from hodei.errors import Conflict, NotFound
-from hodei.plugin.registry import WorkerState
-from hodei.plugin.store import now_ms
+from hodei.api.streams import EventStream
+from hodei.domain import WorkerState, now_ms
+from hodei.errors import Conflict, NotFound, StreamLagging
+from hodei.plugin.data.events import stream_position
+from hodei.plugin.data.records import WorkerRecord
+
+log = logging.getLogger(__name__)
 
 
-def worker_view(h: dict[str, str], jobs: list[str] | None = None) -> dict[str, Any]:
-    def num(key: str) -> int:
-        return int(h.get(key) or 0)
-
+def worker_view(w: WorkerRecord, jobs: list[str] | None = None) -> dict[str, Any]:
     capacity = {
-        "cpu_millicores": num("cpu_total"),
-        "memory_mb": num("mem_total"),
-        "gpus": num("gpu_total"),
-        "job_slots": num("slots_total"),
+        "cpu_millicores": w.capacity.cpu,
+        "memory_mb": w.capacity.mem,
+        "gpus": w.capacity.gpu,
+        "job_slots": w.capacity.slots,
     }
     allocated = {
-        "cpu_millicores": num("cpu_used"),
-        "memory_mb": num("mem_used"),
-        "gpus": num("gpu_used"),
-        "job_slots": num("slots_used"),
+        "cpu_millicores": w.used.cpu,
+        "memory_mb": w.used.mem,
+        "gpus": w.used.gpu,
+        "job_slots": w.used.slots,
     }
     view: dict[str, Any] = {
-        "id": h["id"],
-        "state": h.get("state"),
-        "hostname": h.get("hostname"),
-        "version": h.get("version"),
-        "server_id": h.get("server_id"),
-        "labels": json.loads(h.get("labels") or "{}"),
-        "runtimes": [r for r in (h.get("runtimes") or "").split(",") if r],
+        "id": w.id,
+        "state": str(w.state),
+        "hostname": w.hostname,
+        "version": w.version,
+        "server_id": w.server_id,
+        "labels": w.labels,
+        "runtimes": sorted(w.runtimes),
         "capacity": capacity,
         "allocated": allocated,
         "utilisation": {
             k: round(allocated[k] / capacity[k], 3) if capacity[k] else 0.0
             for k in ("cpu_millicores", "memory_mb", "job_slots")
         },
-        "cpu_usage_percent": float(h.get("cpu_percent") or 0),
-        "memory_usage_percent": float(h.get("mem_percent") or 0),
-        "last_heartbeat": int(h.get("last_heartbeat") or 0) / 1000,
+        "cpu_usage_percent": w.cpu_percent,
+        "memory_usage_percent": w.mem_percent,
+        "last_heartbeat": w.last_heartbeat_ms / 1000,
+        "instances": [
+            {
+                "function": p.function,
+                "revision": p.revision,
+                "idle": p.idle,
+                "busy": p.busy,
+                "starting": p.starting,
+            }
+            for p in w.pools
+        ],
     }
     if jobs is not None:
         view["jobs"] = jobs
@@ -58,83 +70,101 @@ def worker_view(h: dict[str, str], jobs: list[str] | None = None) -> dict[str, A
 
 async def list_workers(request: web.Request) -> web.Response:
     """GET /v1/workers"""
-    workers = await gateway(request).registry.all()
-    return web.json_response({"workers": [worker_view(h) for h in workers]})
+    workers = await gateway(request).data.workers.all()
+    return web.json_response({"workers": [worker_view(w) for w in workers]})
 
 
-async def _worker(request: web.Request) -> tuple[str, dict[str, str]]:
+async def _worker(request: web.Request) -> WorkerRecord:
     worker_id = request.match_info["id"]
-    h = await gateway(request).registry.get(worker_id)
-    if h is None:
-        raise NotFound(f"worker {worker_id!r} does not exist")
-    return worker_id, h
+    found = await gateway(request).data.workers.get(worker_id)
+    if found is None:
+        raise NotFound(f"worker {worker_id[:64]!r} does not exist")
+    return found
 
 
 async def get_worker(request: web.Request) -> web.Response:
     """GET /v1/workers/{id}"""
-    worker_id, h = await _worker(request)
-    return web.json_response(worker_view(h, await gateway(request).registry.jobs_of(worker_id)))
+    w = await _worker(request)
+    return web.json_response(worker_view(w, await gateway(request).data.workers.jobs_of(w.id)))
 
 
 async def drain_worker(request: web.Request) -> web.Response:
     """POST /v1/workers/{id}/drain: no new work; running work finishes."""
-    registry = gateway(request).registry
-    worker_id, h = await _worker(request)
-    already = h.get("state") == WorkerState.DRAINING
-    if not already and await registry.transition(worker_id, WorkerState.DRAINING) is None:
-        raise Conflict(f"worker {worker_id} is {h.get('state')} and cannot drain")
-    return web.json_response(worker_view(await registry.get(worker_id) or h), status=202)
+    workers = gateway(request).data.workers
+    w = await _worker(request)
+    already = w.state is WorkerState.DRAINING
+    if not already and await workers.transition(w.id, WorkerState.DRAINING) is None:
+        raise Conflict(f"worker {w.id} is {w.state} and cannot drain")
+    return web.json_response(worker_view(await workers.get(w.id) or w), status=202)
 
 
 async def queue(request: web.Request) -> web.Response:
     """GET /v1/queue: depth per priority, oldest age, pending reasons."""
-    gw = gateway(request)
-    depth = await gw.store.queue_depth()
-    snapshot = gw.redis.pipeline(transaction=True)
-    snapshot.zrange(gw.keys.queue, 0, 99)
-    snapshot.zrange(gw.keys.parked, 0, 99)
-    head = [i for part in await snapshot.execute() for i in part]
-    pipe = gw.redis.pipeline(transaction=False)
-    for i in head:
-        pipe.hmget(
-            gw.keys.invocation(i.decode()), "function", "priority", "created_at", "pending_reason"
-        )
-    now = now_ms()
-    pending, oldest = [], 0
-    for i, (function, priority, created, reason) in zip(head, await pipe.execute(), strict=True):
-        if created:
-            oldest = max(oldest, now - int(created))
-        if reason:
-            pending.append(
-                {
-                    "id": i.decode(),
-                    "function": (function or b"").decode(),
-                    "priority": (priority or b"").decode(),
-                    "pending_reason": reason.decode(),
-                }
-            )
-    retrying = depth.pop("retrying")
+    data = gateway(request).data
+    depth = await data.queue.depth()
+    pending, oldest = await data.queue.pending()
     return web.json_response(
-        {"depth": depth, "retrying": retrying, "oldest_age_s": oldest / 1000, "pending": pending}
+        {
+            "depth": depth.per_priority,
+            "retrying": depth.retrying,
+            "payload_bytes": depth.payload_bytes,
+            "oldest_age_s": max(0, now_ms() - oldest) / 1000 if oldest else 0.0,
+            "pending": [
+                {
+                    "id": p.id,
+                    "function": p.function,
+                    "priority": p.priority,
+                    "pending_reason": p.pending_reason,
+                    "parked": p.parked,
+                }
+                for p in pending
+            ],
+        }
     )
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """GET /v1/events?invocation=&worker=: the domain events as server-sent events."""
+    """GET /v1/events?invocation=&worker=&since=: the domain events as server-sent events."""
     gw = gateway(request)
-    stream = EventStream(gw.redis, gw.keys)
-    since = request.headers.get("Last-Event-ID") or request.query.get("since") or "$"
-    response = await stream.open(request)
-    async for event in stream.follow(
+    since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
+    if since:
+        try:
+            stream_position(since)
+        except ValueError:
+            raise web.HTTPBadRequest(reason="since must be an event id") from None
+    subscriber = gw.hub.subscribe(
+        request[CALLER],
         invocation=request.query.get("invocation", ""),
         worker=request.query.get("worker", ""),
-        since=since,
-    ):
-        if event is None:
-            await response.write(b": keepalive\n\n")
-        else:
-            await stream.send(response, event.get("type", "event"), event, event["id"])
-    return response
+    )
+    stream: EventStream | None = None
+    try:
+        stream = await EventStream.open(request, subscriber)
+        if since:
+            # What happened since: read from Redis once; the live feed (subscribed before
+            # this read, so nothing falls between) takes over after it.
+            stream.last = since
+            for entry in await gw.data.events.events(since, None, count=10_000):
+                if stream.fresh(entry) and subscriber.wants(entry):
+                    await stream.send_entry(entry)
+        while not stream.closed:
+            live = await stream.next()
+            if live is None:
+                await stream.keepalive()
+            else:
+                await stream.send_entry(live)
+        return stream.response
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        if stream is None:
+            raise
+        code = "too_slow" if isinstance(exc, StreamLagging) else "unavailable"
+        with contextlib.suppress(ConnectionResetError):
+            await stream.send("error", {"code": code, "message": str(exc) or type(exc).__name__})
+        return stream.response
+    finally:
+        gw.hub.unsubscribe(subscriber)
 
 
 async def console(request: web.Request) -> web.Response:
@@ -152,7 +182,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: ready while Redis answers."""
     try:
-        await asyncio.wait_for(gateway(request).redis.ping(), 1.0)
+        await asyncio.wait_for(gateway(request).data.ping(), 1.0)
     except Exception:
         return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
     return web.json_response({"status": "ready"})

@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
+from hodei.api.requests import json_object
 from hodei.api.state import gateway
-from hodei.plugin.models import FunctionSpec
+from hodei.errors import NotFound
+from hodei.plugin.models import FunctionSpec, valid_name
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not valid_name(name):
+        raise NotFound(f"function {name[:64]!r} does not exist")
+    return name
 
 
 async def put_function(request: web.Request) -> web.Response:
     """PUT /v1/functions/{name}: 201 when created, 200 when replaced."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(reason="the body must be a JSON function spec") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(reason="the body must be a JSON object")
+    body = await json_object(request, "function spec")
     body.pop("name", None)
     spec = FunctionSpec.from_dict(request.match_info["name"], body)
-    created = await gateway(request).store.put_function(spec)
+    created = await gateway(request).data.functions.put(spec)
     return web.json_response(spec.to_dict(), status=201 if created else 200)
 
 
 async def get_function(request: web.Request) -> web.Response:
     """GET /v1/functions/{name}"""
-    spec = await gateway(request).store.get_function(request.match_info["name"])
+    spec = await gateway(request).data.functions.get(_name(request))
     return web.json_response(spec.to_dict())
 
 
 async def list_functions(request: web.Request) -> web.Response:
     """GET /v1/functions"""
-    specs = await gateway(request).store.list_functions()
+    specs = await gateway(request).data.functions.all()
     return web.json_response({"functions": [s.to_dict() for s in specs]})
 
 
 async def delete_function(request: web.Request) -> web.Response:
     """DELETE /v1/functions/{name}"""
-    await gateway(request).store.delete_function(request.match_info["name"])
+    await gateway(request).data.functions.delete(_name(request))
     return web.Response(status=204)

@@ -1,14 +1,12 @@
 """Invoking functions and reading invocations: invoke, one-off jobs, record, result, logs,
-cancel, list."""
+cancel, list, dead letters, replay."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
+import hashlib
 import logging
-import re
 import time
 import uuid
 
@@ -16,14 +14,27 @@ from aiohttp import web
 
 from hodei import tracing
 from hodei.api import metrics
-from hodei.api.sse import EventStream
+from hodei.api.requests import (
+    CALLER,
+    callback_url,
+    cursor,
+    flag,
+    integer,
+    job_body,
+    priority,
+    traceparent,
+    valid_id,
+    wait_s,
+)
 from hodei.api.state import Gateway, error, gateway
-from hodei.errors import NotFound, QueueFull
+from hodei.api.streams import EventStream
+from hodei.errors import QueueFull, StreamLagging
 from hodei.logs import inv
-from hodei.plugin.models import NAME_RE, FunctionSpec, Invocation, Priority, Status
-from hodei.plugin.sessions import route_cancel
+from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency
+from hodei.plugin.models import FunctionSpec, Invocation, Status, valid_name
 
 log = logging.getLogger(__name__)
+LOG_PAGE_MAX = 5000
 
 
 def _headers(inv: Invocation) -> dict[str, str]:
@@ -34,102 +45,76 @@ def _headers(inv: Invocation) -> dict[str, str]:
         headers["X-Hodei-Duration-Ms"] = str(inv.duration_ms)
     if inv.worker_id:
         headers["X-Hodei-Worker"] = inv.worker_id
+    if inv.cold_start is not None:
+        headers["X-Hodei-Cold-Start"] = "true" if inv.cold_start else "false"
     return headers
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
-
-
-def _priority(request: web.Request) -> Priority | None:
-    raw = request.headers.get("X-Hodei-Priority")
-    if raw is None:
+def _idempotency(request: web.Request, payload: bytes) -> Idempotency | None:
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
         return None
-    try:
-        return Priority(raw.lower())
-    except ValueError:
-        raise web.HTTPBadRequest(reason="X-Hodei-Priority must be high, normal or low") from None
-
-
-def _wait(request: web.Request, gw: Gateway) -> float:
-    raw = request.query.get("wait")
-    if raw is None:
-        return gw.settings.default_wait_s
-    try:
-        wait = float(raw.rstrip("s"))
-    except ValueError:
-        raise web.HTTPBadRequest(reason="wait must be a number of seconds") from None
-    if wait < 0:
-        raise web.HTTPBadRequest(reason="wait must be >= 0")
-    return min(wait, gw.settings.max_wait_s)
-
-
-def _callback(request: web.Request) -> str:
-    url = request.headers.get("X-Callback-Url", "")
-    if url and not re.match(r"^https?://[^\s/]+", url):
-        raise web.HTTPBadRequest(reason="X-Callback-Url must be an http(s) URL")
-    return url
-
-
-def _traceparent(request: web.Request) -> str:
-    value = request.headers.get("traceparent", "").strip().lower()
-    return value if tracing.valid(value) else ""
+    if len(key) > 255 or not key.isprintable():
+        raise web.HTTPBadRequest(reason="Idempotency-Key must be at most 255 printable characters")
+    digest = hashlib.sha256(payload).hexdigest()[:32]
+    return Idempotency(request[CALLER], hashlib.sha256(key.encode()).hexdigest()[:32], digest)
 
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     """POST /v1/functions/{name}/invoke"""
     gw = gateway(request)
     started = time.perf_counter()
-    spec = await gw.store.get_function(request.match_info["name"])
-    asynchronous = _flag(request, "async") or "respond-async" in request.headers.get("Prefer", "")
-    wait = _wait(request, gw)
+    name = request.match_info["name"]
+    if not valid_name(name):
+        raise web.HTTPNotFound(reason=f"function {name!r} does not exist")
+    asynchronous = flag(request, "async") or "respond-async" in request.headers.get("Prefer", "")
+    wait = wait_s(request, gw.settings.default_wait_s, gw.settings.max_wait_s)
     payload = await request.read()
     invocation_id = uuid.uuid4().hex
     waiter = None if asynchronous else gw.completions.expect(invocation_id)
+    mode = "async" if asynchronous else "sync"
     try:
-        recorded_id = await _enqueue(
-            gw, request, spec, payload, "async" if asynchronous else "sync", invocation_id
-        )
-        if asynchronous or waiter is None:
-            if recorded_id == invocation_id:  # just recorded: no need to read it back
-                return _accepted_new(invocation_id)
-            return await _accepted(gw, recorded_id, 202)
-        if recorded_id != invocation_id:  # an earlier invocation with this idempotency key
+        enqueued = await _enqueue(gw, request, name, payload, mode, invocation_id=invocation_id)
+        if waiter is None:
+            if not enqueued.duplicate:  # just recorded: no need to read it back
+                return _accepted_new(enqueued.id)
+            return await _accepted(gw, enqueued.id)
+        if enqueued.duplicate:  # an earlier invocation with this idempotency key
             gw.completions.forget(invocation_id, waiter)
-            invocation_id = recorded_id
+            invocation_id = enqueued.id
             waiter = gw.completions.expect(invocation_id)
         return await _wait_for_result(gw, invocation_id, waiter, wait)
     finally:
         if waiter is not None:
             gw.completions.forget(invocation_id, waiter)
-        metrics.INVOKE_LATENCY.labels("async" if asynchronous else "sync").observe(
-            time.perf_counter() - started
-        )
+        metrics.INVOKE_LATENCY.labels(mode).observe(time.perf_counter() - started)
 
 
 async def _enqueue(
     gw: Gateway,
     request: web.Request,
-    spec: FunctionSpec,
+    function: str,
     payload: bytes,
     mode: str,
+    *,
     invocation_id: str | None = None,
-) -> str:
-    """Record and enqueue one invocation under its submit span; returns the recorded id
-    (an earlier invocation's when the idempotency key was seen)."""
-    attributes = {"hodei.function": spec.name}
+    revision: str = "",
+) -> Enqueued:
+    """Record and enqueue one invocation under its submit span."""
+    attributes = {"hodei.function": function}
     if invocation_id:
         attributes["hodei.invocation_id"] = invocation_id
-    traceparent, end_submit = tracing.start("submit", _traceparent(request), attributes)
+    parent, end_submit = tracing.start("submit", traceparent(request), attributes)
     try:
-        recorded_id = await gw.store.invoke(
-            spec,
+        enqueued = await gw.data.invocations.enqueue(
+            function,
             payload,
-            priority=_priority(request),
-            traceparent=traceparent,
+            revision=revision,
+            priority=priority(request),
+            traceparent=parent,
+            callback_url=callback_url(request),
+            idempotency=_idempotency(request, payload),
             invocation_id=invocation_id,
-            callback_url=_callback(request),
-            idempotency_key=request.headers.get("Idempotency-Key", ""),
         )
     except QueueFull:
         metrics.REJECTED.labels("backpressure").inc()
@@ -139,16 +124,16 @@ async def _enqueue(
         end_submit(type(exc).__name__)
         raise
     end_submit()
-    metrics.INVOCATIONS.labels(spec.name, "accepted").inc()
+    metrics.INVOCATIONS.labels(metrics.function_label(function, mode), "accepted").inc()
     log.info(
         "invocation %s of %s accepted (%s, trace %s)",
-        recorded_id,
-        spec.name,
+        enqueued.id,
+        function,
         mode,
-        tracing.trace_id(traceparent),
-        extra=inv(recorded_id, function=spec.name),
+        tracing.trace_id(parent),
+        extra=inv(enqueued.id, function=function),
     )
-    return recorded_id
+    return enqueued
 
 
 def _accepted_new(invocation_id: str) -> web.Response:
@@ -163,12 +148,12 @@ def _accepted_new(invocation_id: str) -> web.Response:
     )
 
 
-async def _accepted(gw: Gateway, invocation_id: str, status: int) -> web.Response:
-    inv = await gw.store.get(invocation_id)
+async def _accepted(gw: Gateway, invocation_id: str) -> web.Response:
+    found = await gw.data.invocations.get(invocation_id)
     return web.json_response(
-        {"id": inv.id, "status": str(inv.status)},
-        status=status,
-        headers={**_headers(inv), "Location": f"/v1/invocations/{inv.id}"},
+        {"id": found.id, "status": str(found.status)},
+        status=202,
+        headers={**_headers(found), "Location": f"/v1/invocations/{found.id}"},
     )
 
 
@@ -177,20 +162,33 @@ async def _wait_for_result(
 ) -> web.Response:
     deadline = asyncio.get_running_loop().time() + wait
     while True:
-        inv = await gw.store.get(invocation_id)
-        if inv.status.final:
-            return await _final_response(gw, inv)
+        found, output = await gw.data.invocations.get_with_output(invocation_id)
+        if found.status.final:
+            return _final_response(found, output)
         left = deadline - asyncio.get_running_loop().time()
+        if gw.completions.closing:
+            response = error(
+                503,
+                "shutting_down",
+                f"this gateway is shutting down; the invocation goes on: fetch it at "
+                f"/v1/invocations/{found.id}",
+                id=found.id,
+                status=str(found.status),
+            )
+            response.headers.update(
+                {**_headers(found), "Location": f"/v1/invocations/{found.id}", "Retry-After": "1"}
+            )
+            return response
         if left <= 0:
             response = error(
                 504,
                 "wait_timeout",
                 f"the invocation did not finish within {wait:g}s; "
-                f"fetch it later at /v1/invocations/{inv.id}",
-                id=inv.id,
-                status=str(inv.status),
+                f"fetch it later at /v1/invocations/{found.id}",
+                id=found.id,
+                status=str(found.status),
             )
-            response.headers.update({**_headers(inv), "Location": f"/v1/invocations/{inv.id}"})
+            response.headers.update({**_headers(found), "Location": f"/v1/invocations/{found.id}"})
             return response
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(waiter), left)
@@ -198,24 +196,23 @@ async def _wait_for_result(
             waiter = gw.completions.expect(invocation_id)
 
 
-async def _final_response(gw: Gateway, inv: Invocation) -> web.Response:
-    metrics.INVOCATIONS.labels(inv.function, str(inv.status)).inc()
-    headers = _headers(inv)
-    if inv.status is Status.SUCCEEDED:
-        output = await gw.store.output(inv.id)
+def _final_response(found: Invocation, output: bytes) -> web.Response:
+    metrics.INVOCATIONS.labels(metrics.function_label(found.function), str(found.status)).inc()
+    headers = _headers(found)
+    if found.status is Status.SUCCEEDED:
         return web.Response(body=output, headers=headers, content_type="application/octet-stream")
     code, status = {
         Status.FAILED: ("function_failed", 500),
         Status.TIMED_OUT: ("function_timed_out", 504),
         Status.CANCELLED: ("cancelled", 409),
-    }[inv.status]
+    }[found.status]
     response = error(
         status,
         code,
-        inv.error or str(inv.status),
-        id=inv.id,
-        status=str(inv.status),
-        exit_code=inv.exit_code,
+        found.error or str(found.status),
+        id=found.id,
+        status=str(found.status),
+        exit_code=found.exit_code,
     )
     response.headers.update(headers)
     return response
@@ -224,109 +221,123 @@ async def _final_response(gw: Gateway, inv: Invocation) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     """POST /v1/jobs: a one-off job with an inline spec."""
     gw = gateway(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(reason="the body must be a JSON job spec") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(reason="the body must be a JSON object")
-    name = str(body.pop("name", "job"))
-    payload = body.pop("payload", "")
-    payload_b64 = body.pop("payload_base64", None)
-    if not NAME_RE.match(name):
-        return error(422, "invalid_spec", f"name: must match {NAME_RE.pattern}", field="name")
-    data = base64.b64decode(payload_b64) if payload_b64 else str(payload).encode()
-    spec = FunctionSpec.from_dict(name, body)
-    invocation_id = await _enqueue(gw, request, spec, data, "job")
-    return await _accepted(gw, invocation_id, 202)
+    name, payload, raw_spec = await job_body(request)
+    spec = FunctionSpec.from_dict(name, raw_spec)
+    revision = await gw.data.functions.store_revision(spec)
+    enqueued = await _enqueue(gw, request, spec.name, payload, "job", revision=revision)
+    if enqueued.duplicate:
+        return await _accepted(gw, enqueued.id)
+    return _accepted_new(enqueued.id)
 
 
 async def get_invocation(request: web.Request) -> web.Response:
     """GET /v1/invocations/{id}"""
-    inv = await gateway(request).store.get(request.match_info["id"])
-    return web.json_response(inv.public(), headers=_headers(inv))
+    found = await gateway(request).data.invocations.get(valid_id(request))
+    return web.json_response(found.public(), headers=_headers(found))
 
 
 async def get_result(request: web.Request) -> web.Response:
     """GET /v1/invocations/{id}/result"""
-    inv, output = await gateway(request).store.result(request.match_info["id"])
-    return web.Response(body=output, headers=_headers(inv), content_type="application/octet-stream")
+    found, output = await gateway(request).data.invocations.result(valid_id(request))
+    return web.Response(
+        body=output, headers=_headers(found), content_type="application/octet-stream"
+    )
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
-    """GET /v1/invocations/{id}/logs[?follow=true]"""
+    """GET /v1/invocations/{id}/logs[?offset=&limit=][&follow=true]"""
     gw = gateway(request)
-    invocation_id = request.match_info["id"]
-    inv = await gw.store.get(invocation_id)
-    if not _flag(request, "follow"):
-        return web.json_response({"id": inv.id, "lines": await gw.store.logs(invocation_id)})
-    stream = EventStream(gw.redis, gw.keys)
-    response = await stream.open(request)
-    sent = 0
-    async for entry in stream.follow(invocation=invocation_id):
-        lines = await gw.store.logs(invocation_id, sent)
-        for line in lines:
-            await stream.send(response, "log", line)
-        sent += len(lines)
-        if entry is None or entry.get("type") == "finished":
-            inv = await gw.store.get(invocation_id)
-            if inv.status.final:
-                for line in await gw.store.logs(invocation_id, sent):
-                    await stream.send(response, "log", line)
-                await stream.send(response, "end", {"id": inv.id, "status": str(inv.status)})
-                break
-    return response
+    invocation_id = valid_id(request)
+    offset = integer(request, "offset", 0, 0, 10**9)
+    found = await gw.data.invocations.get(invocation_id)
+    if not flag(request, "follow"):
+        limit = integer(request, "limit", 1000, 1, LOG_PAGE_MAX)
+        page = await gw.data.invocations.logs(invocation_id, offset, limit)
+        return web.json_response(
+            {
+                "id": found.id,
+                "lines": page.lines,
+                "next_offset": page.next_offset,
+                "truncated": page.truncated,
+            }
+        )
+    subscriber = gw.hub.subscribe(request[CALLER], invocation=invocation_id)
+    stream: EventStream | None = None
+    try:
+        stream = await EventStream.open(request, subscriber)
+        sent = offset
+        while True:
+            page = await gw.data.invocations.logs(invocation_id, sent, LOG_PAGE_MAX)
+            for line in page.lines:
+                await stream.send("log", line)
+            sent = page.next_offset
+            if len(page.lines) == LOG_PAGE_MAX:
+                continue
+            found = await gw.data.invocations.get(invocation_id)
+            if found.status.final:
+                await stream.send("end", {"id": found.id, "status": str(found.status)})
+                return stream.response
+            if stream.closed:
+                return stream.response
+            await stream.next()  # a log line, the end, or a quiet while: look again
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        if stream is None:
+            raise
+        await _stream_error(stream, exc)
+        return stream.response
+    finally:
+        gw.hub.unsubscribe(subscriber)
+
+
+async def _stream_error(stream: EventStream, exc: Exception) -> None:
+    """The one thing written after a stream started, other than its data."""
+    code = "too_slow" if isinstance(exc, StreamLagging) else "unavailable"
+    if code == "unavailable":
+        log.warning("event stream ended: %s", exc)
+    with contextlib.suppress(ConnectionResetError):
+        await stream.send("error", {"code": code, "message": str(exc) or type(exc).__name__})
 
 
 async def cancel(request: web.Request) -> web.Response:
     """DELETE /v1/invocations/{id}"""
-    gw = gateway(request)
-    invocation_id = request.match_info["id"]
-    result = await gw.store.cancel(invocation_id)
-    if result.status == "running":
-        await route_cancel(
-            gw.redis,
-            gw.keys,
-            result.worker_id,
-            invocation_id,
-            result.attempt,
-            "cancelled through the API",
-        )
-    return web.json_response({"id": invocation_id, "status": result.status}, status=202)
+    invocation_id = valid_id(request)
+    outcome = await gateway(request).data.invocations.cancel(
+        invocation_id, "cancelled through the API"
+    )
+    status = "cancelled" if outcome is CancelOutcome.CANCELLED else "running"
+    return web.json_response({"id": invocation_id, "status": status}, status=202)
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     """GET /v1/dead-letters?limit=: failed invocations (retries exhausted), newest first."""
-    gw = gateway(request)
-    try:
-        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise web.HTTPBadRequest(reason="limit must be an integer") from None
-    found = []
-    for invocation_id in await gw.store.dead_letters(limit):
-        with contextlib.suppress(NotFound):  # expired with the retention
-            found.append((await gw.store.get(invocation_id)).public())
-    return web.json_response({"invocations": found})
+    limit = integer(request, "limit", 100, 1, 1000)
+    found = await gateway(request).data.invocations.dead_letters(limit)
+    return web.json_response({"invocations": [i.public() for i in found]})
 
 
 async def replay(request: web.Request) -> web.Response:
     """POST /v1/invocations/{id}/replay: run a dead-lettered invocation again (a new one)."""
     gw = gateway(request)
-    new_id = await gw.store.replay(request.match_info["id"])
-    return await _accepted(gw, new_id, 202)
+    new_id = await gw.data.invocations.replay(valid_id(request))
+    return _accepted_new(new_id)
 
 
 async def list_invocations(request: web.Request) -> web.Response:
-    """GET /v1/invocations?function=&status=&limit="""
-    gw = gateway(request)
-    status = request.query.get("status")
-    if status and status not in {s.value for s in Status}:
-        raise web.HTTPBadRequest(reason=f"unknown status {status!r}")
-    try:
-        limit = max(1, min(1000, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise web.HTTPBadRequest(reason="limit must be an integer") from None
-    found = await gw.store.list_invocations(
-        function=request.query.get("function") or None, status=status, limit=limit
+    """GET /v1/invocations?function=&status=&limit=&cursor="""
+    raw_status = request.query.get("status")
+    if raw_status and raw_status not in {s.value for s in Status}:
+        raise web.HTTPBadRequest(reason=f"unknown status {raw_status[:40]!r}")
+    function = request.query.get("function") or None
+    if function is not None and not valid_name(function):
+        return web.json_response({"invocations": [], "next_cursor": None})
+    page = await gateway(request).data.invocations.recent(
+        function=function,
+        status=Status(raw_status) if raw_status else None,
+        limit=integer(request, "limit", 50, 1, 1000),
+        cursor=cursor(request),
     )
-    return web.json_response({"invocations": [i.public() for i in found]})
+    return web.json_response(
+        {"invocations": [i.public() for i in page.invocations], "next_cursor": page.next_cursor}
+    )

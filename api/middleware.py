@@ -6,12 +6,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hodei.api import metrics
+from hodei.api.requests import CALLER
 from hodei.api.state import error, gateway
-from hodei.errors import Conflict, InvalidSpec, NotFound, QueueFull
+from hodei.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound, QueueFull
+from hodei.plugin.data.connection import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -24,6 +24,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except InvalidSpec as exc:
         return error(422, "invalid_spec", str(exc), field=exc.field)
+    except IdempotencyMismatch as exc:
+        return error(422, "idempotency_key_reused", str(exc), id=exc.invocation_id)
     except NotFound as exc:
         return error(404, "not_found", str(exc))
     except Conflict as exc:
@@ -32,31 +34,36 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error(429, "too_many_requests", str(exc))
         response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        log.warning("Redis unavailable: %s", exc)
-        return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, "payload_too_large", exc.text or "payload too large")
     except web.HTTPException as exc:
         if exc.status >= 400:
-            code = (exc.reason or "error").lower().replace(" ", "_")
+            code = (exc.reason or "error").lower().replace(" ", "_")[:64]
             return error(exc.status, code, exc.reason or "error")
         raise
+    except ConnectionResetError:
+        raise  # the client went away: nobody to answer, nothing to log
+    except REDIS_DOWN as exc:
+        log.warning("Redis unavailable: %s", exc)
+        return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
 
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = gateway(request).tokens
-    if not tokens.enabled or not request.path.startswith("/v1"):
+    if not tokens.enabled:
+        request[CALLER] = "anonymous"
         return await handler(request)
-    scopes = tokens.scopes_of(request.headers.get("Authorization", ""))
-    if scopes is None:
+    if not request.path.startswith("/v1"):
+        return await handler(request)
+    caller = tokens.identify(request.headers.get("Authorization", ""))
+    if caller is None:
         response = error(401, "unauthorized", "a valid bearer token is required")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
-    route_handler = request.match_info.handler
-    needed = getattr(route_handler, SCOPE, "admin")
-    if needed not in scopes and "admin" not in scopes:
+    request[CALLER] = caller.id
+    needed = getattr(request.match_info.handler, SCOPE, "admin")
+    if needed not in caller.scopes and "admin" not in caller.scopes:
         return error(403, "forbidden", f"this route needs the {needed} scope")
     return await handler(request)
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hodei.config import EnvSettings
+from hodei.plugin.data.settings import DataSettings
 
 
 @dataclass(frozen=True, slots=True)
-class GatewaySettings(EnvSettings):
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "hodei"
+class GatewaySettings(DataSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     max_payload_bytes: int = 6 * 1024 * 1024
@@ -20,11 +18,9 @@ class GatewaySettings(EnvSettings):
     # "token:scope+scope" entries, comma-separated; or a file with one entry per line.
     api_tokens: tuple[str, ...] = ()
     api_tokens_file: str = ""
-    # Must agree with the servers' (one Redis, one queue).
-    max_queue: int = 100_000
-    ageing_s: float = 60.0
-    events_maxlen: int = 100_000
-    retention_s: int = 7 * 24 * 3600
+    # Open server-sent event streams (/v1/events, logs?follow): in all, and per caller.
+    max_streams: int = 1000
+    max_streams_per_caller: int = 100
     callback_timeout_s: float = 10.0
     callback_attempts: int = 8
     callback_base_s: float = 1.0

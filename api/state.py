@@ -10,22 +10,17 @@ from aiohttp import web
 
 from hodei.api.auth import TokenTable
 from hodei.api.settings import GatewaySettings
+from hodei.api.streams import EventHub
 from hodei.api.waiter import Completions
-from hodei.plugin.keys import Keys
-from hodei.plugin.registry import Registry
-from hodei.plugin.scripts import RedisClient, Scripts
-from hodei.plugin.store import Store
+from hodei.plugin.data import DataLayer
 
 
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    redis: RedisClient
-    keys: Keys
-    scripts: Scripts
-    store: Store
-    registry: Registry
+    data: DataLayer
     completions: Completions
+    hub: EventHub
     tokens: TokenTable
 
 

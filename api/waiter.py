@@ -1,24 +1,32 @@
-"""Completion notices: one pub/sub subscription per gateway, fanned out to waiting requests
-and to the callback dispatcher. It resubscribes by itself after a Redis outage."""
+"""Completion notices: one subscription per gateway (completions and callbacks due), fanned
+out to the requests waiting for a result and to the callback dispatcher. After an outage
+it subscribes again and lets every waiter look at its invocation itself."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from hodei import backoff
-from hodei.plugin.scripts import RedisClient
+from hodei.plugin.data import DataLayer
+from hodei.plugin.data.messages import Subscription
 
 log = logging.getLogger(__name__)
 
 
 class Completions:
-    def __init__(self, redis: RedisClient, channel: str) -> None:
-        self.redis = redis
-        self.channel = channel
+    def __init__(self, data: DataLayer) -> None:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.any_completion = asyncio.Event()
+        self.callbacks_due = asyncio.Event()
+        self.closing = False
+        keys = data.keys
+        self._completed = keys.completed_channel
+        self.subscription = Subscription(
+            data.blocking,
+            [keys.completed_channel, keys.callback_channel],
+            self._on_message,
+            self._resubscribed,
+            log,
+        )
 
     def expect(self, invocation_id: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -37,27 +45,24 @@ class Completions:
         for future in self.waiters.pop(invocation_id, []):
             if not future.done():
                 future.set_result(None)
-        self.any_completion.set()
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self._completed:
+            self._notify(data.decode())
+        else:
+            self.callbacks_due.set()
+
+    def _resubscribed(self) -> None:
+        # Whatever finished while we were not subscribed: let everyone look again.
+        for invocation_id in list(self.waiters):
+            self._notify(invocation_id)
+        self.callbacks_due.set()
+
+    def close(self) -> None:
+        """The gateway is shutting down: waiting requests answer now."""
+        self.closing = True
+        for invocation_id in list(self.waiters):
+            self._notify(invocation_id)
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                failures = 0
-                # Whatever finished while we were not subscribed: let waiters re-check.
-                for invocation_id in list(self.waiters):
-                    self._notify(invocation_id)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._notify(message["data"].decode())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("completion subscription lost: %s", exc)
-                await asyncio.sleep(backoff.delay(failures, 0.2, 5.0))
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        await self.subscription.run()

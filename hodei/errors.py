@@ -28,12 +28,24 @@ class Conflict(HodeiError):
     """Raised when an operation does not fit the current state (e.g. cancelling a final one)."""
 
 
+class IdempotencyMismatch(HodeiError):
+    """Raised when an idempotency key is used again with a different payload."""
+
+    def __init__(self, message: str, invocation_id: str) -> None:
+        super().__init__(message)
+        self.invocation_id = invocation_id
+
+
 class QueueFull(HodeiError):
     """Raised when the queue or a function's concurrency limit refuses more work."""
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StreamLagging(HodeiError):
+    """Raised when a client of a server-sent event stream falls too far behind."""
 
 
 class AgentRejected(HodeiError):
@@ -60,11 +72,12 @@ class StaleSession(ProtocolError):
 
 
 class PinRefused(HodeiError):
-    """Raised when assign.lua refuses a pinned assignment; ``code`` is its reply code."""
+    """Raised when an operator's pin cannot lease the invocation to the worker; ``refusal``
+    says why (not_queued, not_schedulable, does_not_fit)."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, refusal: str, reason: str) -> None:
         super().__init__(reason)
-        self.code = code
+        self.refusal = refusal
 
 
 class NoServerFound(HodeiError):

@@ -14,8 +14,7 @@ from typing import Any
 
 import consul
 
-from hodei.plugin.keys import Keys
-from hodei.plugin.scripts import Scripts
+from hodei.plugin.data.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +23,14 @@ class ConsulLeaderLock:
     def __init__(
         self,
         client: Any,
-        keys: Keys,
-        scripts: Scripts,
+        leadership: Leadership,
         holder: str,
         key: str,
         session_ttl_s: int,
         lock_delay_s: int,
     ) -> None:
         self.client = client
-        self.keys = keys
-        self.scripts = scripts
+        self.leadership = leadership
         self.holder = holder
         self.key = key
         self.session_ttl_s = session_ttl_s
@@ -82,12 +79,7 @@ class ConsulLeaderLock:
         if not acquired:
             self._set(None)
             return False
-        value = await self.scripts.run(
-            "take_leader",
-            [self.keys.leader, self.keys.leader_epoch],
-            [self.holder, self.session_ttl_s * 1000],
-        )
-        self._set(value.decode())
+        self._set(await self.leadership.take(self.holder, self.session_ttl_s * 1000))
         return True
 
     async def release(self) -> None:
@@ -95,7 +87,7 @@ class ConsulLeaderLock:
         self._set(None)
         if token:
             with contextlib.suppress(Exception):
-                await self.scripts.run("release_leader", [self.keys.leader], [token])
+                await self.leadership.release(token)
         if session:
             with contextlib.suppress(Exception):
                 await self.client.kv.put(self.key, self.holder, release=session)

@@ -12,8 +12,8 @@ import contextlib
 import logging
 from typing import Protocol
 
-from hodei.plugin.keys import Keys
-from hodei.plugin.scripts import RedisClient, Scripts
+from hodei.plugin.data.connection import REDIS_DOWN, Outage
+from hodei.plugin.data.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,8 @@ class LeaderLock(Protocol):
 
 
 class RedisLeaderLock:
-    def __init__(
-        self, redis: RedisClient, keys: Keys, scripts: Scripts, holder: str, ttl_s: float
-    ) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.scripts = scripts
+    def __init__(self, leadership: Leadership, holder: str, ttl_s: float) -> None:
+        self.leadership = leadership
         self.holder = holder
         self.ttl_s = ttl_s
         self.token: str | None = None
@@ -48,39 +44,37 @@ class RedisLeaderLock:
     def is_leader(self) -> bool:
         return self.token is not None
 
-    async def try_acquire(self) -> bool:
-        """Take or renew the lock; updates ``token`` and signals ``changed`` on a change."""
-        value = await self.scripts.run(
-            "leader",
-            [self.keys.leader, self.keys.leader_epoch],
-            [self.holder, int(self.ttl_s * 1000)],
-        )
-        token = value.decode() if value else None
+    def _set(self, token: str | None) -> None:
         if token != self.token:
             log.info(
                 "leadership %s (token %s)", "acquired" if token else "lost", token or self.token
             )
             self.token = token
             self.changed.set()
-        return token is not None
+
+    async def try_acquire(self) -> bool:
+        """Take or renew the lock; updates ``token`` and signals ``changed`` on a change."""
+        self._set(await self.leadership.acquire(self.holder, int(self.ttl_s * 1000)))
+        return self.token is not None
 
     async def release(self) -> None:
-        if self.token:
-            await self.scripts.run("release_leader", [self.keys.leader], [self.token])
-            self.token = None
-            self.changed.set()
+        token = self.token
+        self._set(None)
+        if token:
+            await self.leadership.release(token)
 
     async def run(self) -> None:
-        """Campaign forever: renew at a third of the TTL, retry at the same pace."""
+        """Campaign for ever: renew at a third of the TTL, retry at the same pace. While
+        Redis is away nobody can hold the lock: step down at once."""
+        outage = Outage("leader election", log)
         try:
             while True:
                 try:
                     await self.try_acquire()
-                except Exception:
-                    log.warning("leader election: Redis unavailable", exc_info=True)
-                    if self.token is not None:
-                        self.token = None
-                        self.changed.set()
+                    outage.recovered()
+                except REDIS_DOWN as exc:
+                    outage.failed(exc)
+                    self._set(None)
                 await asyncio.sleep(self.ttl_s / 3)
         finally:
             with contextlib.suppress(Exception):

@@ -1,8 +1,15 @@
-"""Domain objects of the control plane: function specs, resources, invocation records."""
+"""Domain objects of the control plane: function specs, resources, invocation records.
+
+Every user-supplied number has bounds (a spec out of them is a 422 naming the field), so
+no invocation can ask for a day-long queue wait, ten thousand retries or a petabyte.
+"""
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -10,8 +17,19 @@ from typing import Any
 from hodei.errors import InvalidSpec
 from hodei.tracing import trace_id
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,127}")
 RUNTIMES = ("process", "docker")
+INTERFACES = ("stdio", "lambda")
+DAY_S = 86_400.0
+MAX_TEXT = 4096  # an image name, a command word, a handler
+MAX_ENV_VALUE = 32 * 1024
+MAX_ITEMS = 256  # command words, env entries, labels
+
+
+def valid_name(name: str) -> bool:
+    return NAME_RE.fullmatch(name) is not None
 
 
 class Priority(enum.StrEnum):
@@ -33,6 +51,67 @@ class Status(enum.StrEnum):
         return self not in (Status.QUEUED, Status.RUNNING)
 
 
+FINAL_STATUSES = tuple(s for s in Status if s.final)
+
+
+def _number(
+    raw: dict[str, Any],
+    key: str,
+    default: float,
+    *,
+    minimum: float,
+    maximum: float,
+    integer: bool = False,
+    where: str = "",
+) -> float:
+    """A finite number within bounds; integers must be integers (not 1.0, not true)."""
+    name = f"{where}{key}"
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSpec(name, "must be a number")
+    if integer and not isinstance(value, int):
+        raise InvalidSpec(name, "must be an integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpec(name, "must be a finite number")
+    if value < minimum or value > maximum:
+        raise InvalidSpec(name, f"must be between {minimum:g} and {maximum:g}")
+    return float(value)
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidSpec(key, "must be true or false")
+    return value
+
+
+def _text(raw: dict[str, Any], key: str, default: str = "", limit: int = MAX_TEXT) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidSpec(key, "must be a string")
+    if len(value) > limit or "\0" in value:
+        raise InvalidSpec(key, f"must be at most {limit} characters, without NUL")
+    return value
+
+
+def _only(raw: dict[str, Any], known: set[str], where: str = "") -> None:
+    for key in raw:
+        if key not in known:
+            raise InvalidSpec(f"{where}{key}", "unknown field")
+
+
+def _string_map(raw: dict[str, Any], key: str, pattern: re.Pattern[str]) -> dict[str, str]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict) or len(value) > MAX_ITEMS:
+        raise InvalidSpec(key, f"must be a map of at most {MAX_ITEMS} strings")
+    for k, v in value.items():
+        if not isinstance(k, str) or not pattern.fullmatch(k):
+            raise InvalidSpec(key, f"{str(k)[:40]!r}: names must match {pattern.pattern}")
+        if not isinstance(v, str) or len(v) > MAX_ENV_VALUE or "\0" in v:
+            raise InvalidSpec(f"{key}.{k}", f"must be a string of at most {MAX_ENV_VALUE}")
+    return dict(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     cpu_millicores: int = 100
@@ -45,31 +124,50 @@ class Resources:
             return cls()
         if not isinstance(raw, dict):
             raise InvalidSpec("resources", "must be an object")
-        known = {"cpu_millicores", "memory_mb", "gpus"}
-        for key in raw:
-            if key not in known:
-                raise InvalidSpec(f"resources.{key}", "unknown field")
-        res = cls(**{k: raw[k] for k in known if k in raw})
-        res.validate()
-        return res
+        _only(raw, {"cpu_millicores", "memory_mb", "gpus"}, "resources.")
+        bounds = {"cpu_millicores": (1, 1_000_000), "memory_mb": (1, 16 << 20), "gpus": (0, 64)}
+        values = {
+            key: int(
+                _number(raw, key, default, minimum=lo, maximum=hi, integer=True, where="resources.")
+            )
+            for (key, (lo, hi)), default in zip(bounds.items(), (100, 128, 0), strict=True)
+        }
+        return cls(**values)
 
-    def validate(self) -> None:
-        for name in ("cpu_millicores", "memory_mb", "gpus"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise InvalidSpec(f"resources.{name}", "must be an integer")
-        if self.cpu_millicores <= 0:
-            raise InvalidSpec("resources.cpu_millicores", "must be > 0")
-        if self.memory_mb <= 0:
-            raise InvalidSpec("resources.memory_mb", "must be > 0")
-        if self.gpus < 0:
-            raise InvalidSpec("resources.gpus", "must be >= 0")
+
+@dataclass(frozen=True, slots=True)
+class WarmPolicy:
+    """Lambda instances: ``min`` kept started across the fleet, at most ``max`` on one
+    worker (0 = as capacity allows), each stopped after ``idle_s`` without work."""
+
+    min: int = 0
+    max: int = 0
+    idle_s: float = 300.0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> WarmPolicy:
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise InvalidSpec("warm", "must be an object")
+        _only(raw, {"min", "max", "idle_s"}, "warm.")
+        policy = cls(
+            min=int(_number(raw, "min", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
+            max=int(_number(raw, "max", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
+            idle_s=_number(raw, "idle_s", 300.0, minimum=1, maximum=DAY_S, where="warm."),
+        )
+        if policy.max and policy.min > policy.max:
+            raise InvalidSpec("warm.min", "must not exceed warm.max")
+        return policy
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
     name: str
     runtime: str = "process"
+    interface: str = "stdio"
+    handler: str = ""
+    warm: WarmPolicy = WarmPolicy()
     image: str = ""
     command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -85,51 +183,59 @@ class FunctionSpec:
     @classmethod
     def from_dict(cls, name: str, raw: dict[str, Any]) -> FunctionSpec:
         """Validate a user-supplied spec; raises InvalidSpec naming the bad field."""
-        if not NAME_RE.match(name):
+        if not isinstance(name, str) or not valid_name(name):
             raise InvalidSpec("name", f"must match {NAME_RE.pattern}")
         if not isinstance(raw, dict):
             raise InvalidSpec("spec", "must be an object")
-        known = {f for f in cls.__dataclass_fields__ if f != "name"}
-        for key in raw:
-            if key not in known:
-                raise InvalidSpec(key, "unknown field")
+        _only(raw, {f for f in cls.__dataclass_fields__ if f != "name"})
         runtime = raw.get("runtime", "process")
         if runtime not in RUNTIMES:
             raise InvalidSpec("runtime", f"must be one of {', '.join(RUNTIMES)}")
+        interface = raw.get("interface", "stdio")
+        if interface not in INTERFACES:
+            raise InvalidSpec("interface", f"must be one of {', '.join(INTERFACES)}")
         command = raw.get("command", [])
-        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-            raise InvalidSpec("command", "must be a list of strings")
-        image = raw.get("image", "")
+        if (
+            not isinstance(command, list)
+            or len(command) > MAX_ITEMS
+            or not all(isinstance(c, str) and len(c) <= MAX_TEXT and "\0" not in c for c in command)
+        ):
+            raise InvalidSpec("command", f"must be a list of at most {MAX_ITEMS} strings")
+        image = _text(raw, "image")
+        handler = _text(raw, "handler")
         if runtime == "docker" and not image:
             raise InvalidSpec("image", "is required for the docker runtime")
         if runtime == "process" and not command:
             raise InvalidSpec("command", "is required for the process runtime")
-        for key in ("env", "labels"):
-            value = raw.get(key, {})
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise InvalidSpec(key, "must be a map of strings")
+        if interface == "lambda" and not handler:
+            raise InvalidSpec("handler", "is required for the lambda interface")
+        warm = WarmPolicy.from_dict(raw.get("warm"))
+        if interface == "stdio" and (handler or warm != WarmPolicy()):
+            raise InvalidSpec("handler" if handler else "warm", "is for the lambda interface")
         try:
             priority = Priority(raw.get("priority", "normal"))
         except ValueError:
             raise InvalidSpec("priority", "must be high, normal or low") from None
-        spec = cls(
+        return cls(
             name=name,
             runtime=runtime,
+            interface=interface,
+            handler=handler,
+            warm=warm,
             image=image,
             command=tuple(command),
-            env=dict(raw.get("env", {})),
+            env=_string_map(raw, "env", ENV_NAME_RE),
             resources=Resources.from_dict(raw.get("resources")),
-            timeout_s=_number(raw, "timeout_s", 60.0, minimum=0.001),
-            max_retries=int(_number(raw, "max_retries", 3, minimum=0, integer=True)),
+            timeout_s=_number(raw, "timeout_s", 60.0, minimum=0.001, maximum=DAY_S),
+            max_retries=int(_number(raw, "max_retries", 3, minimum=0, maximum=20, integer=True)),
             priority=priority,
-            concurrency=int(_number(raw, "concurrency", 0, minimum=0, integer=True)),
+            concurrency=int(
+                _number(raw, "concurrency", 0, minimum=0, maximum=100_000, integer=True)
+            ),
             network=_flag(raw, "network"),
-            labels=dict(raw.get("labels", {})),
-            queue_timeout_s=_number(raw, "queue_timeout_s", 300.0, minimum=0.001),
+            labels=_string_map(raw, "labels", LABEL_RE),
+            queue_timeout_s=_number(raw, "queue_timeout_s", 300.0, minimum=0.001, maximum=DAY_S),
         )
-        return spec
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -137,99 +243,40 @@ class FunctionSpec:
         data["priority"] = str(self.priority)
         return data
 
-
-def _number(
-    raw: dict[str, Any], key: str, default: float, *, minimum: float, integer: bool = False
-) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidSpec(key, "must be a number")
-    if integer and not isinstance(value, int):
-        raise InvalidSpec(key, "must be an integer")
-    if value < minimum:
-        raise InvalidSpec(key, f"must be >= {minimum}")
-    return float(value)
-
-
-def _flag(raw: dict[str, Any], key: str) -> bool:
-    value = raw.get(key, False)
-    if not isinstance(value, bool):
-        raise InvalidSpec(key, "must be true or false")
-    return value
+    @property
+    def revision(self) -> str:
+        """A digest of the spec: equal specs share it, any change gives a new one."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 @dataclass(slots=True)
 class Invocation:
-    """An invocation record as stored in Redis (the contract's fields plus bookkeeping)."""
+    """An invocation record (the contract's fields plus bookkeeping)."""
 
     id: str
     function: str
     status: Status
     attempt: int
     priority: Priority
+    revision: str = ""
     worker_id: str = ""
     exit_code: int | None = None
     error: str = ""
     pending_reason: str = ""
-    created_at: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
+    parked: bool = False
+    created_ms: int = 0
+    queued_ms: int = 0
+    started_ms: int | None = None
+    finished_ms: int | None = None
     duration_ms: int | None = None
     failures: int = 0
     max_retries: int = 0
     traceparent: str = ""
-
-    # The record fields this class reads: fetch only these (the hash also holds the
-    # payload and the result, up to megabytes each).
-    FIELDS = (
-        "id",
-        "function",
-        "status",
-        "attempt",
-        "priority",
-        "worker_id",
-        "exit_code",
-        "error",
-        "pending_reason",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "duration_ms",
-        "failures",
-        "max_retries",
-        "traceparent",
-    )
-
-    @classmethod
-    def from_fields(cls, values: list[bytes | None]) -> Invocation | None:
-        """From an HMGET of FIELDS; None when the record does not exist."""
-        if values[0] is None:
-            return None
-        return cls.from_hash(
-            {k.encode(): v for k, v in zip(cls.FIELDS, values, strict=True) if v is not None}
-        )
-
-    @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> Invocation:
-        h = {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"payload"}
-        return cls(
-            id=h["id"],
-            function=h.get("function", ""),
-            status=Status(h["status"]),
-            attempt=int(h.get("attempt", "1")),
-            priority=Priority(h.get("priority", "normal")),
-            worker_id=h.get("worker_id", ""),
-            exit_code=int(h["exit_code"]) if h.get("exit_code", "") != "" else None,
-            error=h.get("error", ""),
-            pending_reason=h.get("pending_reason", ""),
-            created_at=_ms_to_s(h.get("created_at")) or 0.0,
-            started_at=_ms_to_s(h.get("started_at")),
-            finished_at=_ms_to_s(h.get("finished_at")),
-            duration_ms=int(h["duration_ms"]) if h.get("duration_ms") else None,
-            failures=int(h.get("failures", "0")),
-            max_retries=int(h.get("max_retries", "0")),
-            traceparent=h.get("traceparent", ""),
-        )
+    cold_start: bool | None = None
+    init_ms: int | None = None
+    result_truncated: bool = False
+    log_truncated: bool = False
 
     def public(self) -> dict[str, Any]:
         """The record as the HTTP contract shows it."""
@@ -243,13 +290,18 @@ class Invocation:
             "exit_code": self.exit_code,
             "error": self.error or None,
             "pending_reason": self.pending_reason or None,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
+            "parked": self.parked,
+            "created_at": self.created_ms / 1000,
+            "started_at": _seconds(self.started_ms),
+            "finished_at": _seconds(self.finished_ms),
             "duration_ms": self.duration_ms,
+            "cold_start": self.cold_start,
+            "init_ms": self.init_ms,
+            "result_truncated": self.result_truncated,
+            "log_truncated": self.log_truncated,
             "trace_id": trace_id(self.traceparent) or None,
         }
 
 
-def _ms_to_s(value: str | None) -> float | None:
-    return int(value) / 1000.0 if value else None
+def _seconds(ms: int | None) -> float | None:
+    return ms / 1000 if ms is not None else None

@@ -1,125 +1,155 @@
-"""The leader's scheduler: woken by the event stream, places queued work by bin-packing.
+"""The leader's scheduler: woken by what may let something be placed, places queued work by
+bin-packing.
 
-There is no polling interval. The scheduler blocks on the domain-event stream, which every
-enqueue, completion and worker change writes to, so it wakes on exactly the things that
-can make a placement possible; a timeout only serves due retries and queue timeouts.
+There is no polling interval. The scheduler blocks on the wake-up stream, which enqueues,
+freed capacity and worker changes write to (log lines and the other domain events never
+wake it), so it wakes on exactly the things that can make a placement possible; a timeout
+only serves due retries. Its view of the fleet is kept in memory: capacity freed is
+applied from the wake-ups themselves, and a worker is read again only when it changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from hodei import tracing
+from hodei.domain import now_ms
+from hodei.errors import NotFound
 from hodei.logs import inv
-from hodei.plugin import metrics
-from hodei.plugin.keys import Keys
+from hodei.plugin import assignment, metrics
+from hodei.plugin.data import DataLayer
+from hodei.plugin.data.connection import REDIS_DOWN, Outage
+from hodei.plugin.data.events import Entry, stream_position
+from hodei.plugin.data.leases import Lease, Refusal
+from hodei.plugin.data.records import WorkerRecord
+from hodei.plugin.data.workers import SCHEDULABLE
 from hodei.plugin.leader import LeaderLock
-from hodei.plugin.leasing import Leases
+from hodei.plugin.models import FunctionSpec
 from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView
-from hodei.plugin.registry import Registry, view_of
-from hodei.plugin.scripts import RedisClient
 from hodei.plugin.settings import ServerSettings
-from hodei.plugin.store import now_ms
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[str, str, pb.AssignJobRequest], Awaitable[None]]
+# (worker, its server, the request): delivered on the worker's stream, wherever it is.
+Deliver = Callable[[Sequence[tuple[str, str, pb.AssignJobRequest]]], Awaitable[None]]
 FULL_REFRESH_S = 30.0
-UNPARK_CHUNK = 1000
 
 
 @dataclass(slots=True)
-class Queued:
-    demand: Demand
-    deadline_ms: int
-    created_ms: int
-    queued_ms: int
+class Waiting:
+    """A queued invocation as the scheduler knows it (cached while it waits)."""
+
     function: str
-    pending_reason: str
+    revision: str
     published_reason: str
+    demand: Demand | None = None
+    pending_reason: str = ""
     structural: bool = False
     decided_ns: int = 0  # when the scheduler took it up (the schedule span starts)
 
 
+def view_of(w: WorkerRecord, now: int, heartbeat_ms: int) -> WorkerView:
+    """The scheduler's view of a worker record; health falls as heartbeats get late."""
+    age = max(0, now - (w.last_heartbeat_ms or now))
+    health = 1.0 if age <= heartbeat_ms * 1.5 else max(0.5, 1.0 - age / (heartbeat_ms * 6))
+    health -= min(0.3, 0.1 * w.unhealthy_count)
+    return WorkerView(
+        id=w.id,
+        cpu_total=w.capacity.cpu,
+        mem_total=w.capacity.mem,
+        gpu_total=w.capacity.gpu,
+        slots_total=w.capacity.slots,
+        cpu_used=w.used.cpu,
+        mem_used=w.used.mem,
+        gpu_used=w.used.gpu,
+        slots_used=w.used.slots,
+        labels=w.labels,
+        runtimes=w.runtimes,
+        schedulable=w.state in SCHEDULABLE,
+        health=health,
+        server_id=w.server_id,
+    )
+
+
+def demand_of(spec: FunctionSpec) -> Demand:
+    r = spec.resources
+    return Demand(
+        r.cpu_millicores, r.memory_mb, r.gpus, spec.runtime, tuple(sorted(spec.labels.items()))
+    )
+
+
 class Scheduler:
     def __init__(
-        self,
-        redis: RedisClient,
-        keys: Keys,
-        settings: ServerSettings,
-        leases: Leases,
-        registry: Registry,
-        leader: LeaderLock,
-        deliver: Deliver,
+        self, data: DataLayer, settings: ServerSettings, leader: LeaderLock, deliver: Deliver
     ) -> None:
-        self.redis = redis
-        self.keys = keys
+        self.data = data
         self.settings = settings
-        self.leases = leases
-        self.registry = registry
         self.leader = leader
         self.deliver = deliver
-        self.scripts = leases.scripts
         self.fleet = Fleet(settings.max_candidates, settings.max_scan)
-        self._queued: dict[str, Queued] = {}
-        self._last_event = "0-0"
+        self._waiting: dict[str, Waiting] = {}
+        self._cursor = "0-0"
+        # Per worker, the wake-up stream position its record was read at: capacity freed
+        # before it is already in the record.
+        self._synced: dict[str, str] = {}
         self._next_due: int | None = None
         self._refreshed_at = 0.0
+        self._heartbeat_ms = int(settings.heartbeat_interval_s * 1000)
         # Consul's verdict when Consul is configured: work goes only to passing workers.
         self.gate: Callable[[str], bool] | None = None
 
     async def run(self) -> None:
+        outage = Outage("scheduler", log)
         while True:
             self.leader.changed.clear()
-            if self.leader.is_leader:
-                metrics.IS_LEADER.set(1)
-                try:
-                    await self._lead(self.leader.token or "")
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("scheduler pass failed; starting over")
-                    await asyncio.sleep(0.5)
-                    continue
-            metrics.IS_LEADER.set(0)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # A library below swallowed our cancellation; honour it anyway.
-                raise asyncio.CancelledError
-            await self.leader.changed.wait()
+            token = self.leader.token
+            if token is None:
+                metrics.IS_LEADER.set(0)
+                await self.leader.changed.wait()
+                continue
+            metrics.IS_LEADER.set(1)
+            try:
+                await self._lead(token, outage)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                await asyncio.sleep(outage.failed(exc))
+            except Exception:
+                log.exception("scheduler pass failed; starting over")
+                await asyncio.sleep(0.5)
 
-    async def _lead(self, token: str) -> None:
+    async def _lead(self, token: str, outage: Outage) -> None:
         log.info("scheduling as leader %s", token)
         await self._load()
+        outage.recovered()
         while self.leader.token == token:
             placed_all = await self.schedule_pass(token)
             if self.leader.token != token:
                 break
-            await self._wait_for_events(0 if not placed_all else self._timeout_ms())
+            await self._wait(self._timeout_ms() if placed_all else None)
 
     async def _load(self) -> None:
-        """A fresh snapshot of the fleet, taken after noting the event stream's position so
-        no change between the two is missed."""
-        last = await self.redis.xrevrange(self.keys.events, count=1)
-        self._last_event = last[0][0].decode() if last else "0-0"
+        """A fresh view of the fleet, read in one transaction with the wake-up stream's
+        position: changes after it are applied from the stream, none twice."""
+        snapshot = await self.data.workers.snapshot()
+        self._cursor = snapshot.position
         self.fleet = Fleet(self.settings.max_candidates, self.settings.max_scan)
         now = now_ms()
-        hb_ms = int(self.settings.heartbeat_interval_s * 1000)
-        for h in await self.registry.all():
-            self.fleet.upsert(self._view(h, now, hb_ms))
-        self._queued.clear()
-        self._next_due = await self.leases.next_due_ms()
+        for w in snapshot.workers:
+            self.fleet.upsert(self._view(w, now))
+        self._synced = dict.fromkeys(self.fleet.workers, snapshot.position)
+        self._waiting.clear()
+        self._next_due = await self.data.queue.next_due_ms()
         self._refreshed_at = time.monotonic()
         await self.unpark()
 
-    def _view(self, h: dict[str, str], now: int, hb_ms: int) -> WorkerView:
-        view = view_of(h, now, hb_ms)
+    def _view(self, w: WorkerRecord, now: int) -> WorkerView:
+        view = view_of(w, now, self._heartbeat_ms)
         if self.gate is not None and view.schedulable and not self.gate(view.id):
             view = replace(view, schedulable=False)
         return view
@@ -130,71 +160,79 @@ class Scheduler:
             wait = min(wait, max(1, self._next_due - now_ms()))
         return wait
 
-    async def _wait_for_events(self, block_ms: int) -> None:
-        reply = await self.redis.xread(
-            {self.keys.events: self._last_event}, count=1000, block=block_ms or None
-        )
+    async def _wait(self, block_ms: int | None) -> None:
+        """Take in what happened since the last look (waiting up to ``block_ms`` for
+        something when there is nothing to do)."""
+        entries = await self.data.events.wakeups(self._cursor, block_ms)
         dirty: set[str] = set()
-        fleet_changed = False
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self._last_event = entry_id.decode()
-                worker = fields.get(b"worker")
-                kind = fields.get(b"type")
-                if worker and kind != b"assigned":
-                    dirty.add(worker.decode())
-                if kind == b"retry":
-                    self._next_due = None
-                if kind == b"worker":
-                    fleet_changed = True
+        for entry in entries:
+            self._cursor = entry.id
+            self._take(entry, dirty)
         if time.monotonic() - self._refreshed_at > FULL_REFRESH_S:
             await self._load()
-        elif dirty:
+            return
+        if dirty:
             await self._refresh(dirty)
-        if self._next_due is None:
-            self._next_due = await self.leases.next_due_ms()
-        if fleet_changed:
             await self.unpark()
 
-    async def unpark(self) -> None:
-        """Give every parked invocation another look (the fleet changed)."""
-        while (
-            await self.scripts.run("unpark", [self.keys.parked, self.keys.queue], [UNPARK_CHUNK])
-            == UNPARK_CHUNK
-        ):
-            pass
+    def _take(self, entry: Entry, dirty: set[str]) -> None:
+        f = entry.fields
+        kind = entry.type
+        if kind == "queued":
+            invocation_id = f["invocation"]
+            if invocation_id not in self._waiting:
+                self._waiting[invocation_id] = Waiting(f["function"], f["revision"], "")
+        elif kind == "freed":
+            worker = f["worker"]
+            synced = self._synced.get(worker, "0-0")
+            if worker in self.fleet.workers and stream_position(entry.id) > stream_position(synced):
+                self.fleet.release(worker, Demand(int(f["cpu"]), int(f["mem"]), int(f["gpu"])))
+        elif kind in ("worker", "pools"):
+            dirty.add(f["worker"])
+        elif kind == "retry":
+            due = int(f["due"])
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
 
     async def _refresh(self, worker_ids: set[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        ordered = sorted(worker_ids)
-        for w in ordered:
-            pipe.hgetall(self.keys.worker(w))
+        ids = sorted(worker_ids)
+        snapshot = await self.data.workers.snapshot(ids)
         now = now_ms()
-        hb_ms = int(self.settings.heartbeat_interval_s * 1000)
-        for worker_id, raw in zip(ordered, await pipe.execute(), strict=True):
-            if raw:
-                self.fleet.upsert(
-                    self._view({k.decode(): v.decode() for k, v in raw.items()}, now, hb_ms)
-                )
-            else:
+        found = {w.id: w for w in snapshot.workers}
+        for worker_id in ids:
+            record = found.get(worker_id)
+            if record is None:
                 self.fleet.remove(worker_id)
+                self._synced.pop(worker_id, None)
+            else:
+                self.fleet.upsert(self._view(record, now))
+                self._synced[worker_id] = snapshot.position
+
+    async def refresh_gate(self, worker_ids: set[str]) -> None:
+        """Consul's verdict on these workers changed (called on the leader)."""
+        await self._refresh(worker_ids)
+
+    async def unpark(self) -> None:
+        """Give parked invocations another look, the revisions the fleet may now take."""
+        for function, revision in await self.data.queue.parked_revisions():
+            try:
+                spec = await self.data.functions.spec(function, revision)
+            except NotFound:
+                continue
+            if not self.fleet.why_not(demand_of(spec)).structural:
+                moved = await self.data.queue.unpark(function, revision)
+                log.info("%d parked invocations of %s back in line", moved, function)
 
     async def schedule_pass(self, token: str) -> bool:
         """Place what can be placed now. True when the queue head was worked through."""
         if self._next_due is not None and self._next_due <= now_ms():
-            await self.leases.promote_due()
-            self._next_due = await self.leases.next_due_ms()
+            await self.data.queue.promote_due()
+            self._next_due = await self.data.queue.next_due_ms()
         batch = self.settings.scheduler_batch
         page = 0
-        # Unplaceable invocations (too big, waiting for a label) never hide placeable ones
+        # Unplaceable invocations (too big, waiting for capacity) never hide placeable ones
         # behind them: the scan goes on until the queue ends or no worker has room left.
         while True:
-            ids = [
-                i.decode()
-                for i in await self.redis.zrange(
-                    self.keys.queue, page * batch, (page + 1) * batch - 1
-                )
-            ]
+            ids = await self.data.queue.head(page * batch, batch)
             if not ids:
                 return True
             await self._describe(ids)
@@ -209,150 +247,111 @@ class Scheduler:
             page += 1
 
     async def _describe(self, ids: list[str]) -> None:
-        """Cache what the scheduler needs of each queued invocation (immutable fields)."""
-        unknown = [i for i in ids if i not in self._queued]
-        if not unknown:
-            return
-        fields = (
-            "cpu",
-            "mem",
-            "gpu",
-            "runtime",
-            "labels",
-            "queue_deadline",
-            "created_at",
-            "function",
-            "pending_reason",
-            "queued_at",
-        )
-        pipe = self.redis.pipeline(transaction=False)
-        for i in unknown:
-            pipe.hmget(self.keys.invocation(i), *fields)
-        for i, raw in zip(unknown, await pipe.execute(), strict=True):
-            if raw[0] is None:
-                continue
-            labels = json.loads(raw[4] or b"{}")
-            self._queued[i] = Queued(
-                demand=Demand(
-                    int(raw[0]),
-                    int(raw[1]),
-                    int(raw[2]),
-                    raw[3].decode(),
-                    tuple(sorted(labels.items())),
-                ),
-                deadline_ms=int(raw[5]),
-                created_ms=int(raw[6]),
-                queued_ms=int(raw[9] or raw[6]),
-                function=raw[7].decode(),
-                pending_reason=(raw[8] or b"").decode(),
-                published_reason=(raw[8] or b"").decode(),
-            )
-
-    def _plan(self, ids: list[str]) -> list[tuple[str, str, Queued]]:
-        plan: list[tuple[str, str, Queued]] = []
+        unknown = [i for i in ids if i not in self._waiting]
+        if unknown:
+            for i, q in zip(unknown, await self.data.queue.describe(unknown), strict=True):
+                if q is not None:
+                    self._waiting[i] = Waiting(q.function, q.revision, q.pending_reason)
         for i in ids:
-            q = self._queued.get(i)
-            if q is None:
+            w = self._waiting.get(i)
+            if w is not None and w.demand is None:
+                try:
+                    w.demand = demand_of(await self.data.functions.spec(w.function, w.revision))
+                except NotFound:
+                    del self._waiting[i]  # its revision is gone: the queue timeout ends it
+
+    def _plan(self, ids: list[str]) -> list[tuple[str, str]]:
+        plan: list[tuple[str, str]] = []
+        for i in ids:
+            w = self._waiting.get(i)
+            if w is None or w.demand is None:
                 continue
-            q.decided_ns = time.time_ns()
+            w.decided_ns = time.time_ns()
             started = time.perf_counter()
-            choice = self.fleet.place(q.demand)
+            choice = self.fleet.place(w.demand)
             metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
             if isinstance(choice, Pending):
-                q.pending_reason = choice.reason
-                q.structural = choice.structural
+                w.pending_reason = choice.reason
+                w.structural = choice.structural
                 continue
-            self.fleet.reserve(choice.id, q.demand)
-            plan.append((i, choice.id, q))
+            self.fleet.reserve(choice.id, w.demand)
+            plan.append((i, choice.id))
         return plan
 
-    async def _commit(self, plan: list[tuple[str, str, Queued]], token: str) -> None:
+    async def _commit(self, plan: list[tuple[str, str]], token: str) -> None:
         if not plan:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for invocation_id, worker_id, _ in plan:
-            await self.leases.assign_call(invocation_id, worker_id, token, client=pipe)
-        replies = await pipe.execute(raise_on_error=False)
+        results = await self.data.leases.assign_many(plan, token)
         now = now_ms()
-        for (invocation_id, worker_id, q), reply in zip(plan, replies, strict=True):
-            code = int(reply[0]) if isinstance(reply, list) else 0
-            if code == 1:
-                self._queued.pop(invocation_id, None)
-                metrics.PLACEMENTS.inc()
-                if int(reply[1]) == 1:
-                    metrics.SCHEDULING_LATENCY.observe(max(0, now - q.created_ms) / 1000)
-                metrics.QUEUE_WAIT.observe(max(0, now - q.queued_ms) / 1000)
-                request = self.leases.assignment(invocation_id, reply)
-                if tracing.active():
-                    self._trace(request, worker_id, q)
-                server_id = self.fleet.workers[worker_id].server_id
-                log.info(
-                    "invocation %s attempt %d leased to %s",
-                    invocation_id,
-                    request.attempt,
-                    worker_id,
-                    extra=inv(invocation_id, request.attempt, worker_id=worker_id),
-                )
-                await self.deliver(worker_id, server_id, request)
+        deliveries: list[tuple[str, str, pb.AssignJobRequest]] = []
+        for (invocation_id, worker_id), result in zip(plan, results, strict=True):
+            waiting = self._waiting.pop(invocation_id, None)
+            if isinstance(result, Lease):
+                spec = await self.data.functions.spec(result.function, result.revision)
+                request = assignment.request(result, spec)
+                self._placed(result, now, waiting)
+                deliveries.append((worker_id, self.fleet.workers[worker_id].server_id, request))
                 continue
-            self.fleet.release(worker_id, q.demand)
-            if code == -1:
+            if waiting is not None and waiting.demand is not None:
+                self.fleet.release(worker_id, waiting.demand)
+            if result is Refusal.NOT_LEADER:
                 log.warning("fenced off: leadership %s is over", token)
                 self.leader.token = None
                 self.leader.changed.set()
-                return
-            if code == -2:
-                self._queued.pop(invocation_id, None)
-            else:
+                break
+            if result in (Refusal.NOT_SCHEDULABLE, Refusal.DOES_NOT_FIT):
+                if waiting is not None:
+                    self._waiting[invocation_id] = waiting
                 await self._refresh({worker_id})
+        await self.deliver(deliveries)
+
+    def _placed(self, lease: Lease, now: int, waiting: Waiting | None) -> None:
+        metrics.PLACEMENTS.inc()
+        if lease.attempt == 1:
+            metrics.SCHEDULING_LATENCY.observe(max(0, now - lease.created_ms) / 1000)
+        metrics.QUEUE_WAIT.observe(max(0, now - lease.queued_ms) / 1000)
+        if tracing.active() and waiting is not None:
+            self._trace(lease, waiting)
+        log.info(
+            "invocation %s attempt %d leased to %s",
+            lease.invocation_id,
+            lease.attempt,
+            lease.worker_id,
+            extra=inv(lease.invocation_id, lease.attempt, worker_id=lease.worker_id),
+        )
 
     @staticmethod
-    def _trace(request: pb.AssignJobRequest, worker_id: str, q: Queued) -> None:
+    def _trace(lease: Lease, waiting: Waiting) -> None:
         attributes = {
-            "hodei.invocation_id": request.invocation_id,
-            "hodei.function": request.function,
-            "hodei.attempt": request.attempt,
-            "hodei.worker_id": worker_id,
+            "hodei.invocation_id": lease.invocation_id,
+            "hodei.function": lease.function,
+            "hodei.attempt": lease.attempt,
+            "hodei.worker_id": lease.worker_id,
         }
         tracing.span(
-            "queue wait", request.traceparent, q.queued_ms * 1_000_000, q.decided_ns, attributes
+            "queue wait",
+            lease.traceparent,
+            lease.queued_ms * 1_000_000,
+            waiting.decided_ns,
+            attributes,
         )
-        tracing.span("schedule", request.traceparent, q.decided_ns, time.time_ns(), attributes)
+        tracing.span("schedule", lease.traceparent, waiting.decided_ns, time.time_ns(), attributes)
 
     async def _note_pending(self, ids: list[str]) -> None:
-        """Publish pending reasons that changed, and fail those past their queue timeout."""
-        now = now_ms()
-        pipe = self.redis.pipeline(transaction=False)
-        expired: list[str] = []
+        """Publish pending reasons that changed, and park what only a fleet change helps."""
+        to_park: dict[str, str] = {}
+        changed: dict[str, str] = {}
         for i in ids:
-            q = self._queued.get(i)
-            if q is None:
+            w = self._waiting.get(i)
+            if w is None or not w.pending_reason:
                 continue
-            if q.deadline_ms <= now:
-                expired.append(i)
-                continue
-            if q.structural:
+            if w.structural:
                 # Out of the ready queue until the fleet changes: passes stay cheap however
                 # many such invocations pile up.
-                await self.scripts.run(
-                    "park",
-                    [self.keys.invocation(i), self.keys.queue, self.keys.parked],
-                    [i, q.pending_reason],
-                    client=pipe,
-                )
-                del self._queued[i]
-            elif q.pending_reason != q.published_reason:
-                pipe.hset(self.keys.invocation(i), "pending_reason", q.pending_reason)
-                q.published_reason = q.pending_reason
-        if len(pipe):
-            await pipe.execute()
-        for i in expired:
-            q = self._queued.pop(i)
-            if await self.leases.expire_queued(i):
-                metrics.INVOCATIONS.labels(q.function, "failed").inc()
-                log.info(
-                    "invocation %s failed after its queue timeout: %s",
-                    i,
-                    q.pending_reason,
-                    extra=inv(i),
-                )
+                to_park[i] = w.pending_reason
+                del self._waiting[i]
+            elif w.pending_reason != w.published_reason:
+                changed[i] = w.pending_reason
+                w.published_reason = w.pending_reason
+        await self.data.queue.park(to_park)
+        await self.data.queue.note_pending(changed)

@@ -11,92 +11,53 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from hodei.consul import ServiceRegistration, consul_address
 from hodei.consul import connect as connect_consul
+from hodei.domain import GRPC_LIMITS, Clock, now_ms
 from hodei.plugin.consul_fleet import PassingWorkers, server_registration
 from hodei.plugin.consul_leader import ConsulLeaderLock
-from hodei.plugin.keys import Keys
+from hodei.plugin.data import DataLayer, LeaseTiming
 from hodei.plugin.leader import LeaderLock, RedisLeaderLock
-from hodei.plugin.leasing import Leases
 from hodei.plugin.monitor import HealthMonitor
-from hodei.plugin.registry import Registry
 from hodei.plugin.scheduler import Scheduler
-from hodei.plugin.scripts import RedisClient, Scripts
 from hodei.plugin.servicer import WorkerService
 from hodei.plugin.sessions import Sessions
 from hodei.plugin.settings import ServerSettings
-from hodei.plugin.store import Store
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "hodei.v1.WorkerService"
 
 
-def connect(settings: ServerSettings) -> RedisClient:
-    return Redis.from_url(settings.redis_url, health_check_interval=10, socket_keepalive=True)
-
-
 class ControlPlane:
     """Every part of a server process; ``start``/``stop`` bracket its life."""
 
-    def __init__(self, settings: ServerSettings, redis: RedisClient | None = None) -> None:
-        self.settings = settings
-        self.redis = redis if redis is not None else connect(settings)
-        self.keys = Keys.for_url(settings.key_prefix, settings.redis_url)
-        self.scripts = Scripts(self.redis)
-        s = settings
-        self.store = Store(
-            self.redis,
-            self.keys,
-            self.scripts,
-            ageing_s=s.ageing_s,
-            max_queue=s.max_queue,
-            events_maxlen=s.events_maxlen,
-            retention_s=s.retention_s,
+    def __init__(self, settings: ServerSettings, clock: Clock = now_ms) -> None:
+        self.settings = s = settings
+        self.data = DataLayer(
+            settings,
+            f"hodei-server-{settings.server_id}",
+            LeaseTiming(s.lease_ttl_s, s.retry_base_s, s.retry_cap_s),
+            clock,
         )
-        self.leases = Leases(
-            self.redis,
-            self.keys,
-            self.scripts,
-            lease_ttl_s=s.lease_ttl_s,
-            retry_base_s=s.retry_base_s,
-            retry_cap_s=s.retry_cap_s,
-            events_maxlen=s.events_maxlen,
-            retention_s=s.retention_s,
-        )
-        self.registry = Registry(self.redis, self.keys, self.scripts, s.events_maxlen)
         address = consul_address(s.consul_addr)
         self.consul: Any = connect_consul(address, s.consul_token) if address else None
         self.leader: LeaderLock
         if self.consul is not None:
             self.leader = ConsulLeaderLock(
                 self.consul,
-                self.keys,
-                self.scripts,
+                self.data.leadership,
                 s.server_id,
                 s.consul_leader_key,
                 s.consul_session_ttl_s,
                 s.consul_lock_delay_s,
             )
         else:
-            self.leader = RedisLeaderLock(
-                self.redis, self.keys, self.scripts, s.server_id, s.leader_ttl_s
-            )
-        self.sessions = Sessions(
-            self.redis,
-            self.keys,
-            s.server_id,
-            self.store,
-            self.leases,
-            self.registry,
-            s.events_maxlen,
-        )
-        self.scheduler = Scheduler(
-            self.redis, self.keys, s, self.leases, self.registry, self.leader, self.sessions.deliver
-        )
-        self.monitor = HealthMonitor(s, self.store, self.leases, self.registry, self.leader)
+            self.leader = RedisLeaderLock(self.data.leadership, s.server_id, s.leader_ttl_s)
+        self.sessions = Sessions(self.data, s.server_id)
+        self.scheduler = Scheduler(self.data, s, self.leader, self.sessions.deliver)
+        self.monitor = HealthMonitor(s, self.data, self.leader)
         self.registration: ServiceRegistration | None = None
         self.passing: PassingWorkers | None = None
         if self.consul is not None:
@@ -108,7 +69,7 @@ class ControlPlane:
         self.port = 0
 
     async def start(self) -> int:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=GRPC_LIMITS)
         pb_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
             WorkerService(self.sessions, self.settings.agent_tokens), server
         )
@@ -151,11 +112,14 @@ class ControlPlane:
         """Consul's verdict on some workers changed: tell the scheduler through the event
         stream (it refreshes those workers and gives parked work another look)."""
         if self.leader.is_leader:
-            await self.registry.consul_changed(sorted(workers), self.passing or set())
+            await self.data.workers.consul_changed(sorted(workers), self.passing or set())
 
     async def stop(self, grace_s: float = 5.0) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Streams never end by themselves: close them, so agents move to another server
+        # now rather than after the grace period.
+        self.sessions.close_all()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace_s)
         for task in self.tasks:
@@ -169,7 +133,7 @@ class ControlPlane:
         if self.consul is not None:
             await self.consul.close()
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await self.data.close()
 
 
 async def serve(settings: ServerSettings) -> None:

@@ -17,14 +17,15 @@ from hodei.plugin import worker_calls
 from hodei.plugin.sessions import Sessions
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
+from hodei.streams import drain
 
 log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 PIN_CODES = {
-    -2: grpc.StatusCode.FAILED_PRECONDITION,
-    -3: grpc.StatusCode.FAILED_PRECONDITION,
-    -4: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "not_queued": grpc.StatusCode.FAILED_PRECONDITION,
+    "not_schedulable": grpc.StatusCode.FAILED_PRECONDITION,
+    "does_not_fit": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -86,7 +87,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except PinRefused as exc:
-            await context.abort(PIN_CODES.get(exc.code, grpc.StatusCode.ABORTED), str(exc))
+            await context.abort(PIN_CODES.get(exc.refusal, grpc.StatusCode.ABORTED), str(exc))
         except TimeoutError as exc:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         raise AssertionError("unreachable")
@@ -147,7 +148,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (message := await session.outbox.get()) is not None:
-                yield message
+                batch, ended = drain(message, session.outbox)
+                if len(batch) == 1:
+                    yield message
+                else:
+                    yield pb.ServerMessage(batch=pb.ServerMessages(messages=batch))
+                if ended:
+                    break
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

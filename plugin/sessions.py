@@ -1,43 +1,33 @@
 """Agent sessions: the open JobStreams of this server and what their messages mean.
 
 An assignment is delivered on the stream of the server its worker is connected to; when
-that is another server replica it travels over a per-server pub/sub channel. A lost
-delivery is not lost work: the lease expires and the invocation is placed again.
+that is another server replica it goes through that server's inbox in Redis (kept there
+until read, so neither an outage nor a restart of Redis loses it).
+
+What an agent reports (acceptances, log lines, results) is recorded in batches: all the
+messages one stream message carried, in one round trip. A result the store could not
+take (Redis away) is answered with ``retry``: the agent keeps it and sends it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hodei.domain import OUTCOMES, WorkerState, now_ms
 from hodei.errors import NotFound, ProtocolError, StaleSession
 from hodei.logs import inv
 from hodei.plugin import metrics
-from hodei.plugin.keys import Keys
-from hodei.plugin.leasing import OUTCOMES, Leases
-from hodei.plugin.registry import Registry, WorkerState
-from hodei.plugin.scripts import RedisClient
-from hodei.plugin.store import Store, now_ms
+from hodei.plugin.data import DataLayer
+from hodei.plugin.data.connection import REDIS_DOWN, Outage, keep_running
+from hodei.plugin.data.leases import Accept, AttemptEnd, Ended, EndKind, LogAppend, LogBatch
+from hodei.plugin.data.records import CANCEL, InboxMessage, Pool
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-ASSIGN, CANCEL = b"A", b"C"
-
-
-async def route_cancel(
-    redis: RedisClient, keys: Keys, worker_id: str, invocation_id: str, attempt: int, reason: str
-) -> None:
-    """Tell a worker to kill an attempt, through the server its stream is connected to."""
-    request = pb.CancelJobRequest(invocation_id=invocation_id, attempt=attempt, reason=reason)
-    server_id = await redis.hget(keys.worker(worker_id), "server_id")
-    if server_id:
-        await redis.publish(
-            keys.server_channel(server_id.decode()),
-            CANCEL + worker_id.encode() + b"\0" + request.SerializeToString(),
-        )
+INBOX_WAIT_S = 5.0
 
 
 @dataclass(eq=False)
@@ -51,35 +41,39 @@ class Session:
         self.outbox.put_nowait(message)
 
 
+def pools_of(beat: pb.Heartbeat) -> list[Pool] | None:
+    if not beat.pools:
+        return []
+    return [
+        Pool(
+            p.function,
+            p.revision,
+            p.idle,
+            p.busy,
+            p.starting,
+            int(p.resources.cpu_millicores),
+            int(p.resources.memory_mb),
+        )
+        for p in beat.pools
+    ]
+
+
 class Sessions:
-    def __init__(
-        self,
-        redis: RedisClient,
-        keys: Keys,
-        server_id: str,
-        store: Store,
-        leases: Leases,
-        registry: Registry,
-        events_maxlen: int,
-    ) -> None:
-        self.redis = redis
-        self.keys = keys
+    def __init__(self, data: DataLayer, server_id: str) -> None:
+        self.data = data
         self.server_id = server_id
-        self.store = store
-        self.leases = leases
-        self.registry = registry
-        self.events_maxlen = events_maxlen
         self.by_worker: dict[str, Session] = {}
+        self.outage = Outage("agent reports", log)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self, worker_id: str, session_id: str) -> Session:
-        record = await self.registry.get(worker_id)
+        record = await self.data.workers.get(worker_id)
         if record is None:
             raise NotFound(f"worker {worker_id} is not registered")
-        if record.get("session_id") != session_id or record.get("server_id") != self.server_id:
+        if record.session_id != session_id or record.server_id != self.server_id:
             raise ProtocolError(f"session {session_id} of worker {worker_id} is stale")
-        if await self.registry.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
-            raise ProtocolError(f"worker {worker_id} is {record.get('state')}, cannot connect")
+        if await self.data.workers.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
+            raise ProtocolError(f"worker {worker_id} is {record.state}, cannot connect")
         previous = self.by_worker.get(worker_id)
         if previous is not None:
             previous.outbox.put_nowait(None)
@@ -94,6 +88,11 @@ class Sessions:
         )
         return session
 
+    def close_all(self) -> None:
+        """End every stream (the server is stopping)."""
+        for session in self.by_worker.values():
+            session.outbox.put_nowait(None)
+
     async def close(self, session: Session) -> None:
         if self.by_worker.get(session.worker_id) is session:
             del self.by_worker[session.worker_id]
@@ -102,9 +101,13 @@ class Sessions:
             return
         # The seed's "Running -> Unhealthy: connection lost": no new work; its leases run
         # out unless it reconnects and renews them.
-        if await self.registry.transition(
-            session.worker_id, WorkerState.UNHEALTHY, session.session_id
-        ):
+        try:
+            moved = await self.data.workers.transition(
+                session.worker_id, WorkerState.UNHEALTHY, session.session_id
+            )
+        except REDIS_DOWN:
+            return  # the monitor finds it silent later
+        if moved:
             log.warning(
                 "worker %s lost its stream",
                 session.worker_id,
@@ -112,22 +115,24 @@ class Sessions:
             )
 
     # -- delivery ----------------------------------------------------------------------
-    async def deliver(self, worker_id: str, server_id: str, request: pb.AssignJobRequest) -> None:
-        session = self.by_worker.get(worker_id)
-        if session is not None:
-            session.send(pb.ServerMessage(assign=request))
-        elif server_id and server_id != self.server_id:
-            await self.redis.publish(
-                self.keys.server_channel(server_id),
-                ASSIGN + worker_id.encode() + b"\0" + request.SerializeToString(),
-            )
-        else:
-            log.warning(
-                "invocation %s: worker %s has no stream here; the lease will expire",
-                request.invocation_id,
-                worker_id,
-                extra=inv(request.invocation_id, request.attempt, worker_id=worker_id),
-            )
+    async def deliver(self, deliveries: Sequence[tuple[str, str, pb.AssignJobRequest]]) -> None:
+        """Send each assignment down its worker's stream, here or through the inbox of the
+        server the worker is connected to."""
+        remote: list[tuple[str, str, bytes]] = []
+        for worker_id, server_id, request in deliveries:
+            session = self.by_worker.get(worker_id)
+            if session is not None:
+                session.send(pb.ServerMessage(assign=request))
+            elif server_id and server_id != self.server_id:
+                remote.append((server_id, worker_id, request.SerializeToString()))
+            else:
+                log.warning(
+                    "invocation %s: worker %s has no stream here; the lease will expire",
+                    request.invocation_id,
+                    worker_id,
+                    extra=inv(request.invocation_id, request.attempt, worker_id=worker_id),
+                )
+        await self.data.inboxes.deliver(remote)
 
     async def cancel(self, worker_id: str, invocation_id: str, attempt: int, reason: str) -> None:
         request = pb.CancelJobRequest(invocation_id=invocation_id, attempt=attempt, reason=reason)
@@ -135,172 +140,233 @@ class Sessions:
         if session is not None:
             session.send(pb.ServerMessage(cancel=request))
             return
-        await route_cancel(self.redis, self.keys, worker_id, invocation_id, attempt, reason)
+        record = await self.data.workers.get(worker_id)
+        if record is not None and record.server_id:
+            await self.data.inboxes.cancel(
+                record.server_id, worker_id, invocation_id, attempt, reason
+            )
 
-    def on_channel_message(self, data: bytes) -> None:
-        """A delivery another server replica routed to one of our streams."""
-        kind, rest = data[:1], data[1:]
-        worker, _, body = rest.partition(b"\0")
-        session = self.by_worker.get(worker.decode())
+    def on_inbox(self, message: InboxMessage) -> None:
+        """A delivery routed to one of our streams (by another replica, or a cancel)."""
+        session = self.by_worker.get(message.worker_id)
         if session is None:
             return
-        if kind == ASSIGN:
-            session.send(pb.ServerMessage(assign=pb.AssignJobRequest.FromString(body)))
-        elif kind == CANCEL:
-            session.send(pb.ServerMessage(cancel=pb.CancelJobRequest.FromString(body)))
+        if message.kind == CANCEL:
+            cancel = pb.CancelJobRequest(
+                invocation_id=message.invocation_id, attempt=message.attempt, reason=message.reason
+            )
+            session.send(pb.ServerMessage(cancel=cancel))
+        else:
+            session.send(pb.ServerMessage(assign=pb.AssignJobRequest.FromString(message.body)))
 
     async def listen(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.keys.server_channel(self.server_id))
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self.on_channel_message(message["data"])
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        """Read this server's inbox for as long as the server lives."""
+
+        async def receive(outage: Outage) -> None:
+            while True:
+                messages = await self.data.inboxes.receive(self.server_id, INBOX_WAIT_S)
+                outage.recovered()
+                for message in messages:
+                    self.on_inbox(message)
+
+        await keep_running("inbox", receive, log)
 
     # -- agent messages ----------------------------------------------------------------
     async def handle(self, session: Session, message: pb.AgentMessage) -> None:
-        kind = message.WhichOneof("kind")
-        if kind == "heartbeat":
-            status = await self.heartbeat(
-                session.worker_id, session.session_id, message.heartbeat, session
-            )
-            if status != "ok":
-                # Declared Failed, or superseded: the agent must register again.
-                raise StaleSession(f"session {session.session_id} is {status}: register again")
-        elif kind == "accepted":
-            await self._accepted(session, message.accepted)
-        elif kind == "log":
-            await self._log(session, message.log)
-        elif kind == "result":
-            await self._result(session, message.result)
-        elif kind == "status":
-            await self._status(session, message.status)
-        else:
-            raise ProtocolError("empty AgentMessage")
+        """One stream message (maybe a batch): reports in one round trip, the rest in
+        order around them."""
+        messages = list(message.batch.messages) if message.HasField("batch") else [message]
+        reports: list[pb.AgentMessage] = []
+        for m in messages:
+            kind = m.WhichOneof("kind")
+            if kind in ("accepted", "log", "result"):
+                reports.append(m)
+                continue
+            await self._report(session, reports)
+            reports = []
+            if kind == "heartbeat":
+                status = await self.heartbeat(
+                    session.worker_id, session.session_id, m.heartbeat, session
+                )
+                if status != "ok":
+                    # Declared Failed, or superseded: the agent must register again.
+                    raise StaleSession(f"session {session.session_id} is {status}: register again")
+            elif kind == "status":
+                await self._status(session, m.status)
+            elif kind == "batch":
+                raise ProtocolError("batches do not nest")
+            else:
+                raise ProtocolError("empty AgentMessage")
+        await self._report(session, reports)
 
     async def heartbeat(
         self, worker_id: str, session_id: str, beat: pb.Heartbeat, session: Session | None = None
     ) -> str:
         running = [(j.invocation_id, j.attempt) for j in beat.running_jobs]
         runtimes = list(beat.runtimes.names) if beat.HasField("runtimes") else None
-        status, revoked = await self.leases.renew(
+        status, revoked = await self.data.leases.renew(
             worker_id,
             session_id,
             running,
             beat.cpu_usage_percent,
             beat.memory_usage_percent,
             runtimes,
+            pools_of(beat),
         )
-        if status == "ok":
-            metrics.WORKER_HEARTBEATS.labels(worker_id).inc()
-            metrics.WORKER_CPU.labels(worker_id).set(beat.cpu_usage_percent)
-            metrics.WORKER_MEMORY.labels(worker_id).set(beat.memory_usage_percent)
-            attempts = dict(running)
-            for invocation_id in revoked:
-                log.info(
-                    "invocation %s is no longer leased to %s: cancelling it there",
-                    invocation_id,
-                    worker_id,
-                    extra=inv(invocation_id, worker_id=worker_id),
-                )
-                if session is not None:
-                    session.send(
-                        pb.ServerMessage(
-                            cancel=pb.CancelJobRequest(
-                                invocation_id=invocation_id,
-                                attempt=attempts[invocation_id],
-                                reason="lease revoked",
-                            )
+        if status != "ok":
+            return str(status)
+        metrics.WORKER_HEARTBEATS.labels(worker_id).inc()
+        metrics.WORKER_CPU.labels(worker_id).set(beat.cpu_usage_percent)
+        metrics.WORKER_MEMORY.labels(worker_id).set(beat.memory_usage_percent)
+        attempts = dict(running)
+        for invocation_id in revoked:
+            log.info(
+                "invocation %s is no longer leased to %s: cancelling it there",
+                invocation_id,
+                worker_id,
+                extra=inv(invocation_id, worker_id=worker_id),
+            )
+            if session is not None:
+                session.send(
+                    pb.ServerMessage(
+                        cancel=pb.CancelJobRequest(
+                            invocation_id=invocation_id,
+                            attempt=attempts[invocation_id],
+                            reason="lease revoked",
                         )
                     )
-        return status
-
-    async def _accepted(self, session: Session, msg: pb.JobAccepted) -> None:
-        announced = await self.store.scripts.run(
-            "accept",
-            [self.keys.invocation(msg.invocation_id), self.keys.events],
-            [msg.invocation_id, msg.attempt, session.worker_id, self.events_maxlen],
-        )
-        if announced:
-            return
-        log.warning(
-            "invocation %s attempt %d: acceptance from %s for a job it does not hold",
-            msg.invocation_id,
-            msg.attempt,
-            session.worker_id,
-            extra=inv(msg.invocation_id, msg.attempt, worker_id=session.worker_id),
-        )
-        session.send(
-            pb.ServerMessage(
-                cancel=pb.CancelJobRequest(
-                    invocation_id=msg.invocation_id, attempt=msg.attempt, reason="unknown job"
                 )
-            )
-        )
+        return "ok"
 
-    async def _log(self, session: Session, entry: pb.LogEntry) -> None:
-        lines = [
-            {"ts": line.ts_ms, "stream": line.stream, "line": line.line} for line in entry.lines
+    async def _report(self, session: Session, messages: list[pb.AgentMessage]) -> None:
+        if not messages:
+            return
+        worker = session.worker_id
+        accepted = [
+            Accept(m.accepted.invocation_id, m.accepted.attempt, worker)
+            for m in messages
+            if m.HasField("accepted")
         ]
-        if not await self.store.append_logs(
-            entry.invocation_id, entry.attempt, session.worker_id, lines
-        ):
-            log.warning(
-                "invocation %s attempt %d: dropping logs of a job %s does not hold",
-                entry.invocation_id,
-                entry.attempt,
-                session.worker_id,
-                extra=inv(entry.invocation_id, entry.attempt, worker_id=session.worker_id),
+        logs = [
+            LogBatch(
+                m.log.invocation_id,
+                m.log.attempt,
+                worker,
+                [(line.ts_ms, line.stream, line.line) for line in m.log.lines],
             )
+            for m in messages
+            if m.HasField("log")
+        ]
+        results = [m.result for m in messages if m.HasField("result")]
+        ends = [self._end(worker, r) for r in results]
+        try:
+            reports = await self.data.leases.report(accepted, logs, ends)
+        except REDIS_DOWN as exc:
+            self.outage.failed(exc)
+            for r in results:
+                session.send(
+                    pb.ServerMessage(
+                        ack=pb.ResultAck(
+                            invocation_id=r.invocation_id,
+                            attempt=r.attempt,
+                            recorded=False,
+                            retry=True,
+                            reason="store unavailable",
+                        )
+                    )
+                )
+            return
+        self.outage.recovered()
+        for a, held in zip(accepted, reports.accepted, strict=True):
+            if not held:
+                self._refuse(session, a)
+        for batch, appended in zip(logs, reports.logged, strict=True):
+            if appended is LogAppend.NOT_HELD:
+                log.warning(
+                    "invocation %s attempt %d: dropping logs of a job %s does not hold",
+                    batch.invocation_id,
+                    batch.attempt,
+                    worker,
+                    extra=inv(batch.invocation_id, batch.attempt, worker_id=worker),
+                )
+        for result, ended in zip(results, reports.ended, strict=True):
+            self._acknowledge(session, result, ended)
 
-    async def _result(self, session: Session, result: pb.JobResult) -> None:
+    @staticmethod
+    def _end(worker: str, result: pb.JobResult) -> AttemptEnd:
         outcome = OUTCOMES.get(result.outcome)
         if outcome is None:
             raise ProtocolError(f"JobResult for {result.invocation_id} has no outcome")
-        finish = await self.leases.finish(
+        return AttemptEnd(
             result.invocation_id,
             result.attempt,
-            session.worker_id,
+            worker,
             outcome,
             exit_code=result.exit_code if outcome != "handed_back" else None,
-            error=result.error,
+            error=result.error[:4096],
             output=result.output,
             truncated=result.output_truncated,
             started_ms=result.started_at_ms or None,
             finished_ms=result.finished_at_ms or now_ms(),
             final=result.final,
+            cold_start=result.cold_start if result.init_ms or result.cold_start else None,
+            init_ms=result.init_ms or None,
         )
-        if finish.recorded:
-            metrics.INVOCATIONS.labels(finish.function, finish.detail).inc()
-        elif finish.requeued:
-            if finish.detail == "retry":
-                metrics.RETRIES.inc()
-        else:
+
+    def _refuse(self, session: Session, a: Accept) -> None:
+        log.warning(
+            "invocation %s attempt %d: acceptance from %s for a job it does not hold",
+            a.invocation_id,
+            a.attempt,
+            a.worker_id,
+            extra=inv(a.invocation_id, a.attempt, worker_id=a.worker_id),
+        )
+        session.send(
+            pb.ServerMessage(
+                cancel=pb.CancelJobRequest(
+                    invocation_id=a.invocation_id, attempt=a.attempt, reason="unknown job"
+                )
+            )
+        )
+
+    @staticmethod
+    def _acknowledge(session: Session, result: pb.JobResult, ended: Ended) -> None:
+        if ended.kind is EndKind.RECORDED:
+            metrics.INVOCATIONS.labels(ended.function, ended.status).inc()
+        elif ended.kind is EndKind.RETRY:
+            metrics.RETRIES.inc()
+        elif ended.kind is EndKind.STALE:
             metrics.STALE_RESULTS.inc()
+        log.info(
+            "invocation %s attempt %d on %s: %s %s",
+            result.invocation_id,
+            result.attempt,
+            session.worker_id,
+            ended.kind,
+            ended.status or ended.reason,
+            extra=inv(result.invocation_id, result.attempt, worker_id=session.worker_id),
+        )
         session.send(
             pb.ServerMessage(
                 ack=pb.ResultAck(
                     invocation_id=result.invocation_id,
                     attempt=result.attempt,
-                    recorded=finish.recorded or finish.requeued,
-                    reason=finish.detail,
+                    recorded=ended.taken,
+                    reason=ended.status or ended.reason or str(ended.kind),
                 )
             )
         )
 
     async def _status(self, session: Session, status: pb.WorkerStatus) -> None:
         if status.state == pb.WORKER_STATE_DRAINING:
-            await self.registry.transition(
+            await self.data.workers.transition(
                 session.worker_id, WorkerState.DRAINING, session.session_id
             )
         elif status.state == pb.WORKER_STATE_TERMINATED:
-            if await self.registry.jobs_of(session.worker_id):
+            if await self.data.workers.jobs_of(session.worker_id):
                 raise ProtocolError("a worker cannot terminate while it holds leases")
             session.terminated = True
-            await self.registry.transition(
+            await self.data.workers.transition(
                 session.worker_id, WorkerState.TERMINATED, session.session_id
             )
         else:

@@ -6,13 +6,11 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-from hodei.config import EnvSettings
+from hodei.plugin.data.settings import DataSettings
 
 
 @dataclass(frozen=True, slots=True)
-class ServerSettings(EnvSettings):
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "hodei"
+class ServerSettings(DataSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 7070
     metrics_port: int = 9464
@@ -26,16 +24,11 @@ class ServerSettings(EnvSettings):
     leader_ttl_s: float = 6.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
-    max_queue: int = 100_000
-    ageing_s: float = 60.0
     scheduler_batch: int = 256
     max_candidates: int = 16
     max_scan: int = 512
-    events_maxlen: int = 100_000
-    # Queue-depth and fleet gauges read the whole queue: refreshed this often.
+    # Queue-depth and fleet gauges are refreshed this often.
     gauge_interval_s: float = 5.0
-    # Finished invocations (record, result, logs) are kept this long (0 = forever).
-    retention_s: int = 7 * 24 * 3600
     log_level: str = "info"
     # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR. Then the
     # server registers hodei-server, places work only on passing agents, and elects its

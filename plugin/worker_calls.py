@@ -3,44 +3,55 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
+from hodei.domain import WorkerState, now_ms
 from hodei.errors import NotFound, PinRefused
+from hodei.plugin import assignment
+from hodei.plugin.data.leases import AttemptEnd, Refusal
+from hodei.plugin.data.records import Amounts
 from hodei.plugin.sessions import Sessions
-from hodei.plugin.store import now_ms
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+def _amounts(r: pb.Resources) -> Amounts:
+    return Amounts(int(r.cpu_millicores), int(r.memory_mb), r.gpus, r.job_slots)
+
+
+def _resources(a: Amounts) -> pb.Resources:
+    return pb.Resources(cpu_millicores=a.cpu, memory_mb=a.mem, gpus=a.gpu, job_slots=a.slots)
 
 
 async def register(
     sessions: Sessions, req: pb.RegisterWorkerRequest, version: str
 ) -> pb.WorkerStatus:
     """RegisterWorker: a new session; leases of jobs it still runs kept, the rest sorted out."""
-    fields = {
-        "hostname": req.hostname,
-        "version": req.version or version,
-        "cpu_total": req.capacity.cpu_millicores,
-        "mem_total": req.capacity.memory_mb,
-        "gpu_total": req.capacity.gpus,
-        "slots_total": req.capacity.job_slots,
-        "labels": json.dumps(dict(req.labels)),
-        "runtimes": ",".join(sorted(req.runtimes)),
-    }
+    data = sessions.data
     running = {j.invocation_id: j.attempt for j in req.running_jobs}
-    reg = await sessions.registry.register(req.worker_id, sessions.server_id, fields, list(running))
+    reg = await data.workers.register(
+        req.worker_id,
+        sessions.server_id,
+        hostname=req.hostname,
+        version=req.version or version,
+        capacity=_amounts(req.capacity),
+        labels=dict(req.labels),
+        runtimes=list(req.runtimes),
+        running=list(running),
+    )
     for invocation_id in reg.orphans:
-        attempt = await sessions.redis.hget(sessions.keys.invocation(invocation_id), "attempt")
-        await sessions.leases.finish(
-            invocation_id,
-            int(attempt or 0),
-            req.worker_id,
-            "lost",
-            error="lost: the worker came back without it",
+        await data.leases.end(
+            AttemptEnd(
+                invocation_id,
+                await data.leases.attempt_of(invocation_id),
+                req.worker_id,
+                "lost",
+                error="lost: the worker came back without it",
+            )
         )
     kept = [(i, a) for i, a in running.items() if i not in reg.revoked]
-    _, stale = await sessions.leases.renew(req.worker_id, reg.session_id, kept, 0.0, 0.0)
+    _, stale = await data.leases.renew(req.worker_id, reg.session_id, kept, 0.0, 0.0)
     revoked = set(reg.revoked) | set(stale)
     log.info(
         "worker %s registered (session %s): %d jobs kept, %d revoked, %d lost",
@@ -62,28 +73,19 @@ async def register(
 
 async def status(sessions: Sessions, worker_id: str) -> pb.WorkerStatus:
     """GetWorkerStatus: state, capacity, reservations and the leases the worker holds."""
-    h = await sessions.registry.get(worker_id)
-    if h is None:
+    data = sessions.data
+    w = await data.workers.get(worker_id)
+    if w is None:
         raise NotFound(f"worker {worker_id} is not registered")
-    jobs = []
-    for invocation_id in await sessions.registry.jobs_of(worker_id):
-        attempt = await sessions.redis.hget(sessions.keys.invocation(invocation_id), "attempt")
-        jobs.append(pb.RunningJob(invocation_id=invocation_id, attempt=int(attempt or 0)))
+    jobs = [
+        pb.RunningJob(invocation_id=i, attempt=await data.leases.attempt_of(i))
+        for i in await data.workers.jobs_of(worker_id)
+    ]
     return pb.WorkerStatus(
         worker_id=worker_id,
-        state=pb.WorkerState.Value(f"WORKER_STATE_{h['state'].upper()}"),
-        capacity=pb.Resources(
-            cpu_millicores=int(h["cpu_total"]),
-            memory_mb=int(h["mem_total"]),
-            gpus=int(h["gpu_total"]),
-            job_slots=int(h["slots_total"]),
-        ),
-        allocated=pb.Resources(
-            cpu_millicores=int(h["cpu_used"]),
-            memory_mb=int(h["mem_used"]),
-            gpus=int(h["gpu_used"]),
-            job_slots=int(h["slots_used"]),
-        ),
+        state=WorkerState(w.state).proto,
+        capacity=_resources(w.capacity),
+        allocated=_resources(w.used),
         jobs=jobs,
     )
 
@@ -92,32 +94,26 @@ async def pin(
     sessions: Sessions, invocation_id: str, worker_id: str, timeout_s: float
 ) -> pb.JobAccepted:
     """Lease a queued invocation to a chosen worker and wait until its agent accepts it."""
-    if not await sessions.redis.exists(sessions.keys.invocation(invocation_id)):
-        raise NotFound(f"invocation {invocation_id} does not exist")
-    record = await sessions.registry.get(worker_id)
-    if record is None:
+    data = sessions.data
+    await data.invocations.get(invocation_id)  # NotFound
+    w = await data.workers.get(worker_id)
+    if w is None:
         raise NotFound(f"worker {worker_id} is not registered")
-    last = await sessions.redis.xrevrange(sessions.keys.events, count=1)
-    cursor = last[0][0] if last else b"0-0"
-    reply = await sessions.leases.assign_call(invocation_id, worker_id, "")
-    code = int(reply[0])
-    if code != 1:
-        raise PinRefused(code, reply[1].decode())
-    request = sessions.leases.assignment(invocation_id, reply)
-    await sessions.deliver(worker_id, record.get("server_id", ""), request)
+    cursor = await data.events.last_event()
+    lease = await data.leases.assign(invocation_id, worker_id, "")
+    if isinstance(lease, Refusal):
+        raise PinRefused(lease, str(lease))
+    spec = await data.functions.spec(lease.function, lease.revision)
+    await sessions.deliver([(worker_id, w.server_id, assignment.request(lease, spec))])
     deadline = asyncio.get_running_loop().time() + timeout_s
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
-        reply = await sessions.redis.xread(
-            {sessions.keys.events: cursor}, count=500, block=max(1, int(left * 1000))
-        )
-        for _stream, entries in reply or []:
-            for entry_id, f in entries:
-                cursor = entry_id
-                if f.get(b"type") == b"started" and f.get(b"invocation") == invocation_id.encode():
-                    return pb.JobAccepted(
-                        invocation_id=invocation_id,
-                        attempt=request.attempt,
-                        worker_id=worker_id,
-                        started_at_ms=now_ms(),
-                    )
+        for entry in await data.events.events(cursor, int(left * 1000), count=500):
+            cursor = entry.id
+            if entry.type == "started" and entry.fields.get("invocation") == invocation_id:
+                return pb.JobAccepted(
+                    invocation_id=invocation_id,
+                    attempt=lease.attempt,
+                    worker_id=worker_id,
+                    started_at_ms=now_ms(),
+                )
     raise TimeoutError(f"worker {worker_id} did not accept {invocation_id} in {timeout_s}s")

@@ -699,10 +699,15 @@ class ResultAck(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     RECORDED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     attempt: _builtins.int
     recorded: _builtins.bool
     reason: _builtins.str
+    retry: _builtins.bool
+    """The server could not record it now (its store is unavailable): keep the result and
+    send it again later.
+    """
     def __init__(
         self,
         *,
@@ -710,10 +715,11 @@ class ResultAck(_message.Message):
         attempt: _builtins.int = ...,
         recorded: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "invocation_id", b"invocation_id", "reason", b"reason", "recorded", b"recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "invocation_id", b"invocation_id", "reason", b"reason", "recorded", b"recorded", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

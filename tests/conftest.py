@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -105,6 +106,50 @@ async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
     await cp.stop(0.5)
 
 
+class Gate:
+    """What a function waits for before it goes on: the test opens it when the moment has
+    come (instead of a function that sleeps and a test that hopes). A file under /var/tmp,
+    readable by any uid, outside the functions' private /tmp."""
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="hodei-gate-", dir="/var/tmp"))
+        folder.chmod(0o755)
+        self.path = folder / "open"
+
+    def command(self, before: str, after: str) -> list[str]:
+        """A shell function: ``before``, wait for the gate, ``after``."""
+        wait = f'while [ ! -e "{self.path}" ]; do sleep 0.02; done'
+        return ["sh", "-c", f"{before}; {wait}; {after}"]
+
+    def open(self) -> None:
+        self.path.touch(mode=0o644)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.close()
+    g.path.parent.rmdir()
+
+
+class FakeClock:
+    """A clock the test moves by hand (the data layer's ``clock``): lease and queue
+    timing tested without waiting."""
+
+    def __init__(self) -> None:
+        self.ms = int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+
+
 async def wait_for(predicate: Any, within: float, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + within
     while True:
@@ -120,16 +165,29 @@ async def wait_for(predicate: Any, within: float, interval: float = 0.02) -> Any
 
 async def final(cp: ControlPlane, invocation_id: str, within: float = 15) -> Invocation:
     async def done() -> Invocation | None:
-        inv = await cp.store.get(invocation_id)
+        inv = await cp.data.invocations.get(invocation_id)
         return inv if inv.status.final else None
 
     result: Invocation = await wait_for(done, within)
     return result
 
 
+async def invoke(cp: ControlPlane, fn: FunctionSpec, payload: bytes = b"", **kw: Any) -> str:
+    """Enqueue an invocation of ``fn`` (as the gateway would); its id."""
+    return (await cp.data.invocations.enqueue(fn.name, payload, **kw)).id
+
+
+async def logs(cp: ControlPlane, invocation_id: str) -> list[dict[str, Any]]:
+    return (await cp.data.invocations.logs(invocation_id, 0, 100_000)).lines
+
+
+async def dead_ids(cp: ControlPlane) -> list[str]:
+    return [inv.id for inv in await cp.data.invocations.dead_letters()]
+
+
 async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
     fn = FunctionSpec.from_dict(name, spec)
-    await cp.store.put_function(fn)
+    await cp.data.functions.put(fn)
     return fn
 
 
@@ -220,8 +278,8 @@ async def start_agent(
     agents.append(agent)
 
     async def connected() -> bool:
-        h = await cp.registry.get(worker_id)
-        return bool(h and h.get("state") in ("available", "running"))
+        w = await cp.data.workers.get(worker_id)
+        return bool(w and w.state in ("available", "running"))
 
     await wait_for(connected, 15)
     return agent
@@ -297,3 +355,106 @@ def servers() -> Iterator[list[ServerProcess]]:
     yield started
     for server in started:
         server.stop()
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, with its AOF in ``folder``
+    (``appendfsync always``: what was acknowledged survives a kill -9), so it can be
+    killed and started again on the same data."""
+
+    def __init__(self, folder: Path, fsync: str = "always") -> None:
+        binary = shutil.which("redis-server")
+        require("a redis-server binary", binary is not None)
+        self.binary = str(binary)
+        self.folder = folder
+        self.fsync = fsync
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.folder),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if sync_redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    return
+            except Exception:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class GatewayProcess:
+    """``hodei gateway`` as its own OS process."""
+
+    def __init__(self, redis_url: str, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkdtemp(prefix="hodei-gateway-")) / "gateway.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "CONSUL_"))}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hodei.cli",
+                    "gateway",
+                    "--port",
+                    str(self.port),
+                    "--redis-url",
+                    redis_url,
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

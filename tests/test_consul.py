@@ -15,7 +15,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import AgentProcess, deploy, final, free_port, start_agent, wait_for
+from conftest import (
+    AgentProcess,
+    deploy,
+    final,
+    free_port,
+    invoke,
+    start_agent,
+    wait_for,
+)
 from consul_double import ConsulDouble, running_consul
 
 from hodei.api.app import create_app
@@ -93,7 +101,7 @@ async def test_agent_registers_with_a_ttl_check_that_heartbeats_pass(
     assert "agent-secret" in consul.tokens  # CONSUL_HTTP_TOKEN is honoured
 
     fn = await deploy(plane, "nap", command=["sleep", "1"])
-    inv_id = await plane.store.invoke(fn, b"")
+    inv_id = await invoke(plane, fn, b"")
 
     async def shows_the_job() -> bool:
         return consul.checks["hodei-agent-w1-ttl"]["Output"].startswith("running 1/4 jobs")
@@ -109,7 +117,7 @@ async def test_agent_drains_on_its_kill_signal_warns_then_deregisters(
 
     agent = await consul_agent(plane, agents, consul, "w1")
     fn = await deploy(plane, "nap", command=["sleep", "0.8"])  # within the 1 s grace
-    inv_id = await plane.store.invoke(fn, b"")
+    inv_id = await invoke(plane, fn, b"")
     await wait_for(
         lambda: consul.checks["hodei-agent-w1-ttl"]["Output"].startswith("running 1"), 10
     )
@@ -135,18 +143,18 @@ async def test_work_goes_only_to_passing_workers(
     cp = consul_plane
     await consul_agent(cp, agents, consul, "w1")
     fn = await deploy(cp, "echo", command=["echo", "ok"])
-    assert (await final(cp, await cp.store.invoke(fn, b""))).status is Status.SUCCEEDED
+    assert (await final(cp, await invoke(cp, fn, b""))).status is Status.SUCCEEDED
 
     # The agent's updates stop reaching Consul: its TTL runs out and the check goes critical.
     consul.unreachable.add("hodei-agent-w1-ttl")
     await wait_for(lambda: consul.checks["hodei-agent-w1-ttl"]["Status"] == "critical", 5)
     await wait_for(lambda: "w1" not in (cp.passing or set()), 5)
-    inv_id = await cp.store.invoke(fn, b"")
+    inv_id = await invoke(cp, fn, b"")
     await asyncio.sleep(1.0)
-    inv = await cp.store.get(inv_id)
+    inv = await cp.data.invocations.get(inv_id)
     assert inv.status is Status.QUEUED and inv.pending_reason
-    h = await cp.registry.get("w1")
-    assert h is not None and h["state"] in ("available", "running")  # connected, not passing
+    h = await cp.data.workers.get("w1")
+    assert h is not None and h.state in ("available", "running")  # connected, not passing
 
     consul.unreachable.clear()
     inv = await final(cp, inv_id, 15)
@@ -205,7 +213,7 @@ async def test_agent_finds_its_server_through_consul(
         lambda: consul.checks.get("hodei-agent-w9-ttl", {}).get("Status") == "passing", 15
     )
     fn = await deploy(cp, "echo", command=["echo", "found"])
-    inv = await final(cp, await cp.store.invoke(fn, b""))
+    inv = await final(cp, await invoke(cp, fn, b""))
     assert inv.worker_id == "w9" and inv.status is Status.SUCCEEDED
 
 
@@ -237,16 +245,16 @@ async def test_leader_session_expiry_hands_over_without_double_assignment(
         paused_at = time.monotonic()
         submitted = []
         while not second.leader.is_leader:
-            submitted.append(await first.store.invoke(fn, b""))
+            submitted.append(await invoke(first, fn, b""))
             assert time.monotonic() - paused_at < ttl + delay + 3, "no takeover in time"
             await asyncio.sleep(0.2)
         takeover = time.monotonic() - paused_at
         for _ in range(5):
-            submitted.append(await first.store.invoke(fn, b""))
+            submitted.append(await invoke(first, fn, b""))
         for inv_id in submitted:
             inv = await final(second, inv_id, 20)
             assert inv.status is Status.SUCCEEDED and inv.attempt == 1
-        events = await first.redis.xrange(first.keys.events)
+        events = await first.data.redis.xrange(first.data.keys.events)
         assigned = collections.Counter(
             f[b"invocation"].decode() for _, f in events if f.get(b"type") == b"assigned"
         )
@@ -311,12 +319,12 @@ async def test_agent_advertises_its_nomad_identity_as_labels(
     }
     await start_agent(plane, agents, "w1", *SMALL, *PROCESS_ONLY, env=env)
     await start_agent(plane, agents, "w2", *SMALL, *PROCESS_ONLY)
-    h = await plane.registry.get("w1")
+    h = await plane.data.workers.get("w1")
     assert h is not None
-    assert '"nomad.datacenter": "eu-west"' in h["labels"] and '"meta.rack": "r4"' in h["labels"]
+    assert h.labels["nomad.datacenter"] == "eu-west" and h.labels["meta.rack"] == "r4"
     fn = await deploy(
         plane, "placed", command=["echo", "x"], labels={"nomad.class": "gpu", "meta.rack": "r4"}
     )
     for _ in range(3):
-        inv = await final(plane, await plane.store.invoke(fn, b""))
+        inv = await final(plane, await invoke(plane, fn, b""))
         assert inv.worker_id == "w1"

@@ -17,6 +17,8 @@ from conftest import (
     AgentProcess,
     deploy,
     final,
+    invoke,
+    logs,
     require,
     start_agent,
     wait_for,
@@ -105,8 +107,8 @@ async def docker_agent(
     agent = await start_agent(plane, agents, worker_id, *SMALL, *DOCKER_ONLY, *extra)
 
     async def offers_docker() -> bool:
-        h = await plane.registry.get(worker_id)
-        return bool(h and "docker" in h.get("runtimes", "").split(","))
+        h = await plane.data.workers.get(worker_id)
+        return bool(h and "docker" in h.runtimes)
 
     await wait_for(offers_docker, 10)
     return agent
@@ -123,13 +125,13 @@ async def test_result_logs_and_container_removed(
         image=IMAGE,
         command=["sh", "-c", 'echo "start $HODEI_INVOCATION_ID" >&2; tr a-z A-Z; echo end >&2'],
     )
-    inv_id = await plane.store.invoke(fn, b"hello container")
+    inv_id = await invoke(plane, fn, b"hello container")
     inv = await final(plane, inv_id, 30)
     assert inv.status is Status.SUCCEEDED, inv.error
     assert inv.exit_code == 0 and inv.worker_id == "d1"
-    _, out = await plane.store.result(inv_id)
+    _, out = await plane.data.invocations.result(inv_id)
     assert out == b"HELLO CONTAINER"
-    lines = [entry["line"] for entry in await plane.store.logs(inv_id)]
+    lines = [entry["line"] for entry in await logs(plane, inv_id)]
     assert lines == [f"start {inv_id}", "end"]
     assert containers_of(engine, f"{LABEL_INVOCATION}={inv_id}") == []
 
@@ -146,9 +148,9 @@ async def test_non_zero_exit_and_output_cap(
         command=["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x; exit 3"],
         max_retries=0,
     )
-    inv = await final(plane, await plane.store.invoke(fn, b""), 30)
+    inv = await final(plane, await invoke(plane, fn, b""), 30)
     assert inv.status is Status.FAILED and inv.exit_code == 3 and inv.error == "exit code 3"
-    truncated, out = await plane.store.result(inv.id)
+    truncated, out = await plane.data.invocations.result(inv.id)
     assert out == b"x" * 1000 and truncated
 
 
@@ -165,7 +167,7 @@ async def test_oom_kill_is_reported(
         resources={"memory_mb": 16},
         max_retries=0,
     )
-    inv = await final(plane, await plane.store.invoke(fn, b""), 60)
+    inv = await final(plane, await invoke(plane, fn, b""), 60)
     assert inv.status is Status.FAILED and inv.error == "oom_killed"
 
 
@@ -183,15 +185,14 @@ async def test_timeout_and_cancel_kill_the_container(
         image=IMAGE,
         command=["sh", "-c", "echo started >&2; sleep 60"],
     )
-    timed = await plane.store.invoke(slow, b"")
-    cancelled = await plane.store.invoke(forever, b"")
+    timed = await invoke(plane, slow, b"")
+    cancelled = await invoke(plane, forever, b"")
 
     async def started() -> bool:
-        return bool(await plane.store.logs(cancelled))
+        return bool(await logs(plane, cancelled))
 
     await wait_for(started, 30)
-    result = await plane.store.cancel(cancelled)
-    await plane.sessions.cancel(result.worker_id, cancelled, result.attempt, "user request")
+    await plane.data.invocations.cancel(cancelled, "user request")
     inv = await final(plane, cancelled, 15)
     assert inv.status is Status.CANCELLED
     inv = await final(plane, timed, 30)
@@ -215,9 +216,9 @@ async def test_hardening_is_visible_inside(
     opened = await deploy(
         plane, "opened", runtime="docker", image=IMAGE, command=["sh", "-c", probe], network=True
     )
-    inv = await final(plane, await plane.store.invoke(closed, b""), 30)
+    inv = await final(plane, await invoke(plane, closed, b""), 30)
     assert inv.status is Status.SUCCEEDED, inv.error
-    _, out = await plane.store.result(inv.id)
+    _, out = await plane.data.invocations.result(inv.id)
     lines = out.decode().splitlines()
     assert lines[:5] == [
         "65534",
@@ -227,8 +228,8 @@ async def test_hardening_is_visible_inside(
         "tmp-writable",
     ]
     assert lines[5].split() == ["lo"]
-    inv = await final(plane, await plane.store.invoke(opened, b""), 30)
-    _, out = await plane.store.result(inv.id)
+    inv = await final(plane, await invoke(plane, opened, b""), 30)
+    _, out = await plane.data.invocations.result(inv.id)
     assert "eth0" in out.decode().splitlines()[5].split()
 
 
@@ -245,12 +246,12 @@ async def test_four_containers_at_once_within_capacity(
         command=["sh", "-c", "cut -d' ' -f1 /proc/uptime; sleep 1.5; cut -d' ' -f1 /proc/uptime"],
         resources={"cpu_millicores": 500, "memory_mb": 64},
     )
-    ids = [await plane.store.invoke(fn, b"") for _ in range(5)]
+    ids = [await invoke(plane, fn, b"") for _ in range(5)]
     spans = []
     for inv_id in ids:
         inv = await final(plane, inv_id, 60)
         assert inv.status is Status.SUCCEEDED, inv.error
-        start, end = map(float, (await plane.store.result(inv_id))[1].split())
+        start, end = map(float, (await plane.data.invocations.result(inv_id))[1].split())
         spans.append((start, end))
     first_four, fifth = spans[:4], spans[4]
     assert max(s for s, _ in first_four) < min(e for _, e in first_four)
@@ -269,7 +270,7 @@ async def test_image_pull_failure_fails_once_without_retries(
         command=["true"],
         max_retries=3,
     )
-    ids = [await plane.store.invoke(fn, b"") for _ in range(3)]
+    ids = [await invoke(plane, fn, b"") for _ in range(3)]
     for inv_id in ids:
         inv = await final(plane, inv_id, 30)
         assert inv.status is Status.FAILED and inv.attempt == 1
@@ -283,18 +284,18 @@ async def test_a_command_that_cannot_start_and_an_image_gone_from_the_engine(
     missing = await deploy(
         plane, "missing", runtime="docker", image=IMAGE, command=["no-such-binary"], max_retries=0
     )
-    inv = await final(plane, await plane.store.invoke(missing, b""), 30)
+    inv = await final(plane, await invoke(plane, missing, b""), 30)
     assert inv.status is Status.FAILED and inv.exit_code == 127
     assert inv.error.startswith("cannot start:")
 
     copy = "hodei-test/busybox:vanishing"
     engine.tag(IMAGE, "hodei-test/busybox", "vanishing")
     fn = await deploy(plane, "vanishing", runtime="docker", image=copy, command=["echo", "hi"])
-    inv = await final(plane, await plane.store.invoke(fn, b""), 30)
+    inv = await final(plane, await invoke(plane, fn, b""), 30)
     assert inv.status is Status.SUCCEEDED
     engine.remove_image(copy)
     # The agent believed it present; create fails, it looks again and cannot pull it here.
-    inv = await final(plane, await plane.store.invoke(fn, b""), 30)
+    inv = await final(plane, await invoke(plane, fn, b""), 30)
     assert inv.status is Status.FAILED and inv.attempt == 1
     assert inv.error.startswith(f"image_pull_failed: {copy}")
 
@@ -317,12 +318,12 @@ async def test_docker_is_offered_only_while_the_engine_answers(
         "--docker-host",
         f"unix://{socket_path}",
     )
-    h = await plane.registry.get("d1")
-    assert h is not None and h["runtimes"] == "process"
+    h = await plane.data.workers.get("d1")
+    assert h is not None and h.runtimes == {"process"}
     fn = await deploy(plane, "later", runtime="docker", image=IMAGE, command=["echo", "ran"])
-    inv_id = await plane.store.invoke(fn, b"")
+    inv_id = await invoke(plane, fn, b"")
     await asyncio.sleep(1.0)
-    inv = await plane.store.get(inv_id)
+    inv = await plane.data.invocations.get(inv_id)
     assert inv.status is Status.QUEUED and inv.pending_reason
     # The engine "comes back" at the address the agent watches, then goes away again.
     proxy = EngineProxy(socket_path)
@@ -330,14 +331,14 @@ async def test_docker_is_offered_only_while_the_engine_answers(
     try:
         inv = await final(plane, inv_id, 30)
         assert inv.status is Status.SUCCEEDED
-        h = await plane.registry.get("d1")
-        assert h is not None and h["runtimes"] == "docker,process"
+        h = await plane.data.workers.get("d1")
+        assert h is not None and h.runtimes == {"docker", "process"}
     finally:
         await proxy.stop()
 
     async def withdrawn() -> bool:
-        h = await plane.registry.get("d1")
-        return bool(h and h["runtimes"] == "process")
+        h = await plane.data.workers.get("d1")
+        return bool(h and h.runtimes == {"process"})
 
     await wait_for(withdrawn, 10)
 
@@ -404,10 +405,10 @@ async def test_agent_killed_and_restarted_keeps_its_container_result(
             image=IMAGE,
             command=["sh", "-c", "echo begun >&2; sleep 2; cat; echo done >&2"],
         )
-        inv_id = await cp.store.invoke(fn, b"kept")
+        inv_id = await invoke(cp, fn, b"kept")
 
         async def begun() -> bool:
-            return bool(await cp.store.logs(inv_id))
+            return bool(await logs(cp, inv_id))
 
         await wait_for(begun, 30)
         agent.proc.kill()
@@ -419,7 +420,7 @@ async def test_agent_killed_and_restarted_keeps_its_container_result(
         await docker_agent(cp, started, "d1")
         inv = await final(cp, inv_id, 30)
         assert inv.status is Status.SUCCEEDED and inv.attempt == 1, inv.error
-        _, out = await cp.store.result(inv_id)
+        _, out = await cp.data.invocations.result(inv_id)
         assert out == b"kept"
         assert containers_of(engine, f"{LABEL_WORKER}=d1") == []
     finally:

@@ -5,17 +5,19 @@ Nothing acknowledged is lost and nothing is recorded twice.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from dataclasses import replace
 
 import grpc
 from conftest import (
     AgentProcess,
+    Gate,
     ServerProcess,
     deploy,
     final,
     free_port,
+    invoke,
+    logs,
     start_agent,
     wait_for,
 )
@@ -30,7 +32,7 @@ ONE_SLOT = ["--cpu-millicores", "2000", "--memory-mb", "2048", "--job-slots", "1
 
 
 async def finished_events(cp: ControlPlane, invocation_id: str) -> int:
-    entries = await cp.redis.xrange(cp.keys.events)
+    entries = await cp.data.redis.xrange(cp.data.keys.events)
     return sum(
         1
         for _, f in entries
@@ -39,36 +41,36 @@ async def finished_events(cp: ControlPlane, invocation_id: str) -> int:
 
 
 async def running_on(cp: ControlPlane, invocation_id: str, worker: str) -> bool:
-    inv = await cp.store.get(invocation_id)
+    inv = await cp.data.invocations.get(invocation_id)
     return (
         inv.status is Status.RUNNING
         and inv.worker_id == worker
-        and bool(await cp.store.logs(invocation_id))
+        and bool(await logs(cp, invocation_id))
     )
 
 
 async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rejected(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
     first = await start_agent(plane, agents, "w1", *ONE_SLOT)
     fn = await deploy(
         plane,
         "work",
-        command=[
-            "sh",
-            "-c",
-            'echo "attempt $HODEI_ATTEMPT" >&2; sleep 1; echo "done $HODEI_ATTEMPT"',
-        ],
+        command=gate.command('echo "attempt $HODEI_ATTEMPT" >&2', 'echo "done $HODEI_ATTEMPT"'),
     )
-    inv_id = await plane.store.invoke(fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    inv_id = await invoke(plane, fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     await start_agent(plane, agents, "w2", *ONE_SLOT)
     first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    # Its lease runs out; attempt 2 starts on w2 (attempt 1 never got to finish).
+    await wait_for(lambda: running_on(plane, inv_id, "w2"), 30)
+    gate.open()
 
-    inv = await final(plane, inv_id, 20)
+    inv = await final(plane, inv_id, 30)
     assert inv.status is Status.SUCCEEDED
     assert inv.attempt == 2 and inv.worker_id == "w2"
-    assert (await plane.store.result(inv_id))[1] == b"done 2\n"
+    assert (await plane.data.invocations.result(inv_id))[1] == b"done 2\n"
 
     # The dead worker comes back (same id) and reports attempt 1's result, late.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
@@ -101,14 +103,14 @@ async def test_agent_killed_mid_job_runs_again_elsewhere_and_stale_result_is_rej
         assert reply.ack.reason in ("not_running", "stale_attempt")
         await call.done_writing()
 
-    assert (await plane.store.result(inv_id))[1] == b"done 2\n"
+    assert (await plane.data.invocations.result(inv_id))[1] == b"done 2\n"
     assert await finished_events(plane, inv_id) == 1
-    h = await plane.registry.get("w2")
-    assert h is not None and h["slots_used"] == "0"
+    h = await plane.data.workers.get("w2")
+    assert h is not None and h.used.slots == 0
 
 
 async def test_server_killed_and_restarted_records_results_finished_meanwhile(
-    settings: ServerSettings, servers: list[ServerProcess]
+    settings: ServerSettings, servers: list[ServerProcess], gate: Gate
 ) -> None:
     port = free_port()
     server = ServerProcess(settings, port, "s1")
@@ -117,28 +119,31 @@ async def test_server_killed_and_restarted_records_results_finished_meanwhile(
     view = ControlPlane(settings)  # only its store and registry, to look at Redis
     agent = AgentProcess(port, "w1", *ONE_SLOT)
     try:
-        await wait_for(lambda: view.registry.get("w1"), 15)
+        await wait_for(lambda: view.data.workers.get("w1"), 15)
         fn = await deploy(
             view,
             "outlive",
-            command=["sh", "-c", 'echo begin >&2; sleep 1.5; echo "survived $HODEI_ATTEMPT"'],
+            command=gate.command("echo begin >&2", 'echo "survived $HODEI_ATTEMPT"'),
         )
-        inv_id = await view.store.invoke(fn, b"")
-        await wait_for(lambda: running_on(view, inv_id, "w1"), 15)
+        inv_id = await invoke(view, fn, b"")
+        await wait_for(lambda: running_on(view, inv_id, "w1"), 30)
         server.kill()
-        await asyncio.sleep(2.0)  # the job ends while no server is there
-        assert (await view.store.get(inv_id)).status is Status.RUNNING
+        gate.open()  # the job ends while no server is there
+        await wait_for(
+            lambda: f"invocation {inv_id} attempt 1 ended succeeded" in agent.output(), 30
+        )
+        assert (await view.data.invocations.get(inv_id)).status is Status.RUNNING
         server.start()
         inv = await final(view, inv_id, 20)
         assert inv.status is Status.SUCCEEDED and inv.attempt == 1
-        assert (await view.store.result(inv_id))[1] == b"survived 1\n"
+        assert (await view.data.invocations.result(inv_id))[1] == b"survived 1\n"
         assert await finished_events(view, inv_id) == 1
         # And the reconnected agent takes new work.
-        again = await view.store.invoke(fn, b"")
+        again = await invoke(view, fn, b"")
         assert (await final(view, again, 20)).status is Status.SUCCEEDED
     finally:
         await agent.stop()
-        await view.redis.aclose()
+        await view.data.close()
 
 
 async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
@@ -152,7 +157,7 @@ async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
     view = ControlPlane(settings)
 
     async def led_by(server_id: str) -> bool:
-        value = await view.redis.get(view.keys.leader)
+        value = await view.data.redis.get(view.data.keys.leader)
         return bool(value and value.decode().startswith(server_id + ":"))
 
     await wait_for(lambda: led_by("leader"), 10)
@@ -161,12 +166,12 @@ async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
     # standby's delivery channel.
     agent = AgentProcess(standby_port, "w1", *ONE_SLOT)
     try:
-        await wait_for(lambda: view.registry.get("w1"), 15)
+        await wait_for(lambda: view.data.workers.get("w1"), 15)
         fn = await deploy(view, "hop", command=["sh", "-c", 'echo "hop $HODEI_ATTEMPT"'])
-        first = await view.store.invoke(fn, b"")
+        first = await invoke(view, fn, b"")
         assert (await final(view, first, 15)).status is Status.SUCCEEDED
         leader.kill()
-        queued = [await view.store.invoke(fn, b"") for _ in range(3)]
+        queued = [await invoke(view, fn, b"") for _ in range(3)]
         await wait_for(lambda: led_by("standby"), 10)
         for inv_id in queued:
             inv = await final(view, inv_id, 20)
@@ -174,65 +179,69 @@ async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
             assert await finished_events(view, inv_id) == 1
     finally:
         await agent.stop()
-        await view.redis.aclose()
+        await view.data.close()
 
 
 async def test_drain_finishes_running_work_takes_no_new_work_and_deregisters(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
-    draining = await start_agent(plane, agents, "w1", "--job-slots", "2")
+    draining = await start_agent(plane, agents, "w1", "--job-slots", "2", "--drain-grace-s", "60")
     fn = await deploy(
         plane,
         "finish-me",
-        command=["sh", "-c", 'echo go >&2; sleep 0.6; echo "finished on attempt $HODEI_ATTEMPT"'],
+        command=gate.command("echo go >&2", 'echo "finished on attempt $HODEI_ATTEMPT"'),
     )
-    inv_id = await plane.store.invoke(fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    inv_id = await invoke(plane, fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     draining.proc.send_signal(signal.SIGTERM)
 
     async def state(worker: str) -> str:
-        return ((await plane.registry.get(worker)) or {}).get("state", "")
+        w = await plane.data.workers.get(worker)
+        return str(w.state) if w else ""
 
     async def is_draining() -> bool:
         return await state("w1") == "draining"
 
-    await wait_for(is_draining, 5)
-    later = await plane.store.invoke(fn, b"")
-    inv = await final(plane, inv_id, 10)
+    await wait_for(is_draining, 30)
+    later = await invoke(plane, fn, b"")
+    gate.open()
+    inv = await final(plane, inv_id, 30)
     assert inv.status is Status.SUCCEEDED and inv.attempt == 1
-    await wait_for(lambda: draining.proc.poll() is not None, 10)
+    await wait_for(lambda: draining.proc.poll() is not None, 30)
     assert draining.proc.returncode == 0
     assert await state("w1") == "terminated"
     # Work that arrived meanwhile waits for another worker and runs there.
-    assert (await plane.store.get(later)).status is Status.QUEUED
+    assert (await plane.data.invocations.get(later)).status is Status.QUEUED
     await start_agent(plane, agents, "w2")
-    assert (await final(plane, later, 10)).worker_id == "w2"
+    assert (await final(plane, later, 30)).worker_id == "w2"
 
 
 async def test_drain_grace_over_hands_back_work_without_counting_a_failure(
-    plane: ControlPlane, agents: list[AgentProcess]
+    plane: ControlPlane, agents: list[AgentProcess], gate: Gate
 ) -> None:
     quitting = await start_agent(plane, agents, "w1", "--drain-grace-s", "0.3")
     fn = await deploy(
         plane,
         "long",
-        command=["sh", "-c", 'echo go >&2; sleep 1; echo "attempt $HODEI_ATTEMPT"'],
+        command=gate.command("echo go >&2", 'echo "attempt $HODEI_ATTEMPT"'),
         max_retries=0,
     )
-    inv_id = await plane.store.invoke(fn, b"")
-    await wait_for(lambda: running_on(plane, inv_id, "w1"), 10)
+    inv_id = await invoke(plane, fn, b"")
+    await wait_for(lambda: running_on(plane, inv_id, "w1"), 30)
     quitting.proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: quitting.proc.poll() is not None, 10)
+    await wait_for(lambda: quitting.proc.poll() is not None, 30)
     assert quitting.proc.returncode == 0
-    inv = await plane.store.get(inv_id)
+    inv = await plane.data.invocations.get(inv_id)
     assert inv.status is Status.QUEUED and inv.attempt == 2 and inv.failures == 0
+    gate.open()
     await start_agent(plane, agents, "w2")
-    done = await final(plane, inv_id, 15)
+    done = await final(plane, inv_id, 30)
     assert done.status is Status.SUCCEEDED and done.attempt == 2
 
 
 async def worker_state(cp: ControlPlane, worker: str) -> str:
-    return ((await cp.registry.get(worker)) or {}).get("state", "")
+    w = await cp.data.workers.get(worker)
+    return str(w.state) if w else ""
 
 
 async def test_silent_worker_turns_unhealthy_gets_no_work_and_recovers(
@@ -245,12 +254,15 @@ async def test_silent_worker_turns_unhealthy_gets_no_work_and_recovers(
         async def unhealthy() -> bool:
             return await worker_state(plane, "w1") == "unhealthy"
 
-        await wait_for(unhealthy, 5)
+        await wait_for(unhealthy, 15)
         fn = await deploy(plane, "wait", command=["sh", "-c", "echo ok"])
-        inv_id = await plane.store.invoke(fn, b"")
-        await asyncio.sleep(0.5)
-        inv = await plane.store.get(inv_id)
-        assert inv.status is Status.QUEUED and inv.pending_reason == "no schedulable workers"
+        inv_id = await invoke(plane, fn, b"")
+
+        async def looked_at() -> str:
+            return (await plane.data.invocations.get(inv_id)).pending_reason
+
+        assert await wait_for(looked_at, 15) == "no schedulable workers"
+        assert (await plane.data.invocations.get(inv_id)).status is Status.QUEUED
     finally:
         agent.proc.send_signal(signal.SIGCONT)
     assert (await final(plane, inv_id, 10)).worker_id == "w1"
@@ -275,7 +287,7 @@ async def test_worker_unhealthy_too_long_is_failed_and_must_register_again(
         # Its heartbeats are refused as stale; it registers again and is back in service.
         await wait_for(lambda: state_is("available", "running"), 10)
         fn = await deploy(cp, "again", command=["true"])
-        assert (await final(cp, await cp.store.invoke(fn, b""), 10)).status is Status.SUCCEEDED
+        assert (await final(cp, await invoke(cp, fn, b""), 10)).status is Status.SUCCEEDED
     finally:
         agent.proc.send_signal(signal.SIGCONT)
         await agent.stop()

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import AgentProcess, start_agent, wait_for
+from conftest import (
+    AgentProcess,
+    logs,
+    start_agent,
+    wait_for,
+)
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
@@ -177,8 +182,9 @@ async def test_tokens_and_scopes(settings: ServerSettings) -> None:
         assert (await http.post(invoke, headers=ro_h)).status == 403
         accepted = await http.post(invoke, headers=app_h)
         assert accepted.status == 202
-        assert (await http.get("/v1/workers", headers=ro_h)).status == 403
-        assert (await http.get("/v1/workers", headers=ADMIN)).status == 200
+        # A read token sees the fleet but cannot drain it.
+        assert (await http.get("/v1/workers", headers=ro_h)).status == 200
+        assert (await http.post("/v1/workers/w1/drain", headers=ro_h)).status == 403
         record = await http.get(accepted.headers["Location"], headers=ro_h)
         assert record.status == 200
 
@@ -243,7 +249,7 @@ async def test_cancel_queued_and_running(
     async def status(inv_id: str) -> str:
         return str((await (await http.get(f"/v1/invocations/{inv_id}")).json())["status"])
 
-    await wait_for(lambda: plane.store.logs(running["id"]), 10)
+    await wait_for(lambda: logs(plane, running["id"]), 10)
     assert (await http.delete(f"/v1/invocations/{running['id']}")).status == 202
 
     async def is_cancelled() -> bool:

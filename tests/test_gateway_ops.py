@@ -253,7 +253,7 @@ async def _up(client: HodeiClient) -> bool:
 
 
 async def _status_is(plane: ControlPlane, inv_id: str, status: str) -> bool:
-    return str((await plane.store.get(inv_id)).status) == status
+    return str((await plane.data.invocations.get(inv_id)).status) == status
 
 
 async def test_hodei_dev_starts_everything_and_runs_the_demo() -> None:

@@ -9,7 +9,13 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from conftest import AgentProcess, deploy, wait_for
+from conftest import (
+    AgentProcess,
+    deploy,
+    invoke,
+    logs,
+    wait_for,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.plugin.models import Status
@@ -95,7 +101,7 @@ async def test_agent_process_without_token_fails_and_exits(secured: ControlPlane
     assert agent.proc.returncode == 1
     assert "UNAUTHENTICATED" in agent.output()
     await agent.stop()
-    assert await secured.registry.get("tokenless") is None
+    assert await secured.data.workers.get("tokenless") is None
 
 
 @pytest.mark.parametrize(
@@ -133,7 +139,8 @@ async def test_stream_must_open_with_a_current_session(
         pb.AgentMessage(status=pb.WorkerStatus(worker_id="fake", session_id=old.session_id))
     )
     assert await code_of(call.read()) == grpc.StatusCode.FAILED_PRECONDITION
-    assert (await secured.registry.get("fake") or {})["state"] == "registering"
+    fake = await secured.data.workers.get("fake")
+    assert fake is not None and fake.state == "registering"
 
 
 async def test_unknown_jobs_on_the_stream_are_answered_not_fatal(
@@ -156,7 +163,7 @@ async def test_unknown_jobs_on_the_stream_are_answered_not_fatal(
     reply = await call.read()
     assert reply.ack.invocation_id == "nope" and not reply.ack.recorded
     assert reply.ack.reason == "unknown"
-    assert await secured.store.logs("nope") == []
+    assert await logs(secured, "nope") == []
     # A result without an outcome is malformed: the stream is refused, the server stays up.
     await call.write(pb.AgentMessage(result=pb.JobResult(invocation_id="nope", attempt=1)))
     assert await code_of(call.read()) == grpc.StatusCode.INVALID_ARGUMENT
@@ -176,7 +183,7 @@ async def test_terminating_with_leases_is_out_of_order(
 ) -> None:
     _, call = await connect(stub)
     fn = await deploy(secured, "hold", command=["true"])
-    inv_id = await secured.store.invoke(fn, b"")
+    inv_id = await invoke(secured, fn, b"")
     assigned = await call.read()
     assert assigned.assign.invocation_id == inv_id
     await call.write(
@@ -190,9 +197,9 @@ async def test_unary_heartbeat_renews_leases_and_knows_sessions(
 ) -> None:
     status, call = await connect(stub)
     fn = await deploy(secured, "beat", command=["true"])
-    inv_id = await secured.store.invoke(fn, b"")
+    inv_id = await invoke(secured, fn, b"")
     assert (await call.read()).assign.invocation_id == inv_id
-    before = await secured.redis.zscore(secured.keys.leases, inv_id)
+    before = await secured.data.redis.zscore(secured.data.keys.leases, inv_id)
     await asyncio.sleep(0.05)
     beat = pb.Heartbeat(
         worker_id="fake",
@@ -201,8 +208,9 @@ async def test_unary_heartbeat_renews_leases_and_knows_sessions(
         running_jobs=[pb.RunningJob(invocation_id=inv_id, attempt=1)],
     )
     await stub.Heartbeat(beat, metadata=AUTH)
-    assert await secured.redis.zscore(secured.keys.leases, inv_id) > before
-    assert (await secured.registry.get("fake") or {})["cpu_percent"] == "12.5"
+    assert await secured.data.redis.zscore(secured.data.keys.leases, inv_id) > before
+    fake = await secured.data.workers.get("fake")
+    assert fake is not None and fake.cpu_percent == 12.5
     stale = pb.Heartbeat(worker_id="fake", session_id="old")
     assert await code_of(stub.Heartbeat(stale, metadata=AUTH)) == (
         grpc.StatusCode.FAILED_PRECONDITION
@@ -239,7 +247,7 @@ async def test_get_worker_status(stub: pb_grpc.WorkerServiceStub, secured: Contr
     fn = await deploy(
         secured, "st", command=["true"], resources={"cpu_millicores": 500, "memory_mb": 256}
     )
-    inv_id = await secured.store.invoke(fn, b"")
+    inv_id = await invoke(secured, fn, b"")
     assert (await call.read()).assign.invocation_id == inv_id
     status = await stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="fake"), metadata=AUTH)
     assert status.state == pb.WORKER_STATE_RUNNING
@@ -253,12 +261,12 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
 ) -> None:
     # Park the scheduler: no worker fits this function, except through pinning.
     fn = await deploy(secured, "pinned", command=["true"], labels={"zone": "b"})
-    inv_id = await secured.store.invoke(fn, b"payload")
+    inv_id = await invoke(secured, fn, b"payload")
     _, call = await connect(stub)
 
     async def available() -> bool:  # the server has opened the stream's session
-        h = await secured.registry.get("fake")
-        return bool(h and h["state"] == "available")
+        h = await secured.data.workers.get("fake")
+        return bool(h and h.state == "available")
 
     await wait_for(available, 5)
 
@@ -279,7 +287,7 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
     )
     await accepting
     assert accepted.invocation_id == inv_id and accepted.worker_id == "fake"
-    inv = await secured.store.get(inv_id)
+    inv = await secured.data.invocations.get(inv_id)
     assert inv.status is Status.RUNNING and inv.worker_id == "fake"
     again = pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake")
     assert await code_of(stub.AssignJob(again, metadata=AUTH)) == (
@@ -294,7 +302,7 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
         labels={"zone": "b"},
         resources={"cpu_millicores": 99000, "memory_mb": 1},
     )
-    big_id = await secured.store.invoke(big, b"")
+    big_id = await invoke(secured, big, b"")
     too_big = pb.AssignJobRequest(invocation_id=big_id, worker_id="fake")
     assert await code_of(stub.AssignJob(too_big, metadata=AUTH)) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED

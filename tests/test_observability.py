@@ -8,7 +8,15 @@ import re
 import urllib.request
 
 import grpc
-from conftest import AgentProcess, ServerProcess, deploy, final, free_port, wait_for
+from conftest import (
+    AgentProcess,
+    ServerProcess,
+    deploy,
+    final,
+    free_port,
+    invoke,
+    wait_for,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.plugin.models import Status
@@ -46,12 +54,12 @@ async def test_metrics_logs_and_health_across_processes(
         "1",
     )
     try:
-        await wait_for(lambda: view.registry.get("w1"), 15)
+        await wait_for(lambda: view.data.workers.get("w1"), 15)
         ok = await deploy(view, "ok", command=["sh", "-c", "echo fine"])
         bad = await deploy(view, "bad", command=["sh", "-c", "exit 2"], max_retries=0)
         slow = await deploy(view, "slow", command=["sleep", "3"])
-        blocker = await view.store.invoke(slow, b"")
-        queued = [await view.store.invoke(ok, b"") for _ in range(3)]
+        blocker = await invoke(view, slow, b"")
+        queued = [await invoke(view, ok, b"") for _ in range(3)]
 
         async def queue_seen() -> bool:
             return (
@@ -59,7 +67,7 @@ async def test_metrics_logs_and_health_across_processes(
             )
 
         await wait_for(queue_seen, 10)
-        failed = await view.store.invoke(bad, b"")
+        failed = await invoke(view, bad, b"")
         for inv_id in [blocker, *queued]:
             assert (await final(view, inv_id)).status is Status.SUCCEEDED
         assert (await final(view, failed)).status is Status.FAILED
@@ -109,4 +117,4 @@ async def test_metrics_logs_and_health_across_processes(
         ]
     finally:
         await agent.stop()
-        await view.redis.aclose()
+        await view.data.close()
