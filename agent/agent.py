@@ -174,7 +174,7 @@ class Agent:
         )
 
     def _on_prewarm(self, request: pb.PrewarmRequest) -> None:
-        if self.state is not AgentState.DRAINING:
+        if self.state is not WorkerState.DRAINING:
             self.instances.prewarm(request)
 
     def _on_cancel(self, request: pb.CancelJobRequest) -> None:
