@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,26 @@ async def test_leftover_instance_containers_are_removed(
     # A new life of the same agent (same mark) removes what the previous one left.
     assert await launcher.leftovers() == 1
     assert not instances(engine)
+
+
+async def test_the_firewall_rules_live_as_long_as_the_network(engine: docker.APIClient) -> None:
+    runtime = DockerRuntime("lambda-fw", "c" * 32, 1 << 20, DockerOptions())
+    assert await runtime.probe()
+    launcher = DockerLauncher(runtime, 1 << 20, "hodei-test")
+    tag = network_name("c" * 32, outbound=False)
+
+    def rules() -> list[str]:
+        listing = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, text=True)
+        return [r for r in listing.stdout.splitlines() if f"--comment {tag}" in r]
+
+    try:
+        network = await launcher.network(outbound=False)
+        found = rules()
+        assert len(found) == 2, found
+        assert any("-j DROP" in r for r in found)
+        assert any(f"--dport {network.port}" in r and "-j ACCEPT" in r for r in found)
+    finally:
+        await launcher.close()
+        runtime.close()
+    assert rules() == []
+    assert not engine.networks(names=[tag]) or all(n["Name"] != tag for n in engine.networks())
