@@ -37,7 +37,7 @@ from aiohttp import web
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import LABEL_FUNCTION, FrameReader, host_config
 from hodei.agent.identity import LABEL_MARK
-from hodei.agent.instance import Output
+from hodei.agent.instance import PULL_FAILED, Output
 from hodei.agent.lambda_api import Listener, RuntimeEndpoint, forbidden
 from hodei.agent.lambda_env import function_arn, instance_env
 from hodei.errors import ImagePullFailed
@@ -298,7 +298,7 @@ class DockerLauncher:
         try:
             await runtime._ensure_image(job.image)
         except ImagePullFailed as exc:
-            raise ImagePullFailed(f"image_pull_failed: {job.image}: {exc}") from exc
+            raise ImagePullFailed(f"{PULL_FAILED}: {job.image}: {exc}") from exc
         network = await self.network(job.network)
         endpoint = RuntimeEndpoint(
             f"{network.gateway}:{network.port}",

@@ -18,6 +18,8 @@ from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
 Output = Callable[[str, bytes], None]  # (stream, data)
+# How a launcher's error starts when the image cannot be had: no retry helps then.
+PULL_FAILED = "image_pull_failed"
 
 
 class Backend(Protocol):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hodei.agent import instance_policy as policy
-from hodei.agent.instance import Instance, Launcher, exit_text
+from hodei.agent.instance import PULL_FAILED, Instance, Launcher, exit_text
 from hodei.agent.instance_policy import Choice, PoolKey, State
 from hodei.agent.lambda_api import NO_DEADLINE_MS, Invocation, Reply
 from hodei.agent.runtime import LogSink, Outcome, now_ms
@@ -130,6 +130,8 @@ class InstancePool:
                 truncated=reply.truncated if reply else False,
                 started_ms=started,
                 finished_ms=now_ms(),
+                # As for stdio containers: retrying an image that cannot be pulled is vain.
+                final=error.startswith(f"cannot start: {PULL_FAILED}"),
                 cold_start=cold_start,
                 init_ms=init_ms,
             )

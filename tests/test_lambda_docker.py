@@ -216,3 +216,10 @@ async def test_the_firewall_rules_live_as_long_as_the_network(engine: docker.API
         runtime.close()
     assert rules() == []
     assert not engine.networks(names=[tag]) or all(n["Name"] != tag for n in engine.networks())
+
+
+async def test_an_image_that_cannot_be_pulled_fails_without_retries(agent: Harness) -> None:
+    result = await agent.invoke(job("nopull", {}, image="hodei-test/no-such-image:never"))
+    assert result.outcome == pb.JOB_OUTCOME_FAILED and result.final
+    assert result.error.startswith("cannot start: image_pull_failed: hodei-test/no-such-image")
+    assert not agent.pools()
