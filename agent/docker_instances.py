@@ -295,10 +295,7 @@ class DockerLauncher:
         self, job: pb.AssignJobRequest, instance_id: str, output: Output
     ) -> tuple[RuntimeEndpoint, ContainerInstance]:
         runtime = self.runtime
-        try:
-            await runtime._ensure_image(job.image)
-        except ImagePullFailed as exc:
-            raise ImagePullFailed(f"{PULL_FAILED}: {job.image}: {exc}") from exc
+        await self._image(job.image)
         network = await self.network(job.network)
         endpoint = RuntimeEndpoint(
             f"{network.gateway}:{network.port}",
@@ -310,7 +307,13 @@ class DockerLauncher:
         try:
             env = instance_env(job, endpoint.address, self.region, instance_id)
             request = instance_request(job, runtime, network.name, env, instance_id)
-            created = await runtime._call(runtime.api.create_container, **request)
+            try:
+                created = await runtime._call(runtime.api.create_container, **request)
+            except docker.errors.ImageNotFound:
+                # Removed from the engine since it was seen: pull it again, once.
+                runtime._present.discard(job.image)
+                await self._image(job.image)
+                created = await runtime._call(runtime.api.create_container, **request)
             container_id: str = created["Id"]
             attached = await runtime._call(
                 runtime.api.attach_socket,
@@ -332,6 +335,12 @@ class DockerLauncher:
         finally:
             network.starting -= 1
         return endpoint, backend
+
+    async def _image(self, image: str) -> None:
+        try:
+            await self.runtime._ensure_image(image)
+        except ImagePullFailed as exc:
+            raise ImagePullFailed(f"{PULL_FAILED}: {image}: {exc}") from exc
 
     async def leftovers(self) -> int:
         """Remove instance containers an earlier life of this agent left."""

@@ -223,3 +223,13 @@ async def test_an_image_that_cannot_be_pulled_fails_without_retries(agent: Harne
     assert result.outcome == pb.JOB_OUTCOME_FAILED and result.final
     assert result.error.startswith("cannot start: image_pull_failed: hodei-test/no-such-image")
     assert not agent.pools()
+
+
+async def test_an_image_removed_from_the_engine_is_looked_for_again(agent: Harness) -> None:
+    launcher = agent.pool.launchers["docker"]
+    assert isinstance(launcher, DockerLauncher)
+    # The agent saw it once; it has gone from the engine since (no registry has it here).
+    launcher.runtime._present.add("hodei-test/lambda-gone:1")
+    result = await agent.invoke(job("gone", {}, image="hodei-test/lambda-gone:1"))
+    assert result.error.startswith("cannot start: image_pull_failed: hodei-test/lambda-gone")
+    assert result.final and "hodei-test/lambda-gone:1" not in launcher.runtime._present
