@@ -79,6 +79,10 @@ class AgentSettings(EnvSettings):
     drain_grace_s: float = 30.0
     drain_handback_s: float = 8.0
     output_cap_bytes: int = 6 * 1024 * 1024
+    # Lambda instances: AWS_REGION they see (unless their spec sets one), and how long an
+    # idle instance lives when its spec's warm.idle_s does not say.
+    lambda_region: str = "hodei"
+    lambda_idle_s: float = 600.0
     log_batch_lines: int = 200
     log_flush_s: float = 0.05
     reconnect_base_s: float = 0.2
