@@ -61,9 +61,7 @@ class Completions:
         return future
 
 
-async def run(
-    redis_url: str, jobs: int, concurrency: int, sandbox: bool = True
-) -> dict[str, str]:
+async def run(redis_url: str, jobs: int, concurrency: int, sandbox: bool = True) -> dict[str, str]:
     settings = replace(
         ServerSettings.from_env(),
         redis_url=redis_url,
