@@ -146,11 +146,15 @@ class AgentIdentities:
             if named in self.operator_names:
                 operator, named = True, ""
         if self.agent_tokens and named:
-            # With TLS and tokens both on, an agent needs both, naming the same worker.
+            # With TLS and tokens both on, an agent needs both, naming the same worker; an
+            # operator's token with a worker's certificate makes an operator, not the worker.
             bound = _lookup(self.agent_tokens, token) if token else None
-            if bound not in (named, ANY_WORKER):
+            if bound in (named, ANY_WORKER):
+                via.append(f"token {fingerprint(token)}")
+            elif operator:
+                named = ""
+            else:
                 return None
-            via.append(f"token {fingerprint(token)}")
         elif self.agent_tokens and not self.tls:
             named = (_lookup(self.agent_tokens, token) if token else None) or ""
             if named:
