@@ -176,6 +176,7 @@ class ServerConnection:
 
     def _use(self, address: str) -> None:
         self.server = address
+        self._tls_stamp = self.tls.stamp() if self.tls is not None else ()
         # gRPC's own reconnection backoff grows to 120 s by default: a server that comes
         # back would wait that long for its agents. Keep it within the agent's own bounds.
         base_ms = max(1, int(self.settings.reconnect_base_s * 1000))
@@ -212,6 +213,10 @@ class ServerConnection:
         if len(self.servers) > 1:
             await self.channel.close(grace=None)
             self._use(self.servers[(self.servers.index(self.server) + 1) % len(self.servers)])
+        elif self.tls is not None and self.tls.stamp() != self._tls_stamp:
+            # Certificate files renewed in place (an expired one fails every handshake).
+            await self.channel.close(grace=None)
+            self._use(self.server)
 
     # -- the connection loop -----------------------------------------------------------
     async def run(self) -> None:

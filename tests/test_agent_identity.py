@@ -468,3 +468,37 @@ async def test_renewed_certificate_files_are_served_without_a_restart(
     async with open_channel(f"127.0.0.1:{plane.port}", agent_files(pki, "w1")) as channel:
         status = await pb_grpc.WorkerServiceStub(channel).RegisterWorker(registration("w1"))
         assert status.session_id
+
+
+def install(files: TlsFiles, cert: Path, key: Path) -> None:
+    """Write a certificate and its key in place (as a renewal by a supervisor does)."""
+    key.write_bytes(Path(files.key).read_bytes())
+    cert.write_bytes(Path(files.cert).read_bytes())
+
+
+async def test_agent_picks_up_renewed_certificate_files(
+    pki: Path,
+    tmp_path: Path,
+    settings: ServerSettings,
+    control: list[ControlPlane],
+    own_agents: list[AgentProcess],
+) -> None:
+    plane = await started(control, tls_settings(settings, pki))
+    # Its files start as a certificate the server does not accept (another CA's)...
+    rogue = agent_files(pki, "w1", ca=pki / "rogue")
+    cert, key = tmp_path / "agent.pem", tmp_path / "agent-key.pem"
+    install(rogue, cert, key)
+    flags = ("--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file", str(cert))
+    agent = AgentProcess(plane.port, "w1", *flags, "--tls-key-file", str(key))
+    own_agents.append(agent)
+    await wait_for(lambda: "UNAVAILABLE" in agent.output(), 20)
+    # ...then are renewed in place: the next attempt connects, no restart.
+    good = agent_files(pki, "w1")
+    install(good, cert, key)
+
+    async def connected() -> bool:
+        w = await plane.data.workers.get("w1")
+        return bool(w and w.state == "available")
+
+    await wait_for(connected, 30)
+    assert agent.proc.poll() is None
