@@ -139,8 +139,8 @@ class AgentIdentities:
         via: list[str] = []
         if self.tls:
             common_names = list(auth.get("x509_common_name") or ())
-            if len(common_names) != 1 or not common_names[0]:
-                return None
+            if len(common_names) != 1 or common_names[0] in (b"", ANY_WORKER.encode()):
+                return None  # a certificate names one worker, never "any"
             named = common_names[0].decode(errors="replace")
             via.append(f"certificate {named}")
             if named in self.operator_names:

@@ -67,6 +67,7 @@ def test_certificates_name_the_worker_and_operators() -> None:
     assert operator is not None and operator.operator and operator.worker == ""
     assert ids.identify([], {}) is None  # no certificate common name
     assert ids.identify([], {"x509_common_name": [b"a", b"b"]}) is None
+    assert ids.identify([], cert("*")) is None  # no wildcard certificates
     # Both TLS and tokens: both are needed, naming the same worker.
     both = AgentIdentities(bind_tokens(["t1:w1"]), ["op"], tls=True)
     assert both.identify(bearer("t1"), cert("w1")) is not None
