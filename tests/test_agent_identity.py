@@ -25,9 +25,11 @@ from conftest import (
     start_agent,
     wait_for,
 )
+from consul_double import running_consul
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei import certs
+from hodei.errors import ConfigError
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -502,3 +504,23 @@ async def test_agent_picks_up_renewed_certificate_files(
 
     await wait_for(connected, 30)
     assert agent.proc.poll() is None
+
+
+async def test_consul_checks_a_tls_server_on_its_plaintext_health_port(
+    pki: Path, settings: ServerSettings, control: list[ControlPlane]
+) -> None:
+    async with running_consul() as consul:
+        with_consul = tls_settings(settings, pki, consul_addr=consul.url)
+        with pytest.raises(ConfigError, match="grpc_health_port"):
+            ControlPlane(replace(with_consul, grpc_health_port=-1))
+        plane = await started(control, replace(with_consul, consul_check_interval_s=0.2))
+        check_id = f"hodei-server-{plane.settings.server_id}-grpc"
+
+        async def passing() -> bool:
+            check = consul.checks.get(check_id)
+            return bool(check and check["Status"] == "passing")
+
+        await wait_for(passing, 15)
+        assert consul.checks[check_id]["Definition"]["grpc"].endswith(f":{plane.health_port}")
+        await plane.stop(0.5)
+        control.remove(plane)
