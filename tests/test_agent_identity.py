@@ -1,35 +1,33 @@
 """Agents are who they say, against a real grpc.aio server on 127.0.0.1:0 and real agent
 processes: the impostor of the audit (another worker's id, its running lease, a forged
 result) is refused whatever the credentials; a worker can act only as itself; status and
-pins need operator credentials; mutual TLS end to end."""
+pins need operator credentials; a fleet token keeps its own worker and takes no other."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import (
-    AgentProcess,
-    Gate,
-    deploy,
-    final,
-    invoke,
-    logs,
-    start_agent,
-    wait_for,
+from conftest import AgentProcess, Gate, deploy, final, invoke, logs, start_agent, wait_for
+from grpc_kit import (  # noqa: F401 - the *_fixture names are fixtures
+    DENIED,
+    GATED,
+    agent_files,
+    bearer,
+    code_of,
+    control_fixture,
+    own_agents_fixture,
+    pki_fixture,
+    registration,
+    started,
+    stream_opening,
+    tls_flags,
+    tls_settings,
 )
-from consul_double import running_consul
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hodei import certs
-from hodei.errors import ConfigError
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -37,53 +35,9 @@ from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 from hodei.tls import TlsFiles, open_channel
 
-CAPACITY = pb.Resources(cpu_millicores=1000, memory_mb=512, job_slots=1)
-DENIED = grpc.StatusCode.PERMISSION_DENIED
 OPERATOR_TOKEN = "operator-secret-token"
 TOKENS = ("w1-secret-token:w1", "evil-secret-token:evil")
 FLEET = "fleet-secret-token"
-# The gate (conftest) lives under /var/tmp, which the sandbox makes private by default.
-GATED = ("--job-slots", "1", "--process-private-dirs", "/tmp")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA made by ``hodei certs``, its server, agent and operator certificates; and a
-    rogue CA's certificate for w1."""
-    folder = tmp_path_factory.mktemp("pki")
-    certs.make_ca(folder, "hodei-test-ca")
-    certs.issue(folder, "server", "localhost", ["localhost", "127.0.0.1"])
-    for worker in ("w1", "w2", "evil"):
-        certs.issue(folder, "agent", worker, [])
-    certs.issue(folder, "operator", "hodei-operator", [])
-    rogue = folder / "rogue"
-    certs.make_ca(rogue, "rogue-ca")
-    certs.issue(rogue, "agent", "w1", [])
-    return folder
-
-
-def agent_files(pki: Path, who: str, kind: str = "agent", ca: Path | None = None) -> TlsFiles:
-    folder = ca or pki
-    return TlsFiles(
-        str(pki / "ca.pem"),
-        str(folder / f"{kind}-{who}.pem"),
-        str(folder / f"{kind}-{who}-key.pem"),
-    )
-
-
-def tls_flags(pki: Path, who: str) -> tuple[str, ...]:
-    files = agent_files(pki, who)
-    return ("--tls-ca-file", files.ca, "--tls-cert-file", files.cert, "--tls-key-file", files.key)
-
-
-def tls_settings(settings: ServerSettings, pki: Path, **more: Any) -> ServerSettings:
-    tls = {
-        "tls_ca_file": str(pki / "ca.pem"),
-        "tls_cert_file": str(pki / "server.pem"),
-        "tls_key_file": str(pki / "server-key.pem"),
-        "grpc_health_port": 0,
-    }
-    return replace(settings, **{**tls, **more})
 
 
 @dataclass
@@ -111,54 +65,6 @@ def credentials(kind: str, pki: Path) -> Credentials:
         "tls_key_file": str(pki / "server-key.pem"),
     }
     return Credentials(tls, "", tls_flags(pki, "w1"), "", agent_files(pki, "evil"))
-
-
-@pytest.fixture
-async def control(settings: ServerSettings) -> AsyncIterator[list[ControlPlane]]:
-    """Control planes a test starts with its own settings; stopped after its agents."""
-    planes: list[ControlPlane] = []
-    yield planes
-    for plane in planes:
-        await plane.stop(0.5)
-
-
-async def started(control: list[ControlPlane], settings: ServerSettings) -> ControlPlane:
-    plane = ControlPlane(settings)
-    control.append(plane)
-    await plane.start()
-    await wait_for(lambda: plane.leader.is_leader, 5)
-    return plane
-
-
-@pytest.fixture
-async def own_agents(control: list[ControlPlane]) -> AsyncIterator[list[AgentProcess]]:
-    """Agents of the test; they stop before its control planes."""
-    started_agents: list[AgentProcess] = []
-    yield started_agents
-    await asyncio.gather(*(agent.stop() for agent in started_agents))
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-def registration(worker_id: str, *running: tuple[str, int]) -> pb.RegisterWorkerRequest:
-    return pb.RegisterWorkerRequest(
-        worker_id=worker_id,
-        capacity=CAPACITY,
-        runtimes=["process"],
-        running_jobs=[pb.RunningJob(invocation_id=i, attempt=a) for i, a in running],
-    )
-
-
-async def code_of(awaitable: Any) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await awaitable
-    return info.value.code()
-
-
-def stream_opening(worker_id: str, session_id: str) -> pb.AgentMessage:
-    return pb.AgentMessage(status=pb.WorkerStatus(worker_id=worker_id, session_id=session_id))
 
 
 @pytest.mark.parametrize("kind", ["tokens", "fleet", "certificates"])
@@ -335,55 +241,6 @@ async def test_status_and_pin_need_operator_credentials(
         assert await code_of(stub.RegisterWorker(registration("hodei-operator"))) == DENIED
 
 
-async def test_plaintext_and_foreign_certificates_are_refused_by_a_tls_server(
-    pki: Path, settings: ServerSettings, control: list[ControlPlane], own_agents: list[AgentProcess]
-) -> None:
-    plane = await started(control, tls_settings(settings, pki))
-    address = f"127.0.0.1:{plane.port}"
-    unavailable = grpc.StatusCode.UNAVAILABLE
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.WorkerServiceStub(channel)
-        assert await code_of(stub.RegisterWorker(registration("w1"), timeout=5)) == unavailable
-    no_certificate = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes())
-    async with grpc.aio.secure_channel(address, no_certificate) as channel:
-        stub = pb_grpc.WorkerServiceStub(channel)
-        assert await code_of(stub.RegisterWorker(registration("w1"), timeout=5)) == unavailable
-    async with open_channel(address, agent_files(pki, "w1", ca=pki / "rogue")) as channel:
-        stub = pb_grpc.WorkerServiceStub(channel)
-        assert await code_of(stub.RegisterWorker(registration("w1"), timeout=5)) == unavailable
-    # A plaintext agent process gets nowhere (and keeps trying, as for a server away).
-    agent = AgentProcess(plane.port, "w1")
-    own_agents.append(agent)
-    await wait_for(lambda: "UNAVAILABLE" in agent.output(), 20)
-    assert await plane.data.workers.get("w1") is None
-    # Consul's and Nomad's checks ask the plaintext health port; with a certificate, the
-    # TLS port answers health too.
-    for port, files in ((plane.health_port, None), (plane.port, agent_files(pki, "w1"))):
-        async with open_channel(f"127.0.0.1:{port}", files) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            reply = await health.Check(
-                health_pb2.HealthCheckRequest(service="hodei.v1.WorkerService")
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.health_port}") as channel:
-        stub = pb_grpc.WorkerServiceStub(channel)  # the health port serves nothing else
-        assert (
-            await code_of(stub.RegisterWorker(registration("w1"))) == grpc.StatusCode.UNIMPLEMENTED
-        )
-
-
-async def test_agent_over_mutual_tls_runs_an_invocation(
-    pki: Path, settings: ServerSettings, control: list[ControlPlane], own_agents: list[AgentProcess]
-) -> None:
-    plane = await started(control, tls_settings(settings, pki))
-    await start_agent(plane, own_agents, "w1", *tls_flags(pki, "w1"))
-    fn = await deploy(plane, "shout", command=["tr", "a-z", "A-Z"])
-    inv_id = await invoke(plane, fn, b"over tls")
-    inv = await final(plane, inv_id, 30)
-    assert inv.status is Status.SUCCEEDED and inv.worker_id == "w1"
-    assert (await plane.data.invocations.result(inv_id))[1] == b"OVER TLS"
-
-
 async def test_fleet_token_agent_keeps_its_worker_and_a_second_one_waits(
     settings: ServerSettings,
     control: list[ControlPlane],
@@ -428,99 +285,3 @@ async def test_fleet_token_agent_keeps_its_worker_and_a_second_one_waits(
     first.proc.terminate()
     first.proc.wait(20)
     await wait_for(lambda: "connected to" in second.output(), 30)
-
-
-def served_certificate(port: int, pki: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    files = agent_files(pki, "w1")
-    context.load_cert_chain(files.cert, files.key)
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return ssl.DER_cert_to_PEM_cert(der).encode()
-
-
-async def test_renewed_certificate_files_are_served_without_a_restart(
-    pki: Path, tmp_path: Path, settings: ServerSettings, control: list[ControlPlane]
-) -> None:
-    folder = tmp_path / "server"
-    folder.mkdir()
-    for name in ("ca.pem", "ca-key.pem"):
-        (folder / name).write_bytes((pki / name).read_bytes())
-    certs.issue(folder, "server", "localhost", ["localhost", "127.0.0.1"])
-    plane = await started(
-        control,
-        tls_settings(
-            settings,
-            pki,
-            tls_cert_file=str(folder / "server.pem"),
-            tls_key_file=str(folder / "server-key.pem"),
-        ),
-    )
-    first = (folder / "server.pem").read_bytes()
-    assert served_certificate(plane.port, pki).strip() == first.strip()
-    certs.issue(folder, "server", "localhost", ["localhost", "127.0.0.1"], force=True)
-    renewed = (folder / "server.pem").read_bytes()
-    assert renewed != first
-    assert served_certificate(plane.port, pki).strip() == renewed.strip()
-    async with open_channel(f"127.0.0.1:{plane.port}", agent_files(pki, "w1")) as channel:
-        status = await pb_grpc.WorkerServiceStub(channel).RegisterWorker(registration("w1"))
-        assert status.session_id
-
-
-def install(files: TlsFiles, cert: Path, key: Path) -> None:
-    """Write a certificate and its key in place (as a renewal by a supervisor does)."""
-    key.write_bytes(Path(files.key).read_bytes())
-    cert.write_bytes(Path(files.cert).read_bytes())
-
-
-async def test_agent_picks_up_renewed_certificate_files(
-    pki: Path,
-    tmp_path: Path,
-    settings: ServerSettings,
-    control: list[ControlPlane],
-    own_agents: list[AgentProcess],
-) -> None:
-    plane = await started(control, tls_settings(settings, pki))
-    # Its files start as a certificate the server does not accept (another CA's)...
-    rogue = agent_files(pki, "w1", ca=pki / "rogue")
-    cert, key = tmp_path / "agent.pem", tmp_path / "agent-key.pem"
-    install(rogue, cert, key)
-    flags = ("--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file", str(cert))
-    agent = AgentProcess(plane.port, "w1", *flags, "--tls-key-file", str(key))
-    own_agents.append(agent)
-    await wait_for(lambda: "UNAVAILABLE" in agent.output(), 20)
-    # ...then are renewed in place: the next attempt connects, no restart.
-    good = agent_files(pki, "w1")
-    install(good, cert, key)
-
-    async def connected() -> bool:
-        w = await plane.data.workers.get("w1")
-        return bool(w and w.state == "available")
-
-    await wait_for(connected, 30)
-    assert agent.proc.poll() is None
-
-
-async def test_consul_checks_a_tls_server_on_its_plaintext_health_port(
-    pki: Path, settings: ServerSettings, control: list[ControlPlane]
-) -> None:
-    async with running_consul() as consul:
-        with_consul = tls_settings(settings, pki, consul_addr=consul.url)
-        with pytest.raises(ConfigError, match="grpc_health_port"):
-            ControlPlane(replace(with_consul, grpc_health_port=-1))
-        plane = await started(control, replace(with_consul, consul_check_interval_s=0.2))
-        check_id = f"hodei-server-{plane.settings.server_id}-grpc"
-
-        async def passing() -> bool:
-            check = consul.checks.get(check_id)
-            return bool(check and check["Status"] == "passing")
-
-        await wait_for(passing, 15)
-        assert consul.checks[check_id]["Definition"]["grpc"].endswith(f":{plane.health_port}")
-        await plane.stop(0.5)
-        control.remove(plane)
