@@ -304,10 +304,10 @@ class ServerConnection:
             metrics.RECONNECTS.inc()
         self.connected.set()
         log.info(
-            "connected to %s as %s (session %s)",
+            "connected to %s as %s (session %s…)",
             self.server,
             self.settings.worker_id,
-            self.session_id,
+            self.session_id[:8],
         )
         now = asyncio.get_running_loop().time()
         for key, result in list(self.unacked.items()):

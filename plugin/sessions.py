@@ -71,7 +71,7 @@ class Sessions:
         if record is None:
             raise NotFound(f"worker {worker_id} is not registered")
         if record.session_id != session_id or record.server_id != self.server_id:
-            raise ProtocolError(f"session {session_id} of worker {worker_id} is stale")
+            raise ProtocolError(f"session {session_id[:8]}… of worker {worker_id} is stale")
         if await self.data.workers.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
             raise ProtocolError(f"worker {worker_id} is {record.state}, cannot connect")
         previous = self.by_worker.get(worker_id)
@@ -81,9 +81,9 @@ class Sessions:
         self.by_worker[worker_id] = session
         metrics.STREAMS.set(len(self.by_worker))
         log.info(
-            "worker %s connected (session %s)",
+            "worker %s connected (session %s…)",
             worker_id,
-            session_id,
+            session_id[:8],
             extra={"worker_id": worker_id},
         )
         return session
@@ -191,7 +191,9 @@ class Sessions:
                 )
                 if status != "ok":
                     # Declared Failed, or superseded: the agent must register again.
-                    raise StaleSession(f"session {session.session_id} is {status}: register again")
+                    raise StaleSession(
+                        f"session {session.session_id[:8]}… is {status}: register again"
+                    )
             elif kind == "status":
                 await self._status(session, m.status)
             elif kind == "batch":
