@@ -13,6 +13,7 @@ from typing import Any
 
 from hodei.consul import ServiceRegistration, duration
 from hodei.plugin.settings import ServerSettings
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 AGENT_SERVICE = "hodei-agent"
@@ -102,6 +103,7 @@ class PassingWorkers:
     async def run(self) -> None:
         failures = 0
         while True:
+            raise_if_cancelled()
             started = time.monotonic()
             try:
                 await self.poll()

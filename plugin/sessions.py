@@ -25,6 +25,7 @@ from hodei.plugin.data.connection import REDIS_DOWN, Outage, keep_running
 from hodei.plugin.data.leases import Accept, AttemptEnd, Ended, EndKind, LogAppend, LogBatch
 from hodei.plugin.data.records import CANCEL, InboxMessage, Pool
 from hodei.proto import hodei_pb2 as pb
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 INBOX_WAIT_S = 5.0
@@ -165,6 +166,7 @@ class Sessions:
 
         async def receive(outage: Outage) -> None:
             while True:
+                raise_if_cancelled()
                 messages = await self.data.inboxes.receive(self.server_id, INBOX_WAIT_S)
                 outage.recovered()
                 for message in messages:
