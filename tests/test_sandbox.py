@@ -205,30 +205,46 @@ async def test_ten_thousand_background_sleeps_are_refused(runtime: Runtime) -> N
     assert sleeping(needle) == []
 
 
-async def test_tmp_is_private_to_each_function(runtime: Runtime) -> None:
+# A System V shared memory segment anyone may read, and its key.
+SHARED_SEGMENT = (
+    "id=$(ipcmk -M 4096 -p 0666 | grep -o '[0-9]*$'); ipcs -m | awk -v id=$id '$2 == id {print $1}'"
+)
+
+
+async def test_tmp_and_ipc_are_private_to_each_function(runtime: Runtime) -> None:
     secret = uuid.uuid4().hex
     writer = job(
         "sh",
         "-c",
         f"echo {secret} > /tmp/secret-{secret}; echo {secret} > /dev/shm/shm-{secret}; "
-        "echo written >&2; sleep 30",
+        f"{SHARED_SEGMENT} >&2; sleep 30",
     )
     lines: list[str] = []
     running = asyncio.ensure_future(
         runtime.run(writer, lambda s, line: lines.append(line), asyncio.Event())
     )
     await wait_for(lambda: lines, 10)
+    key = lines[0]
+    assert key.startswith("0x"), lines
     spy = f"cat /tmp/secret-{secret} /dev/shm/shm-{secret} 2>/dev/null; ls /tmp /dev/shm /var/tmp"
-    outcome, _ = await run(runtime, job("sh", "-c", spy))
+    outcome, _ = await run(runtime, job("sh", "-c", f"{spy}; ipcs -m"))
     assert secret.encode() not in outcome.output
+    assert key.encode() not in outcome.output
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
     # Nor does the next function on the same uid find what the previous one left.
     for _ in range(3):
-        await run(runtime, job("sh", "-c", f"echo {secret} > /tmp/left-{secret}"))
-        outcome, _ = await run(runtime, job("sh", "-c", "cat /tmp/left-* 2>/dev/null; ls -a /tmp"))
+        left, lines = await run(
+            runtime, job("sh", "-c", f"echo {secret} > /tmp/left-{secret}; {SHARED_SEGMENT}")
+        )
+        key = left.output.decode().strip()
+        assert key.startswith("0x"), lines
+        outcome, _ = await run(
+            runtime, job("sh", "-c", "cat /tmp/left-* 2>/dev/null; ls -a /tmp; ipcs -m")
+        )
         assert secret.encode() not in outcome.output
+        assert key.encode() not in outcome.output
     assert not glob.glob(f"/tmp/left-{secret}")
 
 
