@@ -154,13 +154,17 @@ async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
     await cp.stop(0.5)
 
 
+GATE_DIR = "/run" if os.access("/run", os.W_OK) else "/var/tmp"
+
+
 class Gate:
     """What a function waits for before it goes on: the test opens it when the moment has
-    come (instead of a function that sleeps and a test that hopes). A file under /var/tmp,
-    readable by any uid, outside the functions' private /tmp."""
+    come (instead of a function that sleeps and a test that hopes). A file under /run,
+    readable by any uid, outside the sandboxed functions' private folders (/tmp, /var/tmp,
+    /dev/shm, /run/lock)."""
 
     def __init__(self) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="hodei-gate-", dir="/var/tmp"))
+        folder = Path(tempfile.mkdtemp(prefix="hodei-gate-", dir=GATE_DIR))
         folder.chmod(0o755)
         self.path = folder / "open"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -299,7 +300,10 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
     plane: ControlPlane, agents: list[AgentProcess], cgroups: str
 ) -> None:
     require("root (the process sandbox needs it)", os.geteuid() == 0)
-    options = ("--job-slots", "2", "--process-cgroup-root", cgroups)
+    # Uids of its own, far from where other agents on the host claim theirs: none of them
+    # takes the dead agent's uids (and kills its leftovers) before its next life does.
+    uid_base = str(2_147_100_000 + secrets.randbelow(90) * 4096)
+    options = ("--job-slots", "2", "--process-cgroup-root", cgroups, "--process-uid-base", uid_base)
     agent = await start_agent(plane, agents, "w-crash", *options)
     needle = random_suffix()
     # The leftover drops the agent's mark from its environment: only the uid or the
