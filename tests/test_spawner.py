@@ -31,6 +31,7 @@ async def test_an_agent_that_cannot_sandbox_refuses_the_process_runtime() -> Non
     require("root and unshare(1)", os.geteuid() == 0 and shutil.which("unshare") is not None)
     base = [PY_AGENT, "-m", "hodei.cli", "agent", "--server", "127.0.0.1:1", "--worker-id"]
     base += [f"refuse-{SESSION_MARK[:8]}", "--state-dir", str(STATE_DIR), "--runtimes", "process"]
+    base += ["--metrics-port", "-1", "--health-port", "-1"]
     # Root of a user namespace: namespaces and mounts, but no other uid to run functions as.
     code, out = await exited(["unshare", "--user", "--map-root-user", *base])
     assert code != 0 and "cannot sandbox functions here" in out and "--process-sandbox off" in out
