@@ -96,6 +96,7 @@ class Slot:
         if self.job_id is not None:
             self._report(job_id, 127, f"slot {self.index} is busy")
             return
+        self.last_pid = 0
         if message.get("netns") and len(fds) > 3:
             netns = fds[3]
         else:
