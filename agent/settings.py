@@ -61,7 +61,7 @@ class AgentSettings(EnvSettings):
     process_allow_root: bool = False
     process_pids_max: int = 256  # processes and threads per function
     process_tmpfs_mb: int = 64  # each private folder's size
-    process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+    process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
     process_hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN
     process_cgroup_root: str = ""  # "" = <cgroup v2 mount>/hodei; "off" = rlimits only
     # Folders functions may read although an ancestor folder is closed to their uid (the
