@@ -32,6 +32,7 @@ from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
+from hodei.agent.sandbox import agent_sandbox
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
 from hodei.domain import WorkerState
@@ -46,7 +47,14 @@ def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {}
     for name in settings.runtimes:
         if name == "process":
-            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark)
+            sandbox = agent_sandbox(settings, mark, capacity(settings).job_slots)
+            if sandbox.sandboxed:
+                log.info("process runtime: %s", sandbox.description)
+            else:
+                log.warning("process runtime: %s", sandbox.description)
+            if sandbox.reaped:
+                log.warning("killed %d function processes left by an earlier run", sandbox.reaped)
+            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark, sandbox)
         elif name == "docker":
             options = DockerOptions(
                 host=settings.docker_host,
@@ -69,9 +77,10 @@ def build_launchers(
 ) -> dict[str, Launcher]:
     """Lambda instances for each runtime the agent runs (docker's share its engine)."""
     launchers: dict[str, Launcher] = {}
-    if "process" in runtimes:
+    process = runtimes.get("process")
+    if isinstance(process, ProcessRuntime):
         launchers["process"] = ProcessLauncher(
-            mark, settings.output_cap_bytes, settings.lambda_region
+            process.sandbox, mark, settings.output_cap_bytes, settings.lambda_region
         )
     docker = runtimes.get("docker")
     if isinstance(docker, DockerRuntime):
@@ -123,6 +132,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.docker = self.runtimes.get("docker")
         self._adopting: asyncio.Future[None] | None = None
+        self.drain_deadline = 0.0
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.health_port = 0
 
@@ -260,7 +270,7 @@ class Agent:
                 return 0
             await self.drain()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(connection), 5.0)
+                await asyncio.wait_for(asyncio.shield(connection), min(5.0, self._left()))
             return 0
         except AgentRejected as exc:
             self.state = WorkerState.FAILED
@@ -282,9 +292,13 @@ class Agent:
                 await health_server.stop(0)
             if isinstance(self.docker, DockerRuntime):
                 self.docker.close()
+            process = self.runtimes.get("process")
+            if isinstance(process, ProcessRuntime):
+                await process.sandbox.close()
             if self.consul is not None:
                 if self.consul_service is not None:
-                    await self.consul_service.deregister()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.consul_service.deregister(), 2.0)
                 await self.consul.close()
 
     async def _start_docker(self) -> asyncio.Future[None]:
@@ -339,8 +353,12 @@ class Agent:
             self.jobs.adopt(job, docker.resumer(leftover))
 
     async def drain(self) -> None:
-        """No new jobs; let running ones finish within the grace period, hand back the rest,
-        wait until every result is acknowledged and the server holds no lease for us."""
+        """No new jobs; let running ones finish within the grace period, hand back the rest
+        (stopping their processes and containers), wait until every result is acknowledged
+        and the server holds no lease for us — all within grace + hand-back."""
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + self.settings.drain_grace_s
+        self.drain_deadline = grace_ends + self.settings.drain_handback_s
         self.state = WorkerState.DRAINING
         await self._publish_health()
         log.info(
@@ -350,24 +368,30 @@ class Agent:
         )
         await self.connection.set_draining()
         if self.consul_service is not None:
-            await self.consul_service.draining(len(self.jobs.jobs))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.consul_service.draining(len(self.jobs.jobs)), 2.0)
         try:
-            await asyncio.wait_for(self.jobs.idle.wait(), self.settings.drain_grace_s)
+            await asyncio.wait_for(self.jobs.idle.wait(), max(0.0, grace_ends - loop.time()))
         except TimeoutError:
             log.warning("drain grace over: handing back %d jobs", len(self.jobs.jobs))
             self.jobs.hand_back_all()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.jobs.idle.wait(), 5.0)
-        for _ in range(50):
+                await asyncio.wait_for(self.jobs.idle.wait(), self._left(share=0.6))
+        while loop.time() < self.drain_deadline - 1.0:
             if not self.connection.unacked:
                 with contextlib.suppress(Exception):
-                    status = await self.connection.status()
+                    status = await asyncio.wait_for(self.connection.status(), self._left(0.5))
                     if not status.jobs:
                         break
             await asyncio.sleep(0.1)
         await self.connection.terminate()
         self.state = WorkerState.TERMINATED
         log.info("terminated")
+
+    def _left(self, share: float = 1.0) -> float:
+        """A share of the drain budget still left (0 outside a drain's hand-back)."""
+        remaining = self.drain_deadline - asyncio.get_running_loop().time()
+        return max(0.0, remaining * share)
 
 
 def _watch_children_with_pidfd() -> None:

@@ -177,6 +177,7 @@ class ContainerInstance:
         self._removal: asyncio.Future[Any] | None = None
         self.forget: Callable[[], object] = lambda: None  # its address no longer routes here
         self.last_output = 0.0  # loop time
+        self.start_error = ""
 
     def follow(self, output: Output) -> None:
         self.frames = FrameReader(lambda b: output("stdout", b), lambda b: output("stderr", b))

@@ -221,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
             [*python, "server", "--grpc-port", str(grpc_port), "--metrics-port", "9464"],
             env,
         )
+        # The process runtime is off by default (it runs arbitrary commands); a dev stack
+        # offers it, sandboxed when it can be (root), else explicitly unsandboxed.
+        sandbox = "on" if os.geteuid() == 0 else "off"
+        _say(
+            "process runtime on, sandboxed (each function under a uid of its own)"
+            if sandbox == "on"
+            else "process runtime on, UNSANDBOXED (not root): functions run as you"
+        )
         for i in range(args.agents):
             stack.spawn(
                 f"agent-{i + 1}",
@@ -237,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
                     str(_free_port()),
                     "--state-dir",
                     str(stack.workdir),
+                    *("--runtimes", "process", "--runtimes", "docker"),
+                    *("--process-sandbox", sandbox),
                 ],
                 env,
             )

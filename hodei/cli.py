@@ -46,10 +46,10 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hodei import nomad as nomad_deploy
     from hodei.agent.settings import AgentSettings
     from hodei.api import commands, dev
     from hodei.api.settings import GatewaySettings
-    from hodei.plugin import nomad_deploy
     from hodei.plugin.settings import ServerSettings
 
     parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
@@ -84,10 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # are for children that use gRPC, which functions never do.
             os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
             from hodei.agent.agent import serve as serve_agent
+            from hodei.agent.sandbox_secrets import protect_agent
             from hodei.agent.settings import AgentSettings
 
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
             logs.setup("agent", agent_settings.log_level)
+            agent_settings = protect_agent(agent_settings)
             tracing.setup("agent")
             return asyncio.run(serve_agent(agent_settings))
         if args.command == "gateway":
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_gateway(gateway_settings)
             return 0
         if args.command == "nomad":
-            from hodei.plugin import nomad_deploy
+            from hodei import nomad as nomad_deploy
 
             return nomad_deploy.run(args)
         if args.command == "dev":

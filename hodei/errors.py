@@ -90,3 +90,7 @@ class ImagePullFailed(HodeiError):
 
 class NomadError(HodeiError):
     """Raised when Nomad refuses a request (parse, plan, register) or cannot be reached."""
+
+
+class SpawnerFailed(HodeiError):
+    """Raised in the agent when its process spawner is gone or cannot do what was asked."""

@@ -205,7 +205,8 @@ class FunctionSpec:
         handler = _text(raw, "handler")
         if runtime == "docker" and not image:
             raise InvalidSpec("image", "is required for the docker runtime")
-        if runtime == "process" and not command:
+        if runtime == "process" and not command and interface == "stdio":
+            # (a lambda process without one runs the agent's own awslambdaric client)
             raise InvalidSpec("command", "is required for the process runtime")
         if interface == "lambda" and not handler:
             raise InvalidSpec("handler", "is required for the lambda interface")

@@ -309,7 +309,7 @@ class Sessions:
             started_ms=result.started_at_ms or None,
             finished_ms=result.finished_at_ms or now_ms(),
             final=result.final,
-            cold_start=result.cold_start if result.init_ms or result.cold_start else None,
+            cold_start=result.cold_start if result.HasField("cold_start") else None,
             init_ms=result.init_ms or None,
         )
 

@@ -14,35 +14,21 @@ from conftest import AgentProcess, deploy, final, invoke, logs, start_agent, wai
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 
-HANDLER = """
-import os, time
-served = 0
-
-def handler(event, context):
-    global served
-    served += 1
-    print(f"serving {context.aws_request_id}")
-    if event.get("fail"):
-        raise KeyError("missing thing")
-    if event.get("sleep"):
-        time.sleep(event["sleep"])
-    return {"pid": os.getpid(), "served": served}
-"""
 AGENT = ["--runtimes", "process", "--memory-mb", "4096", "--job-slots", "8"]
 
 
 @pytest.fixture
-def code(tmp_path: Path) -> Path:
-    (tmp_path / "fn.py").write_text(HANDLER)
-    return tmp_path
+def code() -> Path:
+    # A folder of the project: readable by a sandboxed function's uid.
+    return Path(__file__).parent / "lambda_functions"
 
 
 def spec(code: Path, **extra: Any) -> dict[str, Any]:
     return {
         "runtime": "process",
         "interface": "lambda",
-        "handler": "fn.handler",
-        "command": [sys.executable, "-m", "awslambdaric", "fn.handler"],
+        "handler": "counter.handler",
+        "command": [sys.executable, "-m", "awslambdaric", "counter.handler"],
         "env": {"PYTHONPATH": str(code)},
         "resources": {"memory_mb": 256},
         "timeout_s": 20,
