@@ -107,4 +107,7 @@ async def test_assignments_prewarm_and_heartbeat_pools(agent: Agent) -> None:
         )
     )
     await wait_for(lambda: [p.idle for p in agent.instances.pools()] == [1], 10)
-    assert (await result_of(agent, "stdio")).outcome == pb.JOB_OUTCOME_SUCCEEDED
+    stdio = await result_of(agent, "stdio")
+    assert stdio.outcome == pb.JOB_OUTCOME_SUCCEEDED
+    assert not stdio.HasField("cold_start")  # not a lambda: neither cold nor warm
+    assert (await result_of(agent, "a2")).HasField("cold_start")  # warm: false, and said

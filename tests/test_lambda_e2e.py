@@ -53,8 +53,7 @@ async def test_warm_invocations_through_the_control_plane(
     for n in range(2, 12):
         invocation_id = await invoke(plane, fn, b"{}")
         record = await final(plane, invocation_id, 30)
-        # A warm start (cold_start false on the wire) is recorded as not cold.
-        assert record.status is Status.SUCCEEDED and not record.cold_start
+        assert record.status is Status.SUCCEEDED and record.cold_start is False
         _, output = await plane.data.invocations.result(invocation_id)
         assert json.loads(output) == {"pid": pid, "served": n}
 
