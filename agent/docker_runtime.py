@@ -86,7 +86,11 @@ class DockerRuntime:
         except Exception:
             ok = False
         if ok != self._available:
-            log.warning("docker engine %s", "answers" if ok else "does not answer")
+            log.log(
+                logging.INFO if ok else logging.WARNING,
+                "docker engine %s",
+                "answers" if ok else "does not answer",
+            )
             self._present.clear()
         self._available = ok
         return ok

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -166,13 +165,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         return stream.response
     finally:
         gw.hub.unsubscribe(subscriber)
-
-
-async def console(request: web.Request) -> web.Response:
-    """GET /ui: the web console (workers and their utilisation, queue, recent invocations),
-    a page that reads the /v1 API from the browser."""
-    page = (resources.files("hodei.api") / "console.html").read_text()
-    return web.Response(text=page, content_type="text/html")
 
 
 async def whoami(request: web.Request) -> web.Response:

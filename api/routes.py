@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from hodei.api import fleet, functions, invocations
+from hodei.api import console, fleet, functions, invocations
 from hodei.api.middleware import ANY, SCOPE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,7 +37,15 @@ ROUTES: tuple[Route, ...] = (
         {200: "ready", 503: "Redis unreachable"},
     ),
     Route("GET", "/metrics", fleet.metrics, "", "Prometheus metrics", {200: "text format"}),
-    Route("GET", "/ui", fleet.console, "", "Web console", {200: "HTML page"}),
+    Route("GET", "/ui", console.page, "", "Web console", {200: "HTML page"}),
+    Route(
+        "GET",
+        "/ui/{asset}",
+        console.asset,
+        "",
+        "Web console files (script, styles)",
+        {200: "the file", 404: ""},
+    ),
     Route(
         "GET",
         "/v1/functions",

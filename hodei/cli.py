@@ -12,19 +12,31 @@ from typing import Any
 
 from hodei import __version__, logs, tracing
 from hodei.errors import ConfigError
+from hodei.exits import EXIT_CODES
+from hodei.settings_help import help_for
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, settings_cls: Any) -> None:
+def _add_settings_flags(parser: argparse.ArgumentParser, settings_cls: Any, process: str) -> None:
     """One flag per settings field (``--grpc-port``...); unset flags leave env/defaults."""
     for f in dataclasses.fields(settings_cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = type(default) if default is not None else str
+        variable = f"HODEI_{f.name.upper()}"
+        described = help_for(process, f.name) or f.name.replace("_", " ")
+        if kind is tuple or default in (None, ""):
+            help_text = f"{described} ({variable})"
+        else:
+            help_text = f"{described} ({variable}; default {default})"
         if kind is tuple:
-            parser.add_argument(flag, dest=f.name, action="append", default=None, help="repeatable")
+            parser.add_argument(flag, dest=f.name, action="append", default=None, help=help_text)
         elif kind is bool:
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             parser.add_argument(
@@ -32,7 +44,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, settings_cls: Any) -> N
                 dest=f.name,
                 type=kind,
                 default=None,
-                help=f"default {default!r}" if default is not None else None,
+                metavar=f.name.split("_")[-1].upper() if kind is not str else "TEXT",
+                help=help_text,
             )
 
 
@@ -46,21 +59,31 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hodei import commands, dev
     from hodei import nomad as nomad_deploy
     from hodei.agent.settings import AgentSettings
-    from hodei.api import commands, dev
     from hodei.api.settings import GatewaySettings
     from hodei.plugin.settings import ServerSettings
 
-    parser = argparse.ArgumentParser(prog="hodei", description="Hodei function runner")
+    parser = argparse.ArgumentParser(
+        prog="hodei",
+        description="Hodei runs functions on a fleet of workers. Start with `hodei dev`.",
+        epilog="exit codes of the user commands:\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"hodei {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    server = sub.add_parser("server", help="run a control-plane server (scheduler, gRPC)")
-    _add_settings_flags(server, ServerSettings)
-    agent = sub.add_parser("agent", help="run a worker agent")
-    _add_settings_flags(agent, AgentSettings)
-    gateway = sub.add_parser("gateway", help="run the HTTP gateway")
-    _add_settings_flags(gateway, GatewaySettings)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, settings_cls, help_text in (
+        ("server", ServerSettings, "run a control-plane server (scheduler, gRPC)"),
+        ("agent", AgentSettings, "run a worker agent"),
+        ("gateway", GatewaySettings, "run the HTTP gateway"),
+    ):
+        process = sub.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text}. Every flag is also a HODEI_* variable; flags win.",
+        )
+        _add_settings_flags(process, settings_cls, name)
     commands.add_commands(sub)
     dev.add_command(sub)
     nomad_deploy.add_command(sub)
@@ -106,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return nomad_deploy.run(args)
         if args.command == "dev":
-            from hodei.api import dev
+            from hodei import dev
 
             return dev.run(args)
-        from hodei.api import commands
+        from hodei import commands
 
         return commands.run(args)
     except ConfigError as exc:

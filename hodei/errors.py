@@ -94,3 +94,13 @@ class NomadError(HodeiError):
 
 class SpawnerFailed(HodeiError):
     """Raised in the agent when its process spawner is gone or cannot do what was asked."""
+
+
+class GatewayUnreachable(HodeiError):
+    """Raised by the Python client when nothing answers at the gateway's URL, or what
+    answers there does not speak Hodei's HTTP API."""
+
+
+class UsageError(HodeiError):
+    """Raised when the CLI cannot act on its command line: a spec file that is not JSON,
+    a payload file that cannot be read, a malformed flag value."""

@@ -292,7 +292,7 @@ DECLARED = re.compile(r'^\s*variable\s+"([^"]+)"', re.M)
 
 def add_command(sub: Any) -> None:
     parser = sub.add_parser("nomad", help="plan, deploy or inspect Hodei's Nomad jobs")
-    parser.add_argument("action", choices=("plan", "deploy", "status"))
+    parser.add_argument("action", choices=("plan", "deploy", "status"), help="what to do")
     parser.add_argument(
         "jobs", nargs="*", help=f"{', '.join(JOBS)} or jobspec files (default: {' '.join(ORDER)})"
     )

