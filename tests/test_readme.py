@@ -138,7 +138,7 @@ async def test_the_walkthrough_and_the_snippets_run_as_written(stack: str, tmp_p
     assert "exit status 1" in failing.stdout and "flaky" in failing.stdout
 
     snippets = blocks("python")
-    assert len(snippets) == 2
+    assert len(snippets) == 3  # the client, its errors, a warm function's handler
     for snippet in snippets:
         ran = await asyncio.to_thread(
             subprocess.run,
