@@ -15,7 +15,7 @@ nor its other services.
 The attached stdout/stderr stream is read by the loop and, when an invocation ends, until
 it has been quiet for a few milliseconds: the engine relays the output, so a line written
 just before the answer can arrive after it. Under load one can arrive later still: it then
-misses its invocation's logs, or lands in the next one's (process instances have no such
+misses its invocation's logs and lands in a later one's (process instances have no such
 lag: their pipes are read to the end when the answer comes).
 """
 
