@@ -27,6 +27,13 @@ class AgentSettings(EnvSettings):
     # (a HODEI_TOKEN variable is read, then removed from it; see agent/secrets handling).
     token: str = ""
     token_file: str = ""
+    # gRPC over TLS (on when set; PEM): the CA that signed the server's certificate, and
+    # this agent's client certificate (its common name is the worker id) and key.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # The name the server's certificate must carry ("" = the host of the server address).
+    tls_server_name: str = ""
     worker_id: str = field(default_factory=socket.gethostname)
     # Where the agent keeps its mark (what tells its own leftover processes and containers
     # from other agents' on the host); "" = $XDG_STATE_HOME/hodei or ~/.local/state/hodei.
