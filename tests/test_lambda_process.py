@@ -216,11 +216,12 @@ async def test_an_instance_cannot_pull_another_functions_invocations(
     assert (await proc.communicate())[0].strip() == b"403"
 
 
+# (unsandboxed functions have the agent's network: an operator's choice, nothing to test)
+@pytest.mark.parametrize("spawner", ["sandboxed"], indirect=True)
 async def test_without_network_a_sandboxed_instance_reaches_only_its_endpoint(
     agent: Harness, code: Path, spawner: Sandbox
 ) -> None:
-    if not spawner.sandboxed:
-        pytest.skip("unsandboxed functions have the agent's network (an operator's choice)")
+    assert spawner.sandboxed
     result = await agent.invoke(job(code, "probe", {"action": "redis"}))
     assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED  # its endpoint answered
     assert output(result) == {"redis": "closed"}
