@@ -134,6 +134,10 @@ async def test_failures_carry_the_gateways_reason_and_exit_codes(
     assert f"invocation {inv} failed" in err and "exit code 3" in err
     code, out, err = await hodei("result", inv, env=env)
     assert code == Exit.FUNCTION_FAILED and "exit code 3" in err
+    code, out, _ = await hodei("dead", "ls", env=env)
+    assert inv in out and "exit code 3" in out
+    code, out, _ = await hodei("dead", "replay", inv, env=env)
+    assert code == Exit.OK and len(out.strip()) == 32 and out.strip() != inv
 
     await hodei("fn", "deploy", "nap", "--command", "sleep 5", env=env)
     code, _, err = await hodei("invoke", "nap", "--wait", "0.2", env=env)
@@ -149,6 +153,10 @@ async def test_failures_carry_the_gateways_reason_and_exit_codes(
     assert code == Exit.REFUSED and "resources.cpu_millicores" in err
     code, _, err = await hodei("cancel", inv, env=env)
     assert code == Exit.REFUSED and "conflict" in err and "already failed" in err
+    code, out, _ = await hodei("drain", "w1", env=env)
+    assert code == Exit.OK and out.strip() == "w1 is draining"
+    code, out, _ = await hodei("workers", env=env)
+    assert "w1" in out and "draining" in out
 
 
 async def test_local_mistakes_are_usage_errors_without_tracebacks(url: str, tmp_path: Path) -> None:
