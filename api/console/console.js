@@ -178,17 +178,18 @@ function invocationList(root, filter) {
   const more = slot(root, "more");
   form.elements.function.value = filter.function || "";
   form.elements.status.value = filter.status || "";
+  const size = Math.max(1, Number(filter.limit) || PAGE);
   let shown = [];
   let cursor = null;
   let cursorsSupported = false;
   let full = false;
 
   async function load(next) {
-    const query = new URLSearchParams({ limit: String(PAGE) });
+    const query = new URLSearchParams({ limit: String(size) });
     if (filter.function) query.set("function", filter.function);
     if (filter.status) query.set("status", filter.status);
     if (next && cursor) query.set("cursor", cursor);
-    else if (next) query.set("limit", String(shown.length + PAGE)); // a gateway without cursors
+    else if (next) query.set("limit", String(shown.length + size)); // a gateway without cursors
     const page = await api(`/v1/invocations?${query}`);
     cursorsSupported = cursorsSupported || "next_cursor" in page;
     cursor = page.next_cursor || null;
@@ -215,7 +216,7 @@ function invocationList(root, filter) {
     );
   }).catch(() => {});
   return {
-    refresh: () => (shown.length > PAGE ? Promise.resolve() : load(false)),
+    refresh: () => (shown.length > size ? Promise.resolve() : load(false)),
   };
 }
 
@@ -464,7 +465,8 @@ function workerView(view, params, id) {
   });
 }
 
-// -- routing: #/, #/functions, #/invocations?function=&status=, #/invocations/<id>, #/workers/<id>
+// -- routing: #/, #/functions, #/invocations?function=&status=&limit=, #/invocations/<id>,
+// #/workers/<id>
 const ROUTES = [
   [/^\/?$/, overview, "nav-overview"],
   [/^\/functions$/, functionsView, "nav-functions"],
