@@ -20,8 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
@@ -245,6 +243,8 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 
 
 def _check_redis(url: str) -> None:
+    import redis  # only when the user brings a Redis (it takes a while to import)
+
     parsed = urllib.parse.urlsplit(url)
     where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
     try:

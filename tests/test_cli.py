@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -316,3 +317,18 @@ async def test_help_shows_the_exit_codes_and_variables() -> None:
         assert f"  {exit_code.value}  " in out
     code, out, _ = await hodei("server", "--help")
     assert "(HODEI_GRPC_PORT; default 7070)" in " ".join(out.split())
+
+
+def test_the_user_commands_stay_light() -> None:
+    """A user command imports neither aiohttp nor Redis nor the settings of the processes
+    (together most of a second on a loaded machine)."""
+    probe = (
+        "import sys; from hodei.cli import build_parser; from hodei import actions; "
+        "build_parser(['queue']).parse_args(['queue']); "
+        "print(sorted(m for m in ('aiohttp', 'redis', 'grpc', 'hodei.api.settings') "
+        "if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert found.stdout.strip() == "[]"
