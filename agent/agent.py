@@ -21,13 +21,18 @@ from prometheus_client import start_http_server
 from hodei.agent import metrics
 from hodei.agent.client import ServerConnection
 from hodei.agent.consul_service import AgentService, discover_servers
+from hodei.agent.docker_instances import DockerLauncher
 from hodei.agent.docker_runtime import DockerRuntime
 from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.identity import agent_mark
+from hodei.agent.instance import Launcher
+from hodei.agent.instances import InstancePool
+from hodei.agent.process_instances import ProcessLauncher
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
+from hodei.agent.sandbox import agent_sandbox
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
 from hodei.domain import WorkerState
@@ -42,7 +47,14 @@ def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {}
     for name in settings.runtimes:
         if name == "process":
-            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark)
+            sandbox = agent_sandbox(settings, mark, capacity(settings).job_slots)
+            if sandbox.sandboxed:
+                log.info("process runtime: %s", sandbox.description)
+            else:
+                log.warning("process runtime: %s", sandbox.description)
+            if sandbox.reaped:
+                log.warning("killed %d function processes left by an earlier run", sandbox.reaped)
+            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark, sandbox)
         elif name == "docker":
             options = DockerOptions(
                 host=settings.docker_host,
@@ -58,6 +70,23 @@ def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
         else:
             raise ConfigError(f"unknown runtime {name!r} (process, docker)")
     return runtimes
+
+
+def build_launchers(
+    settings: AgentSettings, mark: str, runtimes: dict[str, Runtime]
+) -> dict[str, Launcher]:
+    """Lambda instances for each runtime the agent runs (docker's share its engine)."""
+    launchers: dict[str, Launcher] = {}
+    if "process" in runtimes:
+        launchers["process"] = ProcessLauncher(
+            mark, settings.output_cap_bytes, settings.lambda_region
+        )
+    docker = runtimes.get("docker")
+    if isinstance(docker, DockerRuntime):
+        launchers["docker"] = DockerLauncher(
+            docker, settings.output_cap_bytes, settings.lambda_region
+        )
+    return launchers
 
 
 class Agent:
@@ -82,6 +111,14 @@ class Agent:
             lambda: self.jobs.running(),
             self._discover_servers if self.consul_addr else None,
         )
+        self.instances = InstancePool(
+            build_launchers(settings, self.mark, self.runtimes),
+            self.connection.capacity.memory_mb,
+            self._reserved_mb,
+            settings.lambda_idle_s,
+            on_change=self.beat_now.set,
+        )
+        self.connection.on_prewarm = self._on_prewarm
         self.jobs = ProcessManager(
             self.runtimes,
             self.connection.send,
@@ -89,10 +126,12 @@ class Agent:
             settings.worker_id,
             settings.log_batch_lines,
             settings.log_flush_s,
+            lambda_runtimes={n: self.instances.runtime(n) for n in self.instances.launchers},
         )
         self.stopping = asyncio.Event()
         self.docker = self.runtimes.get("docker")
         self._adopting: asyncio.Future[None] | None = None
+        self.drain_deadline = 0.0
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.health_port = 0
 
@@ -129,8 +168,23 @@ class Agent:
             )
             await self.jobs.hand_back(request)
             return
+        if request.interface != "lambda":
+            # Idle lambda instances give way to other work (a cold start makes its own room).
+            self.instances.make_room(request.resources.memory_mb)
         self.jobs.start(request)
         self.state = WorkerState.RUNNING
+
+    def _reserved_mb(self) -> int:
+        """Memory the running stdio jobs hold (lambda jobs hold their instance's)."""
+        return sum(
+            job.request.resources.memory_mb
+            for job in self.jobs.jobs.values()
+            if job.request.interface != "lambda"
+        )
+
+    def _on_prewarm(self, request: pb.PrewarmRequest) -> None:
+        if self.state is not WorkerState.DRAINING:
+            self.instances.prewarm(request)
 
     def _on_cancel(self, request: pb.CancelJobRequest) -> None:
         if self.jobs.cancel(request.invocation_id, request.attempt):
@@ -172,6 +226,7 @@ class Agent:
                     running_jobs=self.connection.reported_jobs(),
                     sent_at_ms=now_ms(),
                     runtimes=pb.RuntimeList(names=self.offered_runtimes()),
+                    pools=self.instances.pools(),
                 )
             )
             metrics.HEARTBEATS.labels(worker).inc()
@@ -214,7 +269,7 @@ class Agent:
                 return 0
             await self.drain()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(connection), 5.0)
+                await asyncio.wait_for(asyncio.shield(connection), min(5.0, self._left()))
             return 0
         except AgentRejected as exc:
             self.state = WorkerState.FAILED
@@ -227,14 +282,22 @@ class Agent:
                 heartbeats, stop, connected, connection, watcher, return_exceptions=True
             )
             self.jobs.hand_back_all()
+            await self.instances.close()
+            for launcher in self.instances.launchers.values():
+                if isinstance(launcher, DockerLauncher):
+                    await launcher.close()
             await self.connection.close()
             if health_server is not None:
                 await health_server.stop(0)
             if isinstance(self.docker, DockerRuntime):
                 self.docker.close()
+            process = self.runtimes.get("process")
+            if isinstance(process, ProcessRuntime):
+                await process.sandbox.close()
             if self.consul is not None:
                 if self.consul_service is not None:
-                    await self.consul_service.deregister()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.consul_service.deregister(), 2.0)
                 await self.consul.close()
 
     async def _start_docker(self) -> asyncio.Future[None]:
@@ -245,6 +308,7 @@ class Agent:
             return asyncio.get_running_loop().create_future()
         if await docker.probe():
             await self._adopt_leftovers(docker)
+            await self._remove_leftover_instances()
 
         def changed() -> None:
             self.beat_now.set()
@@ -252,6 +316,18 @@ class Agent:
                 self._adopting = asyncio.ensure_future(self._adopt_leftovers(docker))
 
         return asyncio.ensure_future(docker.watch(changed))
+
+    async def _remove_leftover_instances(self) -> None:
+        """Lambda instance containers of an earlier life serve nobody now."""
+        launcher = self.instances.launchers.get("docker")
+        if isinstance(launcher, DockerLauncher):
+            try:
+                if removed := await launcher.leftovers():
+                    log.warning(
+                        "removed %d lambda instance containers left by an earlier run", removed
+                    )
+            except Exception as exc:
+                log.warning("cannot list leftover instance containers: %s", exc)
 
     async def _adopt_leftovers(self, docker: DockerRuntime) -> None:
         """Containers labelled with this worker that no running job owns: an earlier life
@@ -276,8 +352,12 @@ class Agent:
             self.jobs.adopt(job, docker.resumer(leftover))
 
     async def drain(self) -> None:
-        """No new jobs; let running ones finish within the grace period, hand back the rest,
-        wait until every result is acknowledged and the server holds no lease for us."""
+        """No new jobs; let running ones finish within the grace period, hand back the rest
+        (stopping their processes and containers), wait until every result is acknowledged
+        and the server holds no lease for us — all within grace + hand-back."""
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + self.settings.drain_grace_s
+        self.drain_deadline = grace_ends + self.settings.drain_handback_s
         self.state = WorkerState.DRAINING
         await self._publish_health()
         log.info(
@@ -287,24 +367,30 @@ class Agent:
         )
         await self.connection.set_draining()
         if self.consul_service is not None:
-            await self.consul_service.draining(len(self.jobs.jobs))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.consul_service.draining(len(self.jobs.jobs)), 2.0)
         try:
-            await asyncio.wait_for(self.jobs.idle.wait(), self.settings.drain_grace_s)
+            await asyncio.wait_for(self.jobs.idle.wait(), max(0.0, grace_ends - loop.time()))
         except TimeoutError:
             log.warning("drain grace over: handing back %d jobs", len(self.jobs.jobs))
             self.jobs.hand_back_all()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.jobs.idle.wait(), 5.0)
-        for _ in range(50):
+                await asyncio.wait_for(self.jobs.idle.wait(), self._left(share=0.6))
+        while loop.time() < self.drain_deadline - 1.0:
             if not self.connection.unacked:
                 with contextlib.suppress(Exception):
-                    status = await self.connection.status()
+                    status = await asyncio.wait_for(self.connection.status(), self._left(0.5))
                     if not status.jobs:
                         break
             await asyncio.sleep(0.1)
         await self.connection.terminate()
         self.state = WorkerState.TERMINATED
         log.info("terminated")
+
+    def _left(self, share: float = 1.0) -> float:
+        """A share of the drain budget still left (0 outside a drain's hand-back)."""
+        remaining = self.drain_deadline - asyncio.get_running_loop().time()
+        return max(0.0, remaining * share)
 
 
 def _watch_children_with_pidfd() -> None:

@@ -74,6 +74,8 @@ class ServerConnection:
         self._draining = False
         self._closing = False
         self._connections = 0
+        # Server -> agent pre-warm requests (lambda instances), when the agent takes them.
+        self.on_prewarm: Callable[[pb.PrewarmRequest], None] | None = None
 
     # -- what the rest of the agent calls ----------------------------------------------
     def send(self, message: pb.AgentMessage) -> None:
@@ -322,6 +324,9 @@ class ServerConnection:
             await self.on_assign(message.assign)
         elif kind == "cancel":
             self.on_cancel(message.cancel)
+        elif kind == "prewarm":
+            if self.on_prewarm is not None:
+                self.on_prewarm(message.prewarm)
         elif kind == "ack":
             ack = message.ack
             if ack.retry:

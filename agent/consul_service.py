@@ -9,11 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import consul
-
 from hodei import __version__
 from hodei.agent.settings import AgentSettings
-from hodei.consul import ServiceRegistration, duration
+from hodei.consul import ServiceRegistration, duration, lost_check
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -90,21 +88,27 @@ class AgentService:
     async def draining(self, running: int) -> None:
         await self._update("warn", f"draining: {running} jobs left, no new work")
 
-    async def _update(self, status: str, note: str) -> None:
+    async def _update(self, status: str, note: str, retry: bool = True) -> None:
         if not self.registered:
             await self.register()
             if not self.registered:
                 return
         try:
-            await getattr(self.client.agent.check, f"ttl_{status}")(self.check_id, notes=note)
-        except consul.NotFound:
-            # The Consul agent restarted and lost our service: register it again.
-            self.registered = False
-            await self.register()
-            if self.registered:
-                await self._update(status, note)
+            updated = await getattr(self.client.agent.check, f"ttl_{status}")(
+                self.check_id, notes=note
+            )
         except Exception as exc:
-            log.warning("consul: cannot update check %s: %s", self.check_id, exc)
+            if not lost_check(exc):
+                log.warning("consul: cannot update check %s: %s", self.check_id, exc)
+                return
+            updated = False
+        if updated is False and retry:
+            # A 404: Consul reaped the service (critical longer than
+            # DeregisterCriticalServiceAfter), someone deregistered it, or the Consul agent
+            # restarted without its data. Register it again and pass the check at once.
+            log.warning("consul: check %s is unknown to Consul, re-registering", self.check_id)
+            self.registered = False
+            await self._update(status, note, retry=False)
 
     async def deregister(self) -> None:
         await self.registration.deregister()

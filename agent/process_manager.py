@@ -47,8 +47,10 @@ class ProcessManager:
         worker_id: str,
         batch_lines: int = 200,
         flush_s: float = 0.05,
+        lambda_runtimes: dict[str, Runtime] | None = None,
     ) -> None:
         self.runtimes = runtimes
+        self.lambda_runtimes = lambda_runtimes or {}
         self.send = send
         self.on_result = on_result
         self.worker_id = worker_id
@@ -77,7 +79,8 @@ class ProcessManager:
                 return
             # A newer attempt of a job we still run: the old one is stale, stop it.
             current.cancel.set()
-        runtime = self.runtimes.get(request.runtime)
+        lambda_ = request.interface == "lambda"
+        runtime = (self.lambda_runtimes if lambda_ else self.runtimes).get(request.runtime)
         job = RunningJob(request)
         self.jobs[key] = job
         self.idle.clear()
@@ -247,6 +250,8 @@ class ProcessManager:
                 started_at_ms=outcome.started_ms,
                 finished_at_ms=outcome.finished_ms,
                 final=outcome.final,
+                cold_start=outcome.cold_start,
+                init_ms=outcome.init_ms,
             )
         )
 

@@ -1,13 +1,10 @@
-"""The ``process`` runtime: the function's command as a child process group of the agent."""
+"""The ``process`` runtime: the function's command as a process started by the agent's
+spawner, sandboxed unless the operator chose otherwise (see ``sandbox``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import resource
-import signal
-from collections.abc import Callable
 
 import psutil
 
@@ -21,31 +18,21 @@ from hodei.agent.runtime import (
     function_env,
     now_ms,
 )
+from hodei.agent.sandbox import Limits, Sandbox, SpawnRequest, drain, feed
+from hodei.errors import SpawnerFailed
 from hodei.proto import hodei_pb2 as pb
 
-CHUNK = 64 * 1024
 # Variables a command needs to be found and run; the agent's other variables (tokens,
 # addresses) are not the function's business.
 PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
-
-
-def _limit_memory(pid: int, memory_mb: int) -> None:
-    """Cap the child's data segment (heap and private writable mappings, close to what a
-    process really uses; RLIMIT_AS would also count reserved address space).
-
-    Set from outside right after the spawn rather than in a preexec hook: a hook forces a
-    full fork() of the agent and divides the spawn rate by three. The child has run for
-    microseconds by then, long before any allocation worth limiting.
-    """
-    if memory_mb > 0:
-        limit = memory_mb * 1024 * 1024
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            resource.prlimit(pid, resource.RLIMIT_DATA, (limit, limit))
+IO_GRACE_S = 2.0  # after the exit, for the pipes' last bytes
 
 
 def reap_leftovers(mark: str) -> int:
     """Kill function processes an earlier life of this agent left running (it was killed
-    without a chance to stop them); they carry its mark in their environment."""
+    without a chance to stop them) that carry its mark in their environment. The sandbox
+    also kills what runs in this mark's cgroups and under this agent's uids when it
+    starts, which a function cannot escape by clearing its environment."""
     killed = 0
     for proc in psutil.process_iter():
         try:
@@ -63,67 +50,77 @@ class ProcessRuntime:
     name = "process"
     available = True
 
-    def __init__(self, output_cap_bytes: int, mark: str, workdir: str = "/tmp") -> None:
+    def __init__(self, output_cap_bytes: int, mark: str, sandbox: Sandbox) -> None:
         self.output_cap_bytes = output_cap_bytes
         self.mark = mark
-        self.workdir = workdir
+        self.sandbox = sandbox
+        self.base_env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
 
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
-        env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
+        env = dict(self.base_env)
         env.update(function_env(job))
         env[ENV_MARK] = self.mark
         started = now_ms()
+        request = SpawnRequest(
+            job.command,
+            env,
+            network=job.network,
+            limits=Limits(job.resources.memory_mb, job.resources.cpu_millicores),
+        )
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *job.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return Outcome(
-                pb.JOB_OUTCOME_FAILED,
-                exit_code=127,
-                error=f"cannot start: {exc}",
-                started_ms=started,
-                finished_ms=now_ms(),
-            )
-        _limit_memory(proc.pid, job.resources.memory_mb)
+            child = await self.sandbox.spawn(request)
+        except SpawnerFailed as exc:
+            return _not_started(str(exc), started)
         stdout = CappedBuffer(self.output_cap_bytes)
         stderr = LineSplitter("stderr", logs)
-        assert proc.stdin and proc.stdout and proc.stderr
-        io = asyncio.gather(
-            _feed(proc.stdin, job.payload),
-            _drain(proc.stdout, stdout.write),
-            _drain(proc.stderr, stderr.feed),
+        io = [
+            feed(child.stdin, job.payload),
+            drain(child.stdout, stdout.write),
+            drain(child.stderr, stderr.feed),
+        ]
+        stopped: list[pb.JobOutcome.ValueType] = []
+
+        def stop(outcome: pb.JobOutcome.ValueType) -> None:
+            if not stopped and not child.exited.done():
+                stopped.append(outcome)
+                child.kill()
+
+        loop = asyncio.get_running_loop()
+        timer = (
+            loop.call_later(job.timeout_s, stop, pb.JOB_OUTCOME_TIMED_OUT)
+            if job.timeout_s > 0
+            else None
         )
-        waiter = asyncio.ensure_future(proc.wait())
         cancelled = asyncio.ensure_future(cancel.wait())
-        timeout = job.timeout_s if job.timeout_s > 0 else None
-        done, _ = await asyncio.wait(
-            {waiter, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        cancelled.add_done_callback(
+            lambda f: None if f.cancelled() else stop(pb.JOB_OUTCOME_CANCELLED)
         )
-        cancelled.cancel()
-        outcome: pb.JobOutcome.ValueType | None = None
-        error = ""
-        if waiter not in done:
-            outcome = pb.JOB_OUTCOME_CANCELLED if cancel.is_set() else pb.JOB_OUTCOME_TIMED_OUT
-            error = "cancelled" if cancel.is_set() else f"timed out after {job.timeout_s:g}s"
-        # Whatever the function left behind in its process group goes with it.
-        _kill_group(proc.pid)
-        code = await waiter
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(io, timeout=2.0)
+        try:
+            result = await child.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            cancelled.cancel()
+            child.kill()
+        # Everything that held the pipes is gone: they end at once, but for what a
+        # descendant passed to a process outside the sandbox (unsandboxed only).
+        if not all(future.done() for future in io):  # usually all are, by the exit
+            _, pending = await asyncio.wait(io, timeout=IO_GRACE_S)
+            for future in pending:
+                future.cancel()
         stderr.close()
-        exit_code = code if code >= 0 else 128 - code
-        if outcome is None:
-            outcome, error = ended(code)
+        if result.start_error:
+            return _not_started(result.start_error, started)
+        code = result.code
+        if stopped:
+            outcome = stopped[0]
+            cancelled_now = outcome == pb.JOB_OUTCOME_CANCELLED
+            error = "cancelled" if cancelled_now else f"timed out after {job.timeout_s:g}s"
+        else:
+            outcome, error = ended(code, result.oom_killed)
         return Outcome(
             outcome,
-            exit_code=exit_code,
+            exit_code=code if code >= 0 else 128 - code,
             error=error,
             output=stdout.getvalue(),
             truncated=stdout.truncated,
@@ -132,20 +129,11 @@ class ProcessRuntime:
         )
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-async def _feed(stdin: asyncio.StreamWriter, payload: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        if payload:
-            stdin.write(payload)
-            await stdin.drain()
-        stdin.close()
-        await stdin.wait_closed()
-
-
-async def _drain(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
-    while chunk := await stream.read(CHUNK):
-        sink(chunk)
+def _not_started(reason: str, started: int) -> Outcome:
+    return Outcome(
+        pb.JOB_OUTCOME_FAILED,
+        exit_code=127,
+        error=f"cannot start: {reason}",
+        started_ms=started,
+        finished_ms=now_ms(),
+    )

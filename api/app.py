@@ -23,6 +23,7 @@ from hodei.api.waiter import Completions
 from hodei.consul import ServiceRegistration, consul_address, duration
 from hodei.consul import connect as connect_consul
 from hodei.plugin.data import DataLayer
+from hodei.readiness import READINESS, Readiness
 
 log = logging.getLogger(__name__)
 SHUTDOWN_S = 5.0  # after SIGTERM, requests still open this long are cut
@@ -49,6 +50,14 @@ def create_app(settings: GatewaySettings) -> web.Application:
         yield
         await data.close()
 
+    async def readiness(app: web.Application) -> AsyncIterator[None]:
+        address = consul_address(settings.consul_addr)
+        client = connect_consul(address, settings.consul_token) if address else None
+        app[READINESS] = Readiness(app[GATEWAY].data, client)
+        yield
+        if client is not None:
+            await client.close()
+
     async def background(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
         dispatcher = CallbackDispatcher(gw.data, gw.completions, settings)
@@ -67,7 +76,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         app[GATEWAY].hub.close()
         app[GATEWAY].completions.close()
 
-    app.cleanup_ctx.extend([connections, background])
+    app.cleanup_ctx.extend([connections, readiness, background])
     app.on_shutdown.append(closing)
     if settings.consul_register and consul_address(settings.consul_addr):
         app.cleanup_ctx.append(consul_service)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hodei.api.requests import CALLER
+from hodei.api.requests import CALLER, SCOPES
 from hodei.api.state import error, gateway
 from hodei.api.streams import EventStream
 from hodei.domain import WorkerState, now_ms
 from hodei.errors import Conflict, NotFound, StreamLagging
 from hodei.plugin.data.events import stream_position
 from hodei.plugin.data.records import WorkerRecord
+from hodei.readiness import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,11 @@ async def events(request: web.Request) -> web.StreamResponse:
         gw.hub.unsubscribe(subscriber)
 
 
-async def console(request: web.Request) -> web.Response:
-    """GET /ui: the web console (workers and their utilisation, queue, recent invocations),
-    a page that reads the /v1 API from the browser."""
-    page = (resources.files("hodei.api") / "console.html").read_text()
-    return web.Response(text=page, content_type="text/html")
+async def whoami(request: web.Request) -> web.Response:
+    """GET /v1/whoami: what the caller's token may do (the console asks before it offers
+    actions)."""
+    scopes: frozenset[str] = request[SCOPES]
+    return web.json_response({"scopes": sorted(scopes), "auth": gateway(request).tokens.enabled})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -180,11 +180,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: ready while Redis answers."""
-    try:
-        await asyncio.wait_for(gateway(request).data.ping(), 1.0)
-    except Exception:
-        return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
+    """GET /readyz: ready while Redis (and Consul, when configured) answer."""
+    problems = await request.app[READINESS].check()
+    if problems:
+        return error(503, problems[0].code, problems[0].message)
     return web.json_response({"status": "ready"})
 
 

@@ -28,7 +28,7 @@ from hodei.api.requests import (
 )
 from hodei.api.state import Gateway, error, gateway
 from hodei.api.streams import EventStream
-from hodei.errors import QueueFull, StreamLagging
+from hodei.errors import NotFound, QueueFull, StreamLagging
 from hodei.logs import inv
 from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency
 from hodei.plugin.models import FunctionSpec, Invocation, Status, valid_name
@@ -66,7 +66,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     name = request.match_info["name"]
     if not valid_name(name):
-        raise web.HTTPNotFound(reason=f"function {name!r} does not exist")
+        raise NotFound(f"function {name[:64]!r} does not exist")
     asynchronous = flag(request, "async") or "respond-async" in request.headers.get("Prefer", "")
     wait = wait_s(request, gw.settings.default_wait_s, gw.settings.max_wait_s)
     payload = await request.read()

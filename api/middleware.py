@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from aiohttp import web
 
 from hodei.api import metrics
-from hodei.api.requests import CALLER
+from hodei.api.auth import SCOPES as SCOPE_NAMES
+from hodei.api.requests import CALLER, SCOPES
 from hodei.api.state import error, gateway
 from hodei.errors import Conflict, IdempotencyMismatch, InvalidSpec, NotFound, QueueFull
 from hodei.plugin.data.connection import REDIS_DOWN
@@ -16,6 +18,7 @@ from hodei.plugin.data.connection import REDIS_DOWN
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SCOPE = "hodei_scope"  # the scope a route needs, set on its handler
+ANY = "any"  # a route any valid token may call
 
 
 @web.middleware
@@ -38,8 +41,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(413, "payload_too_large", exc.text or "payload too large")
     except web.HTTPException as exc:
         if exc.status >= 400:
-            code = (exc.reason or "error").lower().replace(" ", "_")[:64]
-            return error(exc.status, code, exc.reason or "error")
+            # The status says what kind of error (bad_request, not_found...); the reason
+            # says what was wrong.
+            kind = HTTPStatus(exc.status).phrase.lower().replace(" ", "_").replace("-", "_")
+            return error(exc.status, kind, exc.reason or kind)
         raise
     except ConnectionResetError:
         raise  # the client went away: nobody to answer, nothing to log
@@ -53,6 +58,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = gateway(request).tokens
     if not tokens.enabled:
         request[CALLER] = "anonymous"
+        request[SCOPES] = SCOPE_NAMES
         return await handler(request)
     if not request.path.startswith("/v1"):
         return await handler(request)
@@ -62,8 +68,9 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     request[CALLER] = caller.id
+    request[SCOPES] = caller.scopes
     needed = getattr(request.match_info.handler, SCOPE, "admin")
-    if needed not in caller.scopes and "admin" not in caller.scopes:
+    if needed != ANY and needed not in caller.scopes and "admin" not in caller.scopes:
         return error(403, "forbidden", f"this route needs the {needed} scope")
     return await handler(request)
 

@@ -129,6 +129,13 @@ SCHEMAS: dict[str, Any] = {
             "jobs": {"type": "array"},
         },
     },
+    "WhoAmI": {
+        "type": "object",
+        "properties": {
+            "scopes": {"type": "array", "items": {"enum": ["admin", "invoke", "read"]}},
+            "auth": {"type": "boolean"},
+        },
+    },
     "WorkerList": {
         "type": "object",
         "properties": {

@@ -13,12 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from hodei import tracing
-from hodei.errors import InvalidSpec
+from hodei.errors import InvalidSpec, NotFound
 from hodei.plugin.models import NAME_RE, Priority, valid_name
 
 # Who is calling (a digest of the token, or "anonymous" without tokens): what idempotency
 # keys and stream caps are scoped to. Set by the auth middleware.
 CALLER = web.RequestKey("caller", str)
+SCOPES = web.RequestKey("scopes", frozenset[str])  # what the caller's token may do
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CURSOR_RE = re.compile(r"\d{1,20}")
 CALLBACK_RE = re.compile(r"https?://[^\s/?#@]+(?:[/?#]\S*)?")
@@ -51,7 +52,7 @@ def valid_id(request: web.Request) -> str:
     """The invocation id of the path; an id no invocation can have is simply unknown."""
     invocation_id = request.match_info["id"]
     if not ID_RE.fullmatch(invocation_id):
-        raise web.HTTPNotFound(reason=f"invocation {invocation_id[:64]!r} does not exist")
+        raise NotFound(f"invocation {invocation_id[:64]!r} does not exist")
     return invocation_id
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from hodei.api import console, fleet, functions, invocations
-from hodei.api.middleware import SCOPE
+from hodei.api.middleware import ANY, SCOPE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -169,6 +169,14 @@ ROUTES: tuple[Route, ...] = (
         "invoke",
         "Run a dead-lettered invocation again, as a new invocation",
         {202: "json:Accepted", 404: "", 409: "", 429: ""},
+    ),
+    Route(
+        "GET",
+        "/v1/whoami",
+        fleet.whoami,
+        ANY,
+        "The scopes of the caller's token",
+        {200: "json:WhoAmI"},
     ),
     Route("GET", "/v1/workers", fleet.list_workers, "read", "The fleet", {200: "json:WorkerList"}),
     Route(

@@ -32,6 +32,6 @@ class GatewaySettings(DataSettings):
     consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
     advertise_address: str = ""  # the address in Consul ("" = host)
     consul_check_interval_s: float = 10.0
-    consul_deregister_after_s: float = 300.0
+    consul_deregister_after_s: float = 600.0
     # Register hodei-gateway ourselves; off under Nomad, whose service block does it.
     consul_register: bool = True

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from hodei.plugin.models import FunctionSpec
+from hodei.plugin.models import FunctionSpec, Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
 
@@ -70,7 +70,7 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
         grpc_port=free_port(),
     )
     view = ControlPlane(settings)
-    await view.redis.flushdb()
+    await view.data.redis.flushdb()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
     server = subprocess.Popen(
         [
@@ -111,6 +111,8 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
             "1000000",
             "--memory-mb",
             "1000000",
+            "--runtimes",
+            "process",
             "--log-level",
             "warning",
         ],
@@ -118,8 +120,8 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
     )
     try:
         for _ in range(300):
-            h = await view.registry.get("bench")
-            if h and h.get("state") == "available":
+            w = await view.data.workers.get("bench")
+            if w and w.state == "available":
                 break
             await asyncio.sleep(0.05)
         else:
@@ -132,15 +134,15 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
                 "max_retries": 0,
             },
         )
-        await view.store.put_function(spec)
-        done = Completions(view.redis, view.keys.completed_channel)
+        await view.data.functions.put(spec)
+        done = Completions(view.data.redis, view.data.keys.completed_channel)
         await done.start()
 
         async def one() -> float:
             invocation_id = __import__("uuid").uuid4().hex
             finished = done.expect(invocation_id)
             started = time.perf_counter()
-            await view.store.invoke(spec, b"", invocation_id=invocation_id)
+            await view.data.invocations.enqueue(spec.name, b"", invocation_id=invocation_id)
             return (await finished - started) * 1000
 
         for _ in range(50):  # warm-up
@@ -160,7 +162,7 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-        failed = await view.store.list_invocations(status="failed", limit=10)
+        failed = (await view.data.invocations.recent(status=Status.FAILED, limit=10)).invocations
         serial.sort()
         return {
             "jobs": str(jobs),
@@ -176,8 +178,8 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
         server.terminate()
         agent.wait(15)
         server.wait(15)
-        await view.redis.flushdb()
-        await view.redis.aclose()
+        await view.data.redis.flushdb()
+        await view.data.close()
 
 
 def main() -> int:

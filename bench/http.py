@@ -92,6 +92,8 @@ async def run(redis_url: str, rounds: int) -> dict[str, list[float]]:
             "-1",
             "--job-slots",
             "16",
+            "--runtimes",
+            "process",
             redis_url=redis_url,
         ),
         spawn("gateway", "--port", str(http_port), "--max-queue", "1000000", redis_url=redis_url),

@@ -76,7 +76,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole command line; given the arguments, only the settings flags of the process
     they start (the settings classes take a while to import: the CLI stays quick)."""
     from hodei import commands, dev
-    from hodei.plugin import nomad_deploy
+    from hodei import nomad as nomad_deploy
 
     wanted = {a for a in argv or () if not a.startswith("-")} if argv is not None else None
     parser = argparse.ArgumentParser(
@@ -122,10 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # are for children that use gRPC, which functions never do.
             os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
             from hodei.agent.agent import serve as serve_agent
+            from hodei.agent.sandbox_secrets import protect_agent
             from hodei.agent.settings import AgentSettings
 
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
             logs.setup("agent", agent_settings.log_level)
+            agent_settings = protect_agent(agent_settings)
             tracing.setup("agent")
             return asyncio.run(serve_agent(agent_settings))
         if args.command == "gateway":
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_gateway(gateway_settings)
             return 0
         if args.command == "nomad":
-            from hodei.plugin import nomad_deploy
+            from hodei import nomad as nomad_deploy
 
             return nomad_deploy.run(args)
         if args.command == "dev":

@@ -92,6 +92,10 @@ class NomadError(HodeiError):
     """Raised when Nomad refuses a request (parse, plan, register) or cannot be reached."""
 
 
+class SpawnerFailed(HodeiError):
+    """Raised in the agent when its process spawner is gone or cannot do what was asked."""
+
+
 class GatewayUnreachable(HodeiError):
     """Raised by the Python client when nothing answers at the gateway's URL, or what
     answers there does not speak Hodei's HTTP API."""

@@ -1,6 +1,11 @@
 # Hodei gateways (HTTP API): a stateless service job. Nomad registers hodei-gateway in Consul
-# with an HTTP check on /readyz (503 while Redis is unreachable), so a load balancer reading
-# Consul only sends traffic to gateways that can serve it.
+# with an HTTP check on /readyz (503 until Redis answers), so a load balancer reading Consul
+# only sends traffic to gateways that can serve it.
+#
+# Host networking, on a port Nomad picks (see the service in Consul for where). Redis is
+# found through Consul by a template; the API tokens and the Redis password come from a
+# Nomad Variable:
+#   nomad var put nomad/jobs/hodei-gateway api_tokens='s3cret:admin+invoke+read' redis_password=...
 
 variable "datacenters" {
   type    = list(string)
@@ -8,8 +13,8 @@ variable "datacenters" {
 }
 
 variable "image" {
-  type    = string
-  default = "ghcr.io/hodei-platform/hodei:0.1.0"
+  type        = string
+  description = "The Hodei image (built from the repository's Dockerfile and pushed where the clients can pull it)."
 }
 
 variable "count" {
@@ -17,9 +22,20 @@ variable "count" {
   default = 2
 }
 
-variable "redis_url" {
+variable "redis_service" {
+  type        = string
+  description = "The Consul service of the Redis to use (the hodei-redis job registers it)."
+  default     = "hodei-redis"
+}
+
+variable "redis_user" {
   type    = string
-  default = "redis://hodei-redis.service.consul:6379/0"
+  default = "hodei"
+}
+
+variable "redis_db" {
+  type    = number
+  default = 0
 }
 
 job "hodei-gateway" {
@@ -40,9 +56,8 @@ job "hodei-gateway" {
     count = var.count
 
     network {
-      port "http" {
-        to = 8080
-      }
+      mode = "host"
+      port "http" {}
     }
 
     service {
@@ -66,26 +81,31 @@ job "hodei-gateway" {
       kill_timeout = "30s"
 
       config {
-        image   = var.image
-        command = "hodei"
-        args    = ["gateway"]
-        ports   = ["http"]
+        image        = var.image
+        command      = "hodei"
+        args         = ["gateway"]
+        network_mode = "host"
+        ports        = ["http"]
       }
 
       env {
-        HODEI_REDIS_URL       = var.redis_url
-        HODEI_HOST            = "0.0.0.0"
-        HODEI_PORT            = "8080"
+        HODEI_HOST            = "${NOMAD_IP_http}"
+        HODEI_PORT            = "${NOMAD_PORT_http}"
         HODEI_CONSUL_REGISTER = "false"
       }
 
       template {
         destination = "secrets/hodei.env"
         env         = true
+        change_mode = "restart"
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/hodei-gateway" }}
+          {{- with nomadVar "nomad/jobs/hodei-gateway" }}
           HODEI_API_TOKENS={{ .api_tokens }}
-          {{ end }}
+          {{- $password := .redis_password }}
+          {{- range $i, $redis := service "${var.redis_service}" }}{{ if eq $i 0 }}
+          HODEI_REDIS_URL=redis://${var.redis_user}:{{ $password }}@{{ $redis.Address }}:{{ $redis.Port }}/${var.redis_db}
+          {{- end }}{{ end }}
+          {{- end }}
         EOT
       }
 

@@ -1,6 +1,12 @@
 # Hodei servers (control plane): a service job. One leader schedules (Consul session and KV
 # lock); the others stand by and serve agents. Nomad registers hodei-server in Consul with a
-# gRPC health check, so the servers' own registration is turned off here.
+# gRPC health check (NOT_SERVING until Redis and Consul answered), so the servers' own
+# registration is off here and a deployment that cannot reach them reverts.
+#
+# Host networking: the task reaches the node's Consul agent on 127.0.0.1:8500 (Consul's
+# default client_addr) and listens on the node's address. Redis is found through Consul by
+# a template (no Consul DNS needed in the container), with the password from a Nomad Variable:
+#   nomad var put nomad/jobs/hodei-server agent_tokens=... consul_token=... redis_password=...
 
 variable "datacenters" {
   type    = list(string)
@@ -8,8 +14,8 @@ variable "datacenters" {
 }
 
 variable "image" {
-  type    = string
-  default = "ghcr.io/hodei-platform/hodei:0.1.0"
+  type        = string
+  description = "The Hodei image (built from the repository's Dockerfile and pushed where the clients can pull it)."
 }
 
 variable "count" {
@@ -17,14 +23,26 @@ variable "count" {
   default = 2
 }
 
-variable "redis_url" {
-  type    = string
-  default = "redis://hodei-redis.service.consul:6379/0"
+variable "consul_addr" {
+  type        = string
+  description = "The node's Consul agent as seen from the task (host networking)."
+  default     = "http://127.0.0.1:8500"
 }
 
-variable "consul_addr" {
+variable "redis_service" {
+  type        = string
+  description = "The Consul service of the Redis to use (the hodei-redis job registers it)."
+  default     = "hodei-redis"
+}
+
+variable "redis_user" {
   type    = string
-  default = "http://127.0.0.1:8500"
+  default = "hodei"
+}
+
+variable "redis_db" {
+  type    = number
+  default = 0
 }
 
 job "hodei-server" {
@@ -48,9 +66,8 @@ job "hodei-server" {
     }
 
     network {
-      port "grpc" {
-        static = 7070
-      }
+      mode = "host"
+      port "grpc" {}
       port "metrics" {}
     }
 
@@ -80,15 +97,15 @@ job "hodei-server" {
       kill_timeout = "20s"
 
       config {
-        image   = var.image
-        command = "hodei"
-        args    = ["server"]
-        ports   = ["grpc", "metrics"]
+        image        = var.image
+        command      = "hodei"
+        args         = ["server"]
+        network_mode = "host"
+        ports        = ["grpc", "metrics"]
       }
 
       env {
-        HODEI_REDIS_URL         = var.redis_url
-        HODEI_GRPC_HOST         = "0.0.0.0"
+        HODEI_GRPC_HOST         = "${NOMAD_IP_grpc}"
         HODEI_GRPC_PORT         = "${NOMAD_PORT_grpc}"
         HODEI_METRICS_PORT      = "${NOMAD_PORT_metrics}"
         HODEI_SERVER_ID         = "${NOMAD_ALLOC_ID}"
@@ -97,14 +114,20 @@ job "hodei-server" {
         CONSUL_HTTP_ADDR        = var.consul_addr
       }
 
+      # Secrets, and Redis' address from Consul: the task restarts when Redis moves.
       template {
         destination = "secrets/hodei.env"
         env         = true
+        change_mode = "restart"
         data        = <<-EOT
-          {{ with nomadVar "nomad/jobs/hodei-server" }}
+          {{- with nomadVar "nomad/jobs/hodei-server" }}
           HODEI_AGENT_TOKENS={{ .agent_tokens }}
           CONSUL_HTTP_TOKEN={{ .consul_token }}
-          {{ end }}
+          {{- $password := .redis_password }}
+          {{- range $i, $redis := service "${var.redis_service}" }}{{ if eq $i 0 }}
+          HODEI_REDIS_URL=redis://${var.redis_user}:{{ $password }}@{{ $redis.Address }}:{{ $redis.Port }}/${var.redis_db}
+          {{- end }}{{ end }}
+          {{- end }}
         EOT
       }
 

@@ -69,5 +69,13 @@ STALE_RESULTS = Counter(
 DEAD_LETTERS = Gauge(
     "hodei_dead_letters", "Failed invocations in the dead-letter index (retries exhausted)"
 )
+STARTS = Counter(
+    "hodei_lambda_starts_total",
+    "Lambda invocations by whether they started an instance (cold) or found one (warm)",
+    ["function", "start"],
+)
+INSTANCES = Gauge(
+    "hodei_lambda_instances", "Lambda instances across the fleet, by state", ["state"]
+)
 STREAMS = Gauge("hodei_grpc_streams", "Open agent JobStreams on this server")
 IS_LEADER = Gauge("hodei_scheduler_leader", "1 while this server is the scheduling leader")

@@ -151,14 +151,12 @@ class WarmPolicy:
         if not isinstance(raw, dict):
             raise InvalidSpec("warm", "must be an object")
         _only(raw, {"min", "max", "idle_s"}, "warm.")
-        policy = cls(
+        # (min counts across the fleet and max on one worker: min may exceed max)
+        return cls(
             min=int(_number(raw, "min", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
             max=int(_number(raw, "max", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
             idle_s=_number(raw, "idle_s", 300.0, minimum=1, maximum=DAY_S, where="warm."),
         )
-        if policy.max and policy.min > policy.max:
-            raise InvalidSpec("warm.min", "must not exceed warm.max")
-        return policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +203,8 @@ class FunctionSpec:
         handler = _text(raw, "handler")
         if runtime == "docker" and not image:
             raise InvalidSpec("image", "is required for the docker runtime")
-        if runtime == "process" and not command:
+        if runtime == "process" and not command and interface == "stdio":
+            # (a lambda process without one runs the agent's own awslambdaric client)
             raise InvalidSpec("command", "is required for the process runtime")
         if interface == "lambda" and not handler:
             raise InvalidSpec("handler", "is required for the lambda interface")

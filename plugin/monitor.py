@@ -128,8 +128,13 @@ class HealthMonitor:
         for priority, n in depth.per_priority.items():
             metrics.QUEUE_SIZE.labels(priority).set(n)
         counts = dict.fromkeys((s.value for s in WorkerState), 0)
+        instances = {"idle": 0, "busy": 0, "starting": 0}
         for w in await self.data.workers.all():
             counts[w.state] += 1
+            for p in w.pools:
+                instances["idle"] += p.idle
+                instances["busy"] += p.busy
+                instances["starting"] += p.starting
             for resource, used, total in (
                 ("cpu", w.used.cpu, w.capacity.cpu),
                 ("memory", w.used.mem, w.capacity.mem),
@@ -139,4 +144,6 @@ class HealthMonitor:
                     metrics.WORKER_UTILISATION.labels(w.id, resource).set(used / total)
         for state, n in counts.items():
             metrics.WORKERS.labels(state).set(n)
+        for state, n in instances.items():
+            metrics.INSTANCES.labels(state).set(n)
         metrics.DEAD_LETTERS.set(await self.data.invocations.dead_count())

@@ -7,6 +7,10 @@ scans it from a rotating cursor and scores at most ``max_candidates`` feasible w
 workers. Only when that sample holds no feasible worker is the whole open list scanned,
 and the answer for that demand is remembered until capacity is freed somewhere, so a job
 that fits nowhere costs one full scan per change of the fleet, not one per pass.
+
+Warmth comes first: a lambda function's invocation goes to a feasible worker with an idle
+instance of that function revision when there is one (its instance answers at once), and
+only then to the best-scored worker, where it starts a new instance.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class WorkerView:
     schedulable: bool = True
     health: float = 1.0
     server_id: str = ""
+    # Idle lambda instances on the worker, and all its live ones, by "function:revision".
+    idle: dict[str, int] = field(default_factory=dict)
+    instances: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_open(self) -> bool:
@@ -53,6 +60,8 @@ class Demand:
     gpu: int = 0
     runtime: str = "process"
     labels: tuple[tuple[str, str], ...] = ()
+    # A lambda function's "function:revision": workers with an idle instance of it go first.
+    warm: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class Fleet:
         # older version are stale.
         self.version = 0
         self._nowhere: dict[Demand, tuple[int, Pending]] = {}
+        # "function:revision" -> the workers with an idle instance of it
+        self._warm: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -120,16 +131,41 @@ class Fleet:
         return bool(self._open)
 
     def upsert(self, w: WorkerView) -> None:
+        old = self.workers.get(w.id)
+        if old is not None:
+            self._unindex_warm(old)
         self.workers[w.id] = w
         self.version += 1
         self._reindex(w)
+        for key, n in w.idle.items():
+            if n > 0:
+                self._warm.setdefault(key, set()).add(w.id)
 
     def remove(self, worker_id: str) -> None:
-        if self.workers.pop(worker_id, None) is not None:
+        w = self.workers.pop(worker_id, None)
+        if w is not None:
+            self._unindex_warm(w)
             self._drop_open(worker_id)
+
+    def _unindex_warm(self, w: WorkerView) -> None:
+        for key in w.idle:
+            self._drop_warm(key, w.id)
+
+    def _drop_warm(self, key: str, worker_id: str) -> None:
+        holders = self._warm.get(key)
+        if holders is not None:
+            holders.discard(worker_id)
+            if not holders:
+                del self._warm[key]
 
     def reserve(self, worker_id: str, d: Demand) -> None:
         w = self.workers[worker_id]
+        if d.warm and w.idle.get(d.warm, 0) > 0:
+            # The invocation takes one of the idle instances.
+            w.idle[d.warm] -= 1
+            if not w.idle[d.warm]:
+                del w.idle[d.warm]
+                self._drop_warm(d.warm, w.id)
         w.cpu_used += d.cpu
         w.mem_used += d.mem
         w.gpu_used += d.gpu
@@ -149,6 +185,10 @@ class Fleet:
 
     def place(self, d: Demand) -> WorkerView | Pending:
         """The best worker for ``d`` among a bounded sample, or why there is none."""
+        if d.warm:
+            warm = self._warmest(d)
+            if warm is not None:
+                return warm
         remembered = self._nowhere.get(d)
         if remembered is not None and remembered[0] == self.version:
             return remembered[1]
@@ -188,6 +228,21 @@ class Fleet:
             self._nowhere.clear()
         self._nowhere[d] = (self.version, pending)
         return pending
+
+    def _warmest(self, d: Demand) -> WorkerView | None:
+        """The best-scored feasible worker holding an idle instance for ``d``, looking at
+        no more than ``max_candidates`` of them."""
+        best: WorkerView | None = None
+        best_score = -1.0
+        for n, worker_id in enumerate(self._warm.get(d.warm, ())):
+            if n >= self.max_candidates:
+                break
+            w = self.workers[worker_id]
+            if w.schedulable and fits(w, d):
+                s = score(w, d)
+                if s > best_score:
+                    best, best_score = w, s
+        return best
 
     def why_not(self, d: Demand) -> Pending:
         """Why no worker can take ``d`` now, in words for humans."""

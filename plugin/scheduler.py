@@ -20,7 +20,7 @@ from hodei import tracing
 from hodei.domain import now_ms
 from hodei.errors import NotFound
 from hodei.logs import inv
-from hodei.plugin import assignment, metrics
+from hodei.plugin import assignment, metrics, prewarm
 from hodei.plugin.data import DataLayer
 from hodei.plugin.data.connection import REDIS_DOWN, Outage
 from hodei.plugin.data.events import Entry, stream_position
@@ -35,9 +35,10 @@ from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# (worker, its server, the request): delivered on the worker's stream, wherever it is.
-Deliver = Callable[[Sequence[tuple[str, str, pb.AssignJobRequest]]], Awaitable[None]]
+# (worker, its server, a message): delivered on the worker's stream, wherever it is.
+Deliver = Callable[[Sequence[tuple[str, str, pb.ServerMessage]]], Awaitable[None]]
 FULL_REFRESH_S = 30.0
+PREWARM_EVERY_S = 5.0  # specs change without a wake-up (a PUT): look this often
 
 
 @dataclass(slots=True)
@@ -73,13 +74,20 @@ def view_of(w: WorkerRecord, now: int, heartbeat_ms: int) -> WorkerView:
         schedulable=w.state in SCHEDULABLE,
         health=health,
         server_id=w.server_id,
+        idle={f"{p.function}:{p.revision}": p.idle for p in w.pools if p.idle > 0},
+        instances={f"{p.function}:{p.revision}": p.idle + p.busy + p.starting for p in w.pools},
     )
 
 
-def demand_of(spec: FunctionSpec) -> Demand:
+def demand_of(spec: FunctionSpec, revision: str) -> Demand:
     r = spec.resources
     return Demand(
-        r.cpu_millicores, r.memory_mb, r.gpus, spec.runtime, tuple(sorted(spec.labels.items()))
+        r.cpu_millicores,
+        r.memory_mb,
+        r.gpus,
+        spec.runtime,
+        tuple(sorted(spec.labels.items())),
+        f"{spec.name}:{revision}" if spec.interface == "lambda" else "",
     )
 
 
@@ -100,6 +108,9 @@ class Scheduler:
         self._next_due: int | None = None
         self._refreshed_at = 0.0
         self._heartbeat_ms = int(settings.heartbeat_interval_s * 1000)
+        # The instance numbers sent to workers (pre-warming), and when to look again.
+        self._floors: prewarm.Plan = {}
+        self._prewarm_due = 0.0
         # Consul's verdict when Consul is configured: work goes only to passing workers.
         self.gate: Callable[[str], bool] | None = None
 
@@ -144,6 +155,8 @@ class Scheduler:
             self.fleet.upsert(self._view(w, now))
         self._synced = dict.fromkeys(self.fleet.workers, snapshot.position)
         self._waiting.clear()
+        self._floors = {}  # a new leadership tells every worker again
+        self._prewarm_due = 0.0
         self._next_due = await self.data.queue.next_due_ms()
         self._refreshed_at = time.monotonic()
         await self.unpark()
@@ -174,6 +187,8 @@ class Scheduler:
         if dirty:
             await self._refresh(dirty)
             await self.unpark()
+        if dirty or time.monotonic() >= self._prewarm_due:
+            await self.prewarm()
 
     def _take(self, entry: Entry, dirty: set[str]) -> None:
         f = entry.fields
@@ -218,9 +233,35 @@ class Scheduler:
                 spec = await self.data.functions.spec(function, revision)
             except NotFound:
                 continue
-            if not self.fleet.why_not(demand_of(spec)).structural:
+            if not self.fleet.why_not(demand_of(spec, revision)).structural:
                 moved = await self.data.queue.unpark(function, revision)
                 log.info("%d parked invocations of %s back in line", moved, function)
+
+    async def prewarm(self) -> None:
+        """Tell workers how many instances of each lambda function to keep started."""
+        self._prewarm_due = time.monotonic() + PREWARM_EVERY_S
+        specs = [
+            (spec, spec.revision)
+            for spec in await self.data.functions.all()
+            if spec.interface == "lambda"
+        ]
+        wanted = prewarm.plan(specs, self.fleet)
+        by_key = {f"{spec.name}:{revision}": (spec, revision) for spec, revision in specs}
+        messages: list[tuple[str, str, pb.ServerMessage]] = []
+        for (worker_id, key), count in prewarm.changes(self._floors, wanted).items():
+            w = self.fleet.workers.get(worker_id)
+            if w is None or (key not in by_key and count):
+                continue
+            if key in by_key:
+                template = assignment.function_template(*by_key[key])
+            else:  # a function gone or replaced: its floor goes
+                function, _, revision = key.rpartition(":")
+                template = pb.AssignJobRequest(function=function, revision=revision)
+            request = pb.PrewarmRequest(function=template, count=count)
+            messages.append((worker_id, w.server_id, pb.ServerMessage(prewarm=request)))
+            log.info("worker %s: keep %d instances of %s", worker_id, count, key)
+        self._floors = wanted
+        await self.deliver(messages)
 
     async def schedule_pass(self, token: str) -> bool:
         """Place what can be placed now. True when the queue head was worked through."""
@@ -256,7 +297,8 @@ class Scheduler:
             w = self._waiting.get(i)
             if w is not None and w.demand is None:
                 try:
-                    w.demand = demand_of(await self.data.functions.spec(w.function, w.revision))
+                    spec = await self.data.functions.spec(w.function, w.revision)
+                    w.demand = demand_of(spec, w.revision)
                 except NotFound:
                     del self._waiting[i]  # its revision is gone: the queue timeout ends it
 
@@ -283,14 +325,14 @@ class Scheduler:
             return
         results = await self.data.leases.assign_many(plan, token)
         now = now_ms()
-        deliveries: list[tuple[str, str, pb.AssignJobRequest]] = []
+        deliveries: list[tuple[str, str, pb.ServerMessage]] = []
         for (invocation_id, worker_id), result in zip(plan, results, strict=True):
             waiting = self._waiting.pop(invocation_id, None)
             if isinstance(result, Lease):
                 spec = await self.data.functions.spec(result.function, result.revision)
-                request = assignment.request(result, spec)
+                message = pb.ServerMessage(assign=assignment.request(result, spec))
                 self._placed(result, now, waiting)
-                deliveries.append((worker_id, self.fleet.workers[worker_id].server_id, request))
+                deliveries.append((worker_id, self.fleet.workers[worker_id].server_id, message))
                 continue
             if waiting is not None and waiting.demand is not None:
                 self.fleet.release(worker_id, waiting.demand)

@@ -25,6 +25,7 @@ from hodei.plugin.servicer import WorkerService
 from hodei.plugin.sessions import Sessions
 from hodei.plugin.settings import ServerSettings
 from hodei.proto import hodei_pb2_grpc as pb_grpc
+from hodei.readiness import Readiness
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "hodei.v1.WorkerService"
@@ -64,6 +65,7 @@ class ControlPlane:
             self.passing = PassingWorkers(self.consul, self._consul_changed)
             self.scheduler.gate = self.passing.__contains__
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.readiness = Readiness(self.data, self.consul)
         self.grpc_server: grpc.aio.Server | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -77,8 +79,7 @@ class ControlPlane:
         self.port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
         await server.start()
         self.grpc_server = server
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._serving(not await self.readiness.check())  # NOT_SERVING until it answers
         self.tasks = [
             asyncio.create_task(coro, name=name)
             for name, coro in (
@@ -86,6 +87,7 @@ class ControlPlane:
                 ("scheduler", self.scheduler.run()),
                 ("monitor", self.monitor.run()),
                 ("delivery", self.sessions.listen()),
+                ("readiness", self.readiness.watch(self._serving)),
             )
         ]
         if self.passing is not None:
@@ -107,6 +109,15 @@ class ControlPlane:
             extra={"grpc_port": self.port, "server_id": self.settings.server_id},
         )
         return self.port
+
+    async def _serving(self, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
 
     async def _consul_changed(self, workers: set[str]) -> None:
         """Consul's verdict on some workers changed: tell the scheduler through the event

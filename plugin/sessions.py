@@ -115,17 +115,18 @@ class Sessions:
             )
 
     # -- delivery ----------------------------------------------------------------------
-    async def deliver(self, deliveries: Sequence[tuple[str, str, pb.AssignJobRequest]]) -> None:
-        """Send each assignment down its worker's stream, here or through the inbox of the
-        server the worker is connected to."""
+    async def deliver(self, deliveries: Sequence[tuple[str, str, pb.ServerMessage]]) -> None:
+        """Send each message (an assignment, a pre-warm request) down its worker's stream,
+        here or through the inbox of the server the worker is connected to."""
         remote: list[tuple[str, str, bytes]] = []
-        for worker_id, server_id, request in deliveries:
+        for worker_id, server_id, message in deliveries:
             session = self.by_worker.get(worker_id)
             if session is not None:
-                session.send(pb.ServerMessage(assign=request))
+                session.send(message)
             elif server_id and server_id != self.server_id:
-                remote.append((server_id, worker_id, request.SerializeToString()))
-            else:
+                remote.append((server_id, worker_id, message.SerializeToString()))
+            elif message.HasField("assign"):
+                request = message.assign
                 log.warning(
                     "invocation %s: worker %s has no stream here; the lease will expire",
                     request.invocation_id,
@@ -157,7 +158,7 @@ class Sessions:
             )
             session.send(pb.ServerMessage(cancel=cancel))
         else:
-            session.send(pb.ServerMessage(assign=pb.AssignJobRequest.FromString(message.body)))
+            session.send(pb.ServerMessage.FromString(message.body))
 
     async def listen(self) -> None:
         """Read this server's inbox for as long as the server lives."""
@@ -309,7 +310,7 @@ class Sessions:
             started_ms=result.started_at_ms or None,
             finished_ms=result.finished_at_ms or now_ms(),
             final=result.final,
-            cold_start=result.cold_start if result.init_ms or result.cold_start else None,
+            cold_start=result.cold_start if result.HasField("cold_start") else None,
             init_ms=result.init_ms or None,
         )
 
@@ -333,6 +334,9 @@ class Sessions:
     def _acknowledge(session: Session, result: pb.JobResult, ended: Ended) -> None:
         if ended.kind is EndKind.RECORDED:
             metrics.INVOCATIONS.labels(ended.function, ended.status).inc()
+        if ended.taken and result.HasField("cold_start"):
+            start = "cold" if result.cold_start else "warm"
+            metrics.STARTS.labels(ended.function or "", start).inc()
         elif ended.kind is EndKind.RETRY:
             metrics.RETRIES.inc()
         elif ended.kind is EndKind.STALE:

@@ -37,7 +37,7 @@ class ServerSettings(DataSettings):
     consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN
     advertise_address: str = ""  # the address in Consul ("" = grpc_host)
     consul_check_interval_s: float = 10.0
-    consul_deregister_after_s: float = 300.0
+    consul_deregister_after_s: float = 600.0
     consul_session_ttl_s: int = 15  # Consul accepts 10 s to 24 h
     consul_lock_delay_s: int = 15
     consul_leader_key: str = "hodei/leader"

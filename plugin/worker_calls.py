@@ -104,7 +104,8 @@ async def pin(
     if isinstance(lease, Refusal):
         raise PinRefused(lease, str(lease))
     spec = await data.functions.spec(lease.function, lease.revision)
-    await sessions.deliver([(worker_id, w.server_id, assignment.request(lease, spec))])
+    message = pb.ServerMessage(assign=assignment.request(lease, spec))
+    await sessions.deliver([(worker_id, w.server_id, message)])
     deadline = asyncio.get_running_loop().time() + timeout_s
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
         for entry in await data.events.events(cursor, int(left * 1000), count=500):

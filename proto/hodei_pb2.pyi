@@ -663,7 +663,9 @@ class JobResult(_message.Message):
     final: _builtins.bool
     """Retrying cannot help (the image cannot be pulled): record the failure, no retry."""
     cold_start: _builtins.bool
-    """lambda: the invocation started a new instance, which took init_ms to be ready."""
+    """lambda: whether the invocation started a new instance (unset for stdio functions),
+    and how long that instance took to be ready.
+    """
     init_ms: _builtins.int
     def __init__(
         self,
@@ -678,14 +680,16 @@ class JobResult(_message.Message):
         started_at_ms: _builtins.int = ...,
         finished_at_ms: _builtins.int = ...,
         final: _builtins.bool = ...,
-        cold_start: _builtins.bool = ...,
+        cold_start: _builtins.bool | None = ...,
         init_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cold_start", b"_cold_start", "cold_start", b"cold_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cold_start", b"cold_start", "error", b"error", "exit_code", b"exit_code", "final", b"final", "finished_at_ms", b"finished_at_ms", "init_ms", b"init_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cold_start", b"_cold_start", "attempt", b"attempt", "cold_start", b"cold_start", "error", b"error", "exit_code", b"exit_code", "final", b"final", "finished_at_ms", b"finished_at_ms", "init_ms", b"init_ms", "invocation_id", b"invocation_id", "outcome", b"outcome", "output", b"output", "output_truncated", b"output_truncated", "started_at_ms", b"started_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cold_start: _TypeAlias = _typing.Literal["cold_start"]  # noqa: Y015
+    _WhichOneofArgType__cold_start: _TypeAlias = _typing.Literal["_cold_start", b"_cold_start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cold_start) -> _WhichOneofReturnType__cold_start | None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
 

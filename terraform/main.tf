@@ -1,24 +1,38 @@
 # Hodei on a Nomad + Consul fleet: Redis, servers, gateways and an agent on every node,
-# submitted from the jobspecs in ../jobspecs with their HCL2 variables, and the Consul ACL
-# tokens each process needs, handed to the jobs through Nomad Variables.
+# submitted from the jobspecs in ../jobspecs with their HCL2 variables, and the secrets each
+# process needs (Consul ACL tokens, the Redis password, API tokens) handed to the jobs
+# through Nomad Variables. Nothing is left open: Redis has a password and the API tokens.
 
 locals {
-  jobspecs    = "${path.module}/../jobspecs"
-  datacenters = jsonencode(var.datacenters)
-  redis_url   = var.redis_url != "" ? var.redis_url : "redis://hodei-redis.service.consul:6379/0"
+  jobspecs       = "${path.module}/../jobspecs"
+  datacenters    = jsonencode(var.datacenters)
+  redis_password = var.redis_password != "" ? var.redis_password : random_password.redis.result
+  api_tokens     = var.api_tokens != "" ? var.api_tokens : "${random_password.api_admin.result}:admin+invoke+read"
+}
+
+resource "random_password" "redis" {
+  length  = 32
+  special = false
+}
+
+resource "random_password" "api_admin" {
+  length  = 40
+  special = false
 }
 
 resource "nomad_job" "redis" {
-  count   = var.redis_url == "" ? 1 : 0
+  count   = var.deploy_redis ? 1 : 0
   jobspec = file("${local.jobspecs}/redis.nomad.hcl")
 
   hcl2 {
     vars = {
       datacenters = local.datacenters
-      image       = var.redis_image
+      redis_image = var.redis_image
       volume      = var.redis_volume
     }
   }
+
+  depends_on = [nomad_variable.redis]
 }
 
 resource "nomad_job" "server" {
@@ -26,11 +40,11 @@ resource "nomad_job" "server" {
 
   hcl2 {
     vars = {
-      datacenters = local.datacenters
-      image       = var.image
-      count       = tostring(var.server_count)
-      redis_url   = local.redis_url
-      consul_addr = var.consul_addr
+      datacenters   = local.datacenters
+      image         = var.image
+      count         = tostring(var.server_count)
+      consul_addr   = var.consul_addr
+      redis_service = var.redis_service
     }
   }
 
@@ -42,10 +56,10 @@ resource "nomad_job" "gateway" {
 
   hcl2 {
     vars = {
-      datacenters = local.datacenters
-      image       = var.image
-      count       = tostring(var.gateway_count)
-      redis_url   = local.redis_url
+      datacenters   = local.datacenters
+      image         = var.image
+      count         = tostring(var.gateway_count)
+      redis_service = var.redis_service
     }
   }
 
@@ -61,7 +75,9 @@ resource "nomad_job" "agent_docker" {
       datacenters = local.datacenters
       image       = var.image
       consul_addr = var.consul_addr
-      node_class  = var.agent_node_class
+      node_class  = var.agent_node_class == "" ? ".*" : "^${var.agent_node_class}$"
+      cpu         = tostring(var.agent_cpu)
+      memory      = tostring(var.agent_memory)
     }
   }
 
@@ -77,10 +93,19 @@ resource "nomad_job" "agent_raw_exec" {
       datacenters = local.datacenters
       binary_path = var.agent_binary_path
       consul_addr = var.consul_addr
+      cpu         = tostring(var.agent_cpu)
+      memory      = tostring(var.agent_memory)
     }
   }
 
   depends_on = [nomad_job.server, nomad_variable.agent]
+}
+
+resource "nomad_variable" "redis" {
+  path = "nomad/jobs/hodei-redis"
+  items = {
+    password = local.redis_password
+  }
 }
 
 resource "nomad_variable" "agent" {
@@ -94,14 +119,16 @@ resource "nomad_variable" "agent" {
 resource "nomad_variable" "server" {
   path = "nomad/jobs/hodei-server"
   items = {
-    agent_tokens = var.agent_grpc_token
-    consul_token = data.consul_acl_token_secret_id.server.secret_id
+    agent_tokens   = var.agent_grpc_token
+    consul_token   = data.consul_acl_token_secret_id.server.secret_id
+    redis_password = local.redis_password
   }
 }
 
 resource "nomad_variable" "gateway" {
   path = "nomad/jobs/hodei-gateway"
   items = {
-    api_tokens = var.api_tokens
+    api_tokens     = local.api_tokens
+    redis_password = local.redis_password
   }
 }

@@ -27,3 +27,9 @@ output "gateway_consul_token" {
   value       = data.consul_acl_token_secret_id.gateway.secret_id
   sensitive   = true
 }
+
+output "api_admin_token" {
+  description = "The generated admin API token (when api_tokens was left empty)."
+  value       = var.api_tokens == "" ? random_password.api_admin.result : null
+  sensitive   = true
+}

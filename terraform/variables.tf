@@ -6,8 +6,7 @@ variable "datacenters" {
 
 variable "image" {
   type        = string
-  description = "The Hodei container image (server, gateway and the docker-driver agent)."
-  default     = "ghcr.io/hodei-platform/hodei:0.1.0"
+  description = "The Hodei image built from the repository's Dockerfile (server, gateway and the docker-driver agent), in a registry the clients pull from."
 }
 
 variable "agent_driver" {
@@ -33,6 +32,18 @@ variable "agent_node_class" {
   default     = ""
 }
 
+variable "agent_cpu" {
+  type        = number
+  description = "MHz Nomad reserves on each node for the agent (200) and its functions: what it offers."
+  default     = 2200
+}
+
+variable "agent_memory" {
+  type        = number
+  description = "MB Nomad reserves on each node for the agent (256) and its functions: what it offers."
+  default     = 2304
+}
+
 variable "server_count" {
   type    = number
   default = 2
@@ -45,7 +56,7 @@ variable "gateway_count" {
 
 variable "consul_addr" {
   type        = string
-  description = "The Consul HTTP API as seen from the tasks (each node's Consul agent)."
+  description = "The Consul HTTP API as seen from the tasks (each node's Consul agent; they use host networking)."
   default     = "http://127.0.0.1:8500"
 }
 
@@ -60,10 +71,23 @@ variable "redis_volume" {
   default     = "hodei-redis"
 }
 
-variable "redis_url" {
+variable "deploy_redis" {
+  type        = bool
+  description = "Run the hodei-redis job; false = use a Redis registered in Consul as redis_service."
+  default     = true
+}
+
+variable "redis_service" {
   type        = string
-  description = "Redis for servers and gateways; empty = the hodei-redis job of this module."
+  description = "The Consul service servers and gateways find Redis by."
+  default     = "hodei-redis"
+}
+
+variable "redis_password" {
+  type        = string
+  description = "Password of Redis' hodei ACL user (empty = generated). URL-safe characters only."
   default     = ""
+  sensitive   = true
 }
 
 variable "agent_grpc_token" {
@@ -74,7 +98,7 @@ variable "agent_grpc_token" {
 
 variable "api_tokens" {
   type        = string
-  description = "Gateway API tokens: comma-separated token:scope+scope entries (empty = open)."
+  description = "Gateway API tokens: comma-separated token:scope+scope entries (empty = one generated admin token, see the api_admin_token output; never an open API)."
   default     = ""
   sensitive   = true
 }

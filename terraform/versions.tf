@@ -10,5 +10,9 @@ terraform {
       source  = "hashicorp/consul"
       version = "2.21.0"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = "3.6.3"
+    }
   }
 }

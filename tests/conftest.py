@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from hodei.agent.sandbox import Sandbox, SandboxConfig
 from hodei.plugin.models import FunctionSpec, Invocation
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # This test session's agents keep their marks here: another Hodei on the host (a second
 # test run, a `hodei dev` stack) that uses the same worker ids is never taken for ours.
 STATE_DIR = Path(tempfile.mkdtemp(prefix="hodei-test-state-"))
+SESSION_MARK = secrets.token_hex(16)
 
 
 def require(service: str, available: bool) -> None:
@@ -71,6 +76,49 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+def sandbox_config(sandboxed: bool, **overrides: Any) -> SandboxConfig:
+    """A spawner configuration of this test session (its own cgroup folder)."""
+    if sandboxed:
+        require("root (the process sandbox needs it)", os.geteuid() == 0)
+    return SandboxConfig(
+        **{"sandboxed": sandboxed, "mark": SESSION_MARK, "uid_count": 8, **overrides}
+    )
+
+
+@pytest.fixture(params=["cgroup", "rlimits", "off"], ids=["sandboxed", "no-cgroup", "unsandboxed"])
+async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """The agent's spawner: sandboxed with a cgroup per function, sandboxed without cgroups
+    (uids and rlimits alone), and unsandboxed."""
+    mode = request.param
+    spawner = Sandbox.start(
+        sandbox_config(mode != "off", **({"cgroup_root": "off"} if mode == "rlimits" else {}))
+    )
+    yield spawner
+    await spawner.close()
+
+
+def sleeping(suffix: str) -> list[int]:
+    """The live ``sleep N.<suffix>`` processes (the test's own: the suffix is random)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if (
+                len(cmdline) == 2
+                and cmdline[0].endswith("sleep")
+                and cmdline[1].endswith(f".{suffix}")
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def random_suffix() -> str:
+    return f"{uuid.uuid4().int % 10**9:09d}"
 
 
 def fast_settings(redis_url: str, **overrides: Any) -> ServerSettings:
@@ -191,8 +239,15 @@ async def deploy(cp: ControlPlane, name: str, **spec: Any) -> FunctionSpec:
     return fn
 
 
+# The process runtime is off unless asked for: test agents offer it, sandboxed when the
+# tests run as root (CI does), else unsandboxed as the test's user.
+DEFAULT_RUNTIMES = ("--runtimes", "process", "--runtimes", "docker")
+SANDBOX = () if os.geteuid() == 0 else ("--process-sandbox", "off")
+
+
 class AgentProcess:
-    """``hodei agent`` as its own OS process."""
+    """``hodei agent`` as its own OS process (offering the process runtime unless ``extra``
+    names the runtimes)."""
 
     def __init__(
         self,
@@ -222,6 +277,8 @@ class AgentProcess:
             "0.5",
             "--drain-grace-s",
             "1",
+            *(() if "--runtimes" in extra else DEFAULT_RUNTIMES),
+            *(() if "--process-sandbox" in extra else SANDBOX),
             *extra,
         ]
         environ = {

@@ -129,6 +129,44 @@ async def test_bad_requests(http: TestClient[Any, Any]) -> None:
     assert (await http.delete("/v1/invocations/nope")).status == 404
 
 
+async def test_hostile_input_gets_a_4xx_never_a_500(http: TestClient[Any, Any]) -> None:
+    """The audit's inputs (issue 12): each answered with the contract's error body."""
+    await deploy(http, "f", command=["true"])
+
+    async def status_of(response: Any) -> tuple[int, str]:
+        body = await response.json()
+        return response.status, body["error"]["code"]
+
+    jobs = [
+        ({"command": ["cat"], "payload_base64": "%%%not base64"}, 422),
+        ({"command": ["cat"], "payload_base64": "w6k="}, 202),
+        ({"command": ["cat"], "payload_base64": "wéé="}, 422),
+        ({"command": ["cat"], "timeout_s": 10**400}, 422),
+        ({"command": ["cat"], "name": "abc\n"}, 422),
+    ]
+    for body, expected in jobs:
+        assert (await http.post("/v1/jobs", json=body)).status == expected, body
+    deep = b"[" * 5000 + b"]" * 5000
+    assert await status_of(await http.post("/v1/jobs", data=deep)) == (400, "bad_request")
+    nested = b'{"a":' * 100 + b"1" + b"}" * 100
+    assert (await http.put("/v1/functions/g", data=nested)).status == 400
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        spec = b'{"command": ["x"], "timeout_s": ' + constant + b"}"
+        assert (await http.put("/v1/functions/g", data=spec)).status == 400
+    assert (await http.get("/v1/functions/g")).status == 404  # nothing half-stored
+    for path in ("/v1/invocations/abc:jobs", "/v1/invocations/x:logs/result"):
+        assert await status_of(await http.get(path)) == (404, "not_found"), path
+    assert await status_of(await http.post("/v1/functions/has%20space/invoke")) == (
+        404,
+        "not_found",
+    )
+    for wait in ("nan", "inf", "-1", "1e400"):
+        assert (await http.post(f"/v1/functions/f/invoke?wait={wait}")).status == 400, wait
+    for limit in ("-5", "1e9", "abc", "99999999999999999999"):
+        assert (await http.get(f"/v1/invocations?limit={limit}")).status == 400, limit
+    assert (await http.get("/v1/invocations?cursor=';DROP")).status == 400
+
+
 async def test_payload_limit(settings: ServerSettings) -> None:
     app = create_app(gateway_settings(settings, max_payload_bytes=1024))
     async with TestClient(TestServer(app)) as http:
@@ -159,6 +197,10 @@ async def test_tokens_and_scopes(settings: ServerSettings) -> None:
         assert (await http.post(invoke, headers=ro_h)).status == 403
         accepted = await http.post(invoke, headers=app_h)
         assert accepted.status == 202
+        non_ascii = {"Authorization": "Bearer caf\u00e9"}
+        assert (await http.get("/v1/functions", headers=non_ascii)).status == 401
+        who = await http.get("/v1/whoami", headers=app_h)
+        assert who.status == 200 and (await who.json())["scopes"] == ["invoke"]
         # A read token sees the fleet but cannot drain it.
         assert (await http.get("/v1/workers", headers=ro_h)).status == 200
         assert (await http.post("/v1/workers/w1/drain", headers=ro_h)).status == 403

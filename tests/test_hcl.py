@@ -11,6 +11,8 @@ from typing import Any
 import hcl2
 import pytest
 
+from hodei.agent.settings import DRAIN_MARGIN_S
+
 ROOT = Path(__file__).resolve().parent.parent
 JOBSPECS = sorted((ROOT / "jobspecs").glob("*.nomad.hcl"))
 TERRAFORM = sorted((ROOT / "terraform").glob("*.tf"))
@@ -18,6 +20,7 @@ OPTIONS = hcl2.SerializationOptions(
     strip_string_quotes=True, with_comments=False, explicit_blocks=False
 )
 VAR_USE = re.compile(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)")
+NOMAD_DEFAULT_MAX_KILL_TIMEOUT_S = 30.0
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -109,11 +112,78 @@ def test_agent_is_a_system_job_that_drains_within_its_kill_timeout(path: Path) -
         assert not list(blocks(job, forbidden)), f"a system job has no {forbidden}"
     [task] = list(blocks(job, "task"))
     assert task["kill_signal"] == "SIGTERM"
-    grace = float(next(blocks(task, "env"))["HODEI_DRAIN_GRACE_S"])
-    # The drain grace, then handing back and waiting for acknowledgements (up to ~10 s).
-    assert duration_s(task["kill_timeout"]) >= grace + 10
     env = next(blocks(task, "env"))
+    grace, handback = float(env["HODEI_DRAIN_GRACE_S"]), float(env["HODEI_DRAIN_HANDBACK_S"])
+    kill_timeout = duration_s(task["kill_timeout"])
+    # Nomad caps kill_timeout at the clients' max_kill_timeout, 30 s unless raised; the
+    # agent must have drained, handed back and exited (margin) before SIGKILL.
+    assert kill_timeout <= NOMAD_DEFAULT_MAX_KILL_TIMEOUT_S
+    assert grace + handback + DRAIN_MARGIN_S <= kill_timeout
     assert env["NOMAD_NODE_NAME"] == "${node.unique.name}" and "NOMAD_NODE_CLASS" in env
+    # Capacity is what Nomad reserves (the agent derives it), never a guess of the host's.
+    assert not {"HODEI_CPU_MILLICORES", "HODEI_MEMORY_MB"} & set(env)
+    resources = next(blocks(task, "resources"))
+    assert (resources["cpu"], resources["memory"]) == ("${var.cpu}", "${var.memory}")
+    assert env["HODEI_NOMAD_MHZ_PER_CORE"] == "${attr.cpu.frequency}"
+
+
+def test_docker_agent_mounts_the_socket_only_where_clients_allow_it() -> None:
+    job = job_of(ROOT / "jobspecs" / "hodei-agent.nomad.hcl")
+    targets = {c["attribute"]: c.get("value") for c in blocks(job, "constraint")}
+    assert targets["${attr.driver.docker.volumes.enabled}"] == "true"
+    [task] = list(blocks(job, "task"))
+    config = next(blocks(task, "config"))
+    assert "/var/run/docker.sock:/var/run/docker.sock" in config["volumes"]
+    assert task["user"] == "root" and config["network_mode"] == "host"
+    state_dir = next(blocks(task, "env"))["HODEI_STATE_DIR"]
+    assert any(state_dir.startswith(v.split(":")[1]) for v in config["volumes"])
+
+
+@pytest.mark.parametrize("name", ["hodei-server", "hodei-gateway"])
+def test_server_and_gateway_reach_consul_and_redis_as_a_client_node_allows(name: str) -> None:
+    job = job_of(ROOT / "jobspecs" / f"{name}.nomad.hcl")
+    [network] = list(blocks(job, "network"))
+    assert network["mode"] == "host"
+    [task] = list(blocks(job, "task"))
+    assert next(blocks(task, "config"))["network_mode"] == "host"
+    parsed = load(ROOT / "jobspecs" / f"{name}.nomad.hcl")
+    consul = {n: b for v in parsed["variable"] for n, b in v.items()}.get("consul_addr")
+    if consul:  # the node's Consul agent listens on 127.0.0.1 by default (client_addr)
+        assert consul["default"] == "http://127.0.0.1:8500"
+    # Redis found through Consul by the template, its password from a Nomad Variable.
+    [template] = [t for t in blocks(task, "template") if t.get("env")]
+    data = template["data"]
+    assert 'service "${var.redis_service}"' in data and ".redis_password" in data
+    assert f'nomadVar "nomad/jobs/{name}"' in data
+    assert "HODEI_REDIS_URL=redis://${var.redis_user}:{{ $password }}@" in data
+    assert "HODEI_REDIS_URL" not in next(blocks(task, "env"))
+
+
+def test_nothing_relies_on_consul_dns() -> None:
+    for path in [*JOBSPECS, *TERRAFORM]:
+        assert ".service.consul" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("path", JOBSPECS, ids=lambda p: p.name)
+def test_templates_are_balanced(path: Path) -> None:
+    """consul-template cannot run here: at least every block opened is closed."""
+    for template in blocks(job_of(path), "template"):
+        data = template["data"]
+        opened = len(re.findall(r"\{\{-?\s*(with|range|if)\b", data))
+        closed = len(re.findall(r"\{\{-?\s*end\s*-?\}\}", data))
+        assert opened == closed and data.count("{{") == data.count("}}"), data
+
+
+def test_redis_needs_a_password() -> None:
+    job = job_of(ROOT / "jobspecs" / "redis.nomad.hcl")
+    [task] = list(blocks(job, "task"))
+    args = next(blocks(task, "config"))["args"]
+    acl = args[args.index("--aclfile") + 1]
+    [template] = list(blocks(task, "template"))
+    assert acl == "/" + template["destination"]
+    assert "user default off" in template["data"]
+    assert '{{ with nomadVar "nomad/jobs/hodei-redis" }}' in template["data"]
+    assert ">{{ .password }}" in template["data"]
 
 
 def test_agent_variants_differ_only_in_how_the_agent_starts() -> None:
@@ -161,7 +231,7 @@ def test_terraform_parses_and_pins_its_providers() -> None:
     assert set(parsed) >= {"versions.tf", "variables.tf", "main.tf", "acl.tf", "outputs.tf"}
     [terraform] = parsed["versions.tf"]["terraform"]
     [providers] = terraform["required_providers"]
-    for name in ("nomad", "consul"):
+    for name in ("nomad", "consul", "random"):
         assert providers[name]["source"] == f"hashicorp/{name}"
         assert re.fullmatch(r"\d+\.\d+\.\d+", providers[name]["version"]), "pin exact versions"
 
@@ -190,6 +260,38 @@ def test_terraform_feeds_each_jobspec_only_variables_it_declares() -> None:
                 [hcl2_block] = body["hcl2"]
                 passed = set(hcl2_block["vars"])
                 assert passed <= spec_vars, f"{name}: {passed - spec_vars} not declared"
+
+
+def test_terraform_leaves_nothing_open() -> None:
+    """Redis gets a password and the gateway API tokens even when the operator gives
+    neither (issue 12 section 6): generated, stored in the jobs' Nomad Variables."""
+    parsed = load(ROOT / "terraform" / "variables.tf")
+    variables = {n: b for v in parsed["variable"] for n, b in v.items()}
+    assert "default" not in variables["image"]
+    main = (ROOT / "terraform" / "main.tf").read_text()
+    assert 'var.api_tokens != "" ? var.api_tokens : "${random_password.api_admin.result}' in main
+    resources = {
+        name: body
+        for resource in load(ROOT / "terraform" / "main.tf")["resource"]
+        for kind, named in resource.items()
+        if kind == "nomad_variable"
+        for name, body in named.items()
+    }
+    paths = {name: body["path"] for name, body in resources.items()}
+    assert paths["redis"] == "nomad/jobs/hodei-redis"
+    for reader in ("server", "gateway"):
+        assert resources[reader]["items"]["redis_password"] == "${local.redis_password}"
+    assert resources["gateway"]["items"]["api_tokens"] == "${local.api_tokens}"
+    # Every item a jobspec template reads from its Nomad Variable is stored there.
+    for name, body in resources.items():
+        job = body["path"].removeprefix("nomad/jobs/")
+        spec = (
+            ROOT / "jobspecs" / ("redis.nomad.hcl" if job == "hodei-redis" else f"{job}.nomad.hcl")
+        )
+        read = set(re.findall(r"\{\{ \.(\w+) \}\}", spec.read_text())) | set(
+            re.findall(r":= \.(\w+) ", spec.read_text())
+        )
+        assert read <= set(body["items"]), (name, read - set(body["items"]))
 
 
 def test_acl_policies_are_least_privilege() -> None:

@@ -78,7 +78,7 @@ def test_defaults_and_round_trip() -> None:
                 "command": ["x"],
                 "interface": "lambda",
                 "handler": "a.b",
-                "warm": {"min": 3, "max": 2},
+                "warm": {"min": -1},
             },
             "warm.min",
         ),

@@ -124,3 +124,35 @@ def test_removed_and_unschedulable_workers_leave_the_open_set() -> None:
     for _ in range(20):
         choice = fleet.place(Demand(10, 10))
         assert isinstance(choice, WorkerView) and choice.id == "w0"
+
+
+def test_a_worker_with_an_idle_instance_goes_first_then_the_score() -> None:
+    fleet = fleet_of(4)
+    warm = Demand(500, 512, warm="thumb:abc")
+    # w3 is the worst fit by score (empty, while w0 is already half full)...
+    fleet.reserve("w0", Demand(2000, 4096))
+    assert isinstance(best := fleet.place(Demand(500, 512)), WorkerView) and best.id == "w0"
+    fleet.upsert(WorkerView("w3", 4000, 8192, 0, 8, idle={"thumb:abc": 2}))
+    # ...but it holds two idle instances of the revision: it takes the first two calls.
+    for _ in range(2):
+        choice = fleet.place(warm)
+        assert isinstance(choice, WorkerView) and choice.id == "w3"
+        fleet.reserve(choice.id, warm)
+    assert fleet.workers["w3"].idle == {}
+    # No idle instance left anywhere: back to bin-packing (a cold start).
+    choice = fleet.place(warm)
+    assert isinstance(choice, WorkerView) and choice.id == "w0"
+    # Another revision's instances do not count.
+    fleet.upsert(WorkerView("w2", 4000, 8192, 0, 8, idle={"thumb:old": 3}))
+    choice = fleet.place(warm)
+    assert isinstance(choice, WorkerView) and choice.id == "w0"
+
+
+def test_an_idle_instance_on_a_worker_without_room_is_passed_over() -> None:
+    fleet = fleet_of(2)
+    fleet.upsert(WorkerView("w1", 1000, 8192, 0, 8, cpu_used=900, idle={"f:r": 1}))
+    choice = fleet.place(Demand(500, 128, warm="f:r"))
+    assert isinstance(choice, WorkerView) and choice.id == "w0"
+    fleet.upsert(WorkerView("w1", 1000, 8192, 0, 8, schedulable=False, idle={"f:r": 1}))
+    choice = fleet.place(Demand(10, 128, warm="f:r"))
+    assert isinstance(choice, WorkerView) and choice.id == "w0"

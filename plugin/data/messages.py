@@ -26,13 +26,13 @@ class Inboxes:
         self.keys = keys
 
     async def deliver(self, deliveries: Sequence[tuple[str, str, bytes]]) -> None:
-        """Put (server, worker, AssignJobRequest bytes) in each server's inbox."""
+        """Put (server, worker, ServerMessage bytes) in each server's inbox."""
         if not deliveries:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for server_id, worker_id, request in deliveries:
+        for server_id, worker_id, message in deliveries:
             inbox = self.keys.inbox(server_id)
-            pipe.rpush(inbox, records.assignment_message(worker_id, request))
+            pipe.rpush(inbox, records.server_message(worker_id, message))
             pipe.expire(inbox, INBOX_TTL_S)
         await pipe.execute()
 

@@ -230,30 +230,30 @@ def log_lines(raw: Sequence[bytes]) -> list[dict[str, Any]]:
 
 
 # -- inboxes: what one server tells another about the agents connected to it -------------
-ASSIGN, CANCEL = b"A", b"C"
+MESSAGE, CANCEL = b"M", b"C"
 
 
 @dataclass(frozen=True, slots=True)
 class InboxMessage:
-    kind: bytes  # ASSIGN (body: AssignJobRequest bytes) or CANCEL
+    kind: bytes  # MESSAGE (body: a ServerMessage, serialized) or CANCEL
     worker_id: str
-    body: bytes = b""  # ASSIGN
+    body: bytes = b""  # MESSAGE
     invocation_id: str = ""  # CANCEL
     attempt: int = 0  # CANCEL
     reason: str = ""  # CANCEL
 
 
-def assignment_message(worker_id: str, request: bytes) -> bytes:
-    return ASSIGN + worker_id.encode() + b"\0" + request
+def server_message(worker_id: str, message: bytes) -> bytes:
+    return MESSAGE + worker_id.encode() + b"\0" + message
 
 
 def inbox_message(raw: bytes) -> InboxMessage:
     """Decode an inbox entry (cancel.lua writes cancels: C worker NUL id NUL attempt NUL
     reason)."""
     kind, rest = raw[:1], raw[1:]
-    if kind == ASSIGN:
+    if kind == MESSAGE:
         worker, _, body = rest.partition(b"\0")
-        return InboxMessage(ASSIGN, worker.decode(), body=body)
+        return InboxMessage(MESSAGE, worker.decode(), body=body)
     worker, invocation_id, attempt, reason = rest.split(b"\0", 3)
     return InboxMessage(
         CANCEL,

@@ -1,0 +1,204 @@
+"""Warm instances benchmark: synchronous invokes through the whole stack (gateway, Redis,
+server, one agent, each its own process) of four functions, alternated round by round so
+that all see the same machine:
+
+- ``warm-py``: a Python handler under the AWS runtime client (process, lambda interface)
+- ``stdio-py``: ``cat`` as a stdio process function (a process per invocation)
+- ``warm-sh``: a busybox shell Runtime API loop in a container (docker, lambda interface)
+- ``cold-sh``: ``cat`` in a busybox container per invocation (docker, stdio)
+
+then the throughput of the warm Python path with several clients at once.
+
+Needs a Docker engine, the test image (``.ci/test-image``) and awslambdaric.
+Run: python bench/warm.py [--redis-url URL] [--rounds N] [--clients N] [--seconds S]
+Ends with key=value lines: ``warm_docker_speedup=`` (cold docker p50 / warm docker p50,
+target >= 20) and ``warm_process_p50_ms=`` (target <= 3 on an idle machine).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/http.py shadows the standard library's http package that aiohttp imports.
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
+]
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from redis.asyncio import Redis
+
+IMAGE = "hodei-test/busybox:latest"
+PAYLOAD = b'{"ping": 1}'
+HANDLER = "def handler(event, context):\n    return event\n"
+# An echo runtime in busybox shell: next (headers with wget -S), response with the event.
+SHELL_RUNTIME = r"""
+base=http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime
+while wget -q -S -O /tmp/event "$base/invocation/next" 2>/tmp/headers; do
+  id=$(sed -n 's/^ *Lambda-Runtime-Aws-Request-Id: *\([^[:space:]]*\).*$/\1/p' /tmp/headers)
+  wget -q -O /dev/null --post-file /tmp/event "$base/invocation/$id/response"
+done
+"""
+FUNCTIONS = ("warm-py", "stdio-py", "warm-sh", "cold-sh")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(*args: str, redis_url: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    env.update(HODEI_REDIS_URL=redis_url, HODEI_KEY_PREFIX="hodei-bench", HODEI_LOG_LEVEL="warning")
+    return subprocess.Popen([sys.executable, "-m", "hodei.cli", *args], env=env)
+
+
+def specs(code: Path) -> dict[str, dict[str, object]]:
+    warm = {"min": 1, "max": 8, "idle_s": 600}
+    return {
+        "warm-py": {
+            "runtime": "process",
+            "interface": "lambda",
+            "handler": "bench_handler.handler",
+            "command": [sys.executable, "-m", "awslambdaric", "bench_handler.handler"],
+            "env": {"PYTHONPATH": str(code)},
+            "warm": warm,
+            "resources": {"memory_mb": 128},
+        },
+        "stdio-py": {"runtime": "process", "command": ["cat"]},
+        "warm-sh": {
+            "runtime": "docker",
+            "interface": "lambda",
+            "image": IMAGE,
+            "handler": "echo",
+            "command": ["sh", "-c", SHELL_RUNTIME],
+            "warm": warm,
+            "resources": {"memory_mb": 64},
+        },
+        "cold-sh": {"runtime": "docker", "image": IMAGE, "command": ["sh", "-c", "cat"]},
+    }
+
+
+async def invoke(session: aiohttp.ClientSession, url: str, name: str) -> float:
+    started = time.perf_counter()
+    async with session.post(f"{url}/v1/functions/{name}/invoke", data=PAYLOAD) as r:
+        body = await r.read()
+        assert r.status == 200 and json.loads(body) == json.loads(PAYLOAD), (name, r.status, body)
+    return (time.perf_counter() - started) * 1000
+
+
+async def throughput(url: str, clients: int, seconds: float) -> float:
+    """Invocations per second of warm-py with ``clients`` synchronous callers at once."""
+    done = 0
+    end = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def caller() -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await invoke(session, url, "warm-py")
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
+async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict[str, object]:
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    code = Path(tempfile.mkdtemp(prefix="hodei-bench-warm-"))
+    (code / "bench_handler.py").write_text(HANDLER)
+    http_port, grpc_port = free_port(), free_port()
+    procs = [
+        spawn("server", "--grpc-port", str(grpc_port), "--metrics-port", "-1", redis_url=redis_url),
+        spawn(
+            "agent",
+            "--server",
+            f"127.0.0.1:{grpc_port}",
+            "--worker-id",
+            "bench-warm",
+            "--metrics-port",
+            "-1",
+            "--health-port",
+            "-1",
+            redis_url=redis_url,
+        ),
+        spawn("gateway", "--port", str(http_port), redis_url=redis_url),
+    ]
+    url = f"http://127.0.0.1:{http_port}"
+    samples: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"{url}/v1/workers") as r:
+                        workers = (await r.json())["workers"] if r.status == 200 else []
+                        if any("docker" in w.get("runtimes", []) for w in workers):
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            for name, spec in specs(code).items():
+                async with session.put(f"{url}/v1/functions/{name}", json=spec) as r:
+                    assert r.status in (200, 201), await r.text()
+            for _ in range(3):  # warm-up: instances started, image cached, connections open
+                for name in FUNCTIONS:
+                    await invoke(session, url, name)
+            for i in range(rounds):
+                # Rotate the order so that no function always follows the same one.
+                order = FUNCTIONS[i % 4 :] + FUNCTIONS[: i % 4]
+                for name in order:
+                    samples[name].append(await invoke(session, url, name))
+        rate = await throughput(url, clients, seconds)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(15)
+        await redis.flushdb()
+        await redis.aclose()
+    return {"samples": samples, "rate": rate}
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.redis_url, args.rounds, args.clients, args.seconds))
+    samples: dict[str, list[float]] = result["samples"]  # type: ignore[assignment]
+    print(f"# warm benchmark: {args.rounds} alternated rounds; p50, p99 and spread (p25-p75)")
+    p50 = {}
+    for name, values in samples.items():
+        ordered = sorted(values)
+        key = name.replace("-", "_")
+        p50[name] = statistics.median(ordered)
+        print(f"{key}_p50_ms={p50[name]:.2f}")
+        print(f"{key}_p99_ms={percentile(ordered, 0.99):.2f}")
+        print(f"{key}_spread_ms={percentile(ordered, 0.25):.2f}-{percentile(ordered, 0.75):.2f}")
+    print(f"warm_process_jobs_per_s={result['rate']:.0f}  # {args.clients} clients")
+    print(f"warm_process_p50_ms={p50['warm-py']:.2f}")
+    print(f"warm_docker_speedup={p50['cold-sh'] / p50['warm-sh']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The spawner's mechanics: refusing what it cannot confine, instance endpoints, a slot
+process lost from outside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+
+import psutil
+from conftest import (
+    SESSION_MARK,
+    STATE_DIR,
+    random_suffix,
+    require,
+    sandbox_config,
+    sleeping,
+    wait_for,
+)
+
+from hodei.agent.sandbox import Endpoint, Sandbox, SpawnRequest, drain, feed
+from hodei.errors import SpawnerFailed
+
+PY_AGENT = sys.executable
+PY = "python3"
+
+
+async def test_an_agent_that_cannot_sandbox_refuses_the_process_runtime() -> None:
+    require("root and unshare(1)", os.geteuid() == 0 and shutil.which("unshare") is not None)
+    base = [PY_AGENT, "-m", "hodei.cli", "agent", "--server", "127.0.0.1:1", "--worker-id"]
+    base += [f"refuse-{SESSION_MARK[:8]}", "--state-dir", str(STATE_DIR), "--runtimes", "process"]
+    # Root of a user namespace: namespaces and mounts, but no other uid to run functions as.
+    code, out = await exited(["unshare", "--user", "--map-root-user", *base])
+    assert code != 0 and "cannot sandbox functions here" in out and "--process-sandbox off" in out
+    # Unsandboxed as root is refused too, unless explicitly allowed.
+    code, out = await exited([*base, "--process-sandbox", "off"])
+    assert code != 0 and "unsandboxed as root" in out
+
+
+async def exited(command: list[str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_an_instance_reaches_its_own_endpoint_and_nothing_else() -> None:
+    """The lambda interface's case: each long-lived instance gets a listening socket in a
+    network namespace of its own; with network false it reaches that socket alone."""
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True))
+    loop = asyncio.get_running_loop()
+    endpoints = [await sandbox.endpoint(), await sandbox.endpoint()]
+    try:
+
+        async def serve(endpoint: Endpoint, answer: bytes) -> None:
+            while True:
+                conn, _ = await loop.sock_accept(endpoint.listener)
+                await loop.sock_sendall(conn, answer)
+                conn.close()
+
+        servers = [
+            asyncio.ensure_future(serve(endpoint, b"instance %d" % n))
+            for n, endpoint in enumerate(endpoints)
+        ]
+        probe = (
+            "import socket, sys\n"
+            "for port in (9001, 6379):\n"
+            "    try:\n"
+            "        s = socket.create_connection(('127.0.0.1', port), 2)\n"
+            "        print(port, s.recv(64).decode())\n"
+            "    except OSError as exc:\n"
+            "        print(port, 'refused')\n"
+        )
+        outputs = []
+        for endpoint in endpoints:
+            assert endpoint.address == "127.0.0.1:9001"
+            child = await sandbox.spawn(
+                SpawnRequest([PY, "-c", probe], {"PATH": os.environ["PATH"]}, endpoint=endpoint)
+            )
+            out: list[bytes] = []
+            io = [
+                feed(child.stdin, b""),
+                drain(child.stdout, out.append),
+                drain(child.stderr, out.append),
+            ]
+            assert (await child.wait()).code == 0
+            await asyncio.gather(*io)
+            outputs.append(b"".join(out).decode())
+        assert outputs == ["9001 instance 0\n6379 refused\n", "9001 instance 1\n6379 refused\n"]
+        for server in servers:
+            server.cancel()
+    finally:
+        for endpoint in endpoints:
+            endpoint.close()
+        await sandbox.close()
+
+
+async def test_a_slot_killed_from_outside_fails_its_function_and_nothing_is_left() -> None:
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True, uid_count=1))
+    needle = random_suffix()
+    try:
+        request = SpawnRequest(
+            ["sh", "-c", f"setsid sleep 81.{needle} & echo up; exec sleep 82.{needle}"],
+            {"PATH": os.environ["PATH"]},
+        )
+        child = await sandbox.spawn(request)
+        lines: list[bytes] = []
+        io = [feed(child.stdin, b""), drain(child.stdout, lines.append)]
+        await wait_for(lambda: len(sleeping(needle)) == 2, 10)
+        slot = psutil.Process(sleeping(needle)[0]).parent()
+        assert slot is not None and "sandbox_spawner" in " ".join(slot.cmdline())
+        os.kill(slot.pid, signal.SIGKILL)
+        assert (await asyncio.wait_for(child.wait(), 10)).code == -9
+        await wait_for(lambda: not sleeping(needle), 10)
+        await asyncio.wait(io, timeout=5)
+
+        # The uid serves again, from a new slot process, once what was left is cleared.
+        async def runs_again() -> bool:
+            try:
+                retry = await sandbox.spawn(SpawnRequest(["true"], {"PATH": os.environ["PATH"]}))
+            except SpawnerFailed:
+                return False
+            io = [feed(retry.stdin, b""), drain(retry.stdout, len), drain(retry.stderr, len)]
+            exit = await retry.wait()
+            await asyncio.wait(io, timeout=5)
+            return exit.code == 0
+
+        await wait_for(runs_again, 10)
+    finally:
+        await sandbox.close()
