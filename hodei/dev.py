@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -255,16 +256,17 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 
 
 def _check_redis(url: str) -> None:
-    import redis  # only when the user brings a Redis (it takes a while to import)
-
+    """Something listens at HODEI_REDIS_URL (the processes themselves talk Redis: only the
+    data layer does; a wrong password shows in their readiness)."""
     parsed = urllib.parse.urlsplit(url)
-    where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
+    if parsed.scheme not in ("redis", "rediss"):
+        return
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
-            client.ping()
-    except (redis.RedisError, OSError, ValueError) as exc:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
         raise StartFailed(
-            f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {exc}"
+            f"the Redis of HODEI_REDIS_URL ({host}:{port}) does not answer: {exc.strerror or exc}"
         ) from None
 
 
