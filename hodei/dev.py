@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 import urllib.parse
@@ -256,18 +255,14 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 
 
 def _check_redis(url: str) -> None:
-    """Something listens at HODEI_REDIS_URL (the processes themselves talk Redis: only the
-    data layer does; a wrong password shows in their readiness)."""
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("redis", "rediss"):
-        return
-    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError as exc:
-        raise StartFailed(
-            f"the Redis of HODEI_REDIS_URL ({host}:{port}) does not answer: {exc.strerror or exc}"
-        ) from None
+    where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
+    # Imported here: the data layer takes a while to import, and user commands never need it.
+    from hodei.plugin.data.connection import unreachable
+
+    problem = unreachable(url)
+    if problem:
+        raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {problem}")
 
 
 def _start_redis(stack: Stack) -> str:

@@ -67,8 +67,10 @@ HELP: dict[str, str] = {
     "metrics_host": "address the /metrics endpoint listens on",
     "health_port": "port of the grpc.health.v1 service for Nomad/Consul checks (-1 = off)",
     "drain_grace_s": "on SIGTERM: seconds running work may take before it is handed back",
-    "drain_handback_s": "on SIGTERM, after the grace: seconds to hand back what still runs "
-    "(a supervisor's kill timeout must cover grace + hand-back)",
+    "drain_handback_s": "on SIGTERM, after the grace: seconds to hand work back and say goodbye",
+    "nomad_mhz_per_core": "under Nomad: MHz of one core (0 = what psutil says)",
+    "nomad_agent_cpu_mhz": "under Nomad: MHz of the task's reservation the agent keeps for itself",
+    "nomad_agent_memory_mb": "under Nomad: MB of the task's reservation the agent keeps for itself",
     "output_cap_bytes": "largest function output (stdout) kept, in bytes",
     "log_batch_lines": "log lines sent to the server in one batch at most",
     "log_flush_s": "seconds log lines wait to be batched",
@@ -77,10 +79,6 @@ HELP: dict[str, str] = {
     "result_resend_s": "seconds before a result the server has not acknowledged is sent again",
     "consul_ttl_heartbeats": "the Consul TTL check's TTL, in heartbeat intervals",
     "nomad_identity": "advertise the Nomad node (datacenter, node, class, meta) as labels",
-    "nomad_mhz_per_core": "under Nomad: MHz per CPU core (the jobspec passes "
-    "${attr.cpu.frequency}; 0 = measured)",
-    "nomad_agent_cpu_mhz": "under Nomad: MHz of the task's reservation the agent keeps for itself",
-    "nomad_agent_memory_mb": "under Nomad: MB of the task's reservation the agent keeps for itself",
     "token_file": "read the agent's gRPC token from this file (keeps it out of the environment)",
     "process_sandbox": "on: each process function under its own uid, cgroup and namespaces "
     "(needs root); off: unsandboxed, as the agent's user (an explicit choice)",
