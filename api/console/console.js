@@ -451,6 +451,8 @@ function workerView(view, params, id) {
       ["node memory", `${Math.round(w.memory_usage_percent)} %`],
       ["runtimes", w.runtimes.join(", ")],
       ["labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(" ")],
+      ["warm instances", (w.instances || []).map((p) =>
+        `${p.function}: ${p.idle} idle, ${p.busy} busy, ${p.starting} starting`).join("; ")],
       ["last heartbeat", fmtTime(w.last_heartbeat)],
     ]);
     const jobs = await Promise.all((w.jobs || []).map((job) =>
