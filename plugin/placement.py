@@ -126,6 +126,11 @@ class Fleet:
         return len(self.workers)
 
     @property
+    def open_workers(self) -> int:
+        """How many schedulable workers have a free slot and some CPU and memory left."""
+        return len(self._open)
+
+    @property
     def has_room(self) -> bool:
         """Some schedulable worker has a free slot and some CPU and memory left."""
         return bool(self._open)

@@ -29,6 +29,7 @@ from hodei.plugin.data.records import WorkerRecord
 from hodei.plugin.data.workers import SCHEDULABLE
 from hodei.plugin.leader import LeaderLock
 from hodei.plugin.models import FunctionSpec
+from hodei.plugin.pending_reasons import PendingReasons
 from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView
 from hodei.plugin.settings import ServerSettings
 from hodei.proto import hodei_pb2 as pb
@@ -102,6 +103,7 @@ class Scheduler:
         self.deliver = deliver
         self.fleet = Fleet(settings.max_candidates, settings.max_scan)
         self._waiting: dict[str, Waiting] = {}
+        self.reasons = PendingReasons(data.queue)
         self._cursor = "0-0"
         # Per worker, the wake-up stream position its record was read at: capacity freed
         # before it is already in the record.
@@ -145,6 +147,7 @@ class Scheduler:
             placed_all = await self.schedule_pass(token)
             if self.leader.token != token:
                 break
+            await self.reasons.publish_due()
             await self._wait(self._timeout_ms() if placed_all else None)
 
     async def _load(self) -> None:
@@ -158,6 +161,7 @@ class Scheduler:
             self.fleet.upsert(self._view(w, now))
         self._synced = dict.fromkeys(self.fleet.workers, snapshot.position)
         self._waiting.clear()
+        self.reasons.clear()
         self._floors = {}  # a new leadership tells every worker again
         self._prewarm_due = 0.0
         self._next_due = await self.data.queue.next_due_ms()
@@ -174,6 +178,9 @@ class Scheduler:
         wait = 1000
         if self._next_due is not None:
             wait = min(wait, max(1, self._next_due - now_ms()))
+        reasons_due = self.reasons.wait_ms()
+        if reasons_due is not None:
+            wait = min(wait, reasons_due)
         return wait
 
     async def _wait(self, block_ms: int | None) -> None:
@@ -271,12 +278,14 @@ class Scheduler:
         if self._next_due is not None and self._next_due <= now_ms():
             await self.data.queue.promote_due()
             self._next_due = await self.data.queue.next_due_ms()
-        batch = self.settings.scheduler_batch
-        page = 0
+        # A few free slots need no long look at the head: the window grows with the number
+        # of workers with room, up to the batch.
+        batch = min(self.settings.scheduler_batch, max(32, 4 * self.fleet.open_workers))
+        offset = 0
         # Unplaceable invocations (too big, waiting for capacity) never hide placeable ones
         # behind them: the scan goes on until the queue ends or no worker has room left.
         while True:
-            ids = await self.data.queue.head(page * batch, batch)
+            ids = await self.data.queue.head(offset, batch)
             if not ids:
                 return True
             await self._describe(ids)
@@ -288,7 +297,7 @@ class Scheduler:
             if plan:
                 # The head moved; the next pass starts from the top again.
                 return False
-            page += 1
+            offset += len(ids)
 
     async def _describe(self, ids: list[str]) -> None:
         unknown = [i for i in ids if i not in self._waiting]
@@ -311,6 +320,10 @@ class Scheduler:
             w = self._waiting.get(i)
             if w is None or w.demand is None:
                 continue
+            if w.pending_reason and not self.fleet.has_room:
+                # Every slot is taken: its reason still holds, and looking again at each of
+                # a deep queue's head after every placement would cost more than the job.
+                continue
             w.decided_ns = time.time_ns()
             started = time.perf_counter()
             choice = self.fleet.place(w.demand)
@@ -331,6 +344,7 @@ class Scheduler:
         deliveries: list[tuple[str, str, pb.ServerMessage]] = []
         for (invocation_id, worker_id), result in zip(plan, results, strict=True):
             waiting = self._waiting.pop(invocation_id, None)
+            self.reasons.forget(invocation_id)
             if isinstance(result, Lease):
                 spec = await self.data.functions.spec(result.function, result.revision)
                 message = pb.ServerMessage(assign=assignment.request(result, spec))
@@ -383,9 +397,8 @@ class Scheduler:
         tracing.span("schedule", lease.traceparent, waiting.decided_ns, time.time_ns(), attributes)
 
     async def _note_pending(self, ids: list[str]) -> None:
-        """Publish pending reasons that changed, and park what only a fleet change helps."""
+        """Note pending reasons that changed, and park what only a fleet change helps."""
         to_park: dict[str, str] = {}
-        changed: dict[str, str] = {}
         for i in ids:
             w = self._waiting.get(i)
             if w is None or not w.pending_reason:
@@ -395,8 +408,8 @@ class Scheduler:
                 # many such invocations pile up.
                 to_park[i] = w.pending_reason
                 del self._waiting[i]
+                self.reasons.forget(i)
             elif w.pending_reason != w.published_reason:
-                changed[i] = w.pending_reason
+                self.reasons.note(i, w.pending_reason)
                 w.published_reason = w.pending_reason
         await self.data.queue.park(to_park)
-        await self.data.queue.note_pending(changed)
