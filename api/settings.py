@@ -18,6 +18,10 @@ class GatewaySettings(DataSettings):
     # "token:scope+scope" entries, comma-separated; or a file with one entry per line.
     api_tokens: tuple[str, ...] = ()
     api_tokens_file: str = ""
+    # One-off jobs (POST /v1/jobs) run whatever their spec says, so they need the admin
+    # scope; an invoke token may submit a docker job without network whose image matches
+    # one of these shell patterns ("registry.example.com/jobs/*"; "*" spans "/" too).
+    job_images: tuple[str, ...] = ()
     # Open server-sent event streams (/v1/events, logs?follow): in all, and per caller.
     max_streams: int = 1000
     max_streams_per_caller: int = 100

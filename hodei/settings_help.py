@@ -103,6 +103,8 @@ HELP: dict[str, str] = {
     "max_wait_s": "longest ?wait= a synchronous invoke may ask for",
     "api_tokens": "a token:scope+scope entry (scopes admin, invoke, read; repeatable)",
     "api_tokens_file": "a file with one token:scope+scope entry per line",
+    "job_images": "an image pattern (shell-style, e.g. registry/jobs/*) invoke tokens may run "
+    "as one-off docker jobs; anything else needs admin (repeatable)",
     "callback_timeout_s": "seconds a callback POST may take",
     "callback_attempts": "attempts to deliver a callback",
     "callback_base_s": "first delay between callback attempts (doubles)",
