@@ -13,6 +13,7 @@ from aiohttp import web
 
 from hodei.api import middleware
 from hodei.api.auth import TokenTable
+from hodei.api.callback_guard import CallbackPolicy
 from hodei.api.callbacks import CallbackDispatcher
 from hodei.api.openapi import serve_document
 from hodei.api.routes import add_routes
@@ -31,6 +32,7 @@ SHUTDOWN_S = 5.0  # after SIGTERM, requests still open this long are cut
 
 def create_app(settings: GatewaySettings) -> web.Application:
     tokens = TokenTable.load(settings.api_tokens, settings.api_tokens_file)
+    callback_policy = CallbackPolicy.parse(settings.callback_allow)
     app = web.Application(
         client_max_size=settings.max_payload_bytes,
         middlewares=[middleware.errors, middleware.measure, middleware.auth],
@@ -60,7 +62,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         gw = app[GATEWAY]
-        dispatcher = CallbackDispatcher(gw.data, gw.completions, settings)
+        dispatcher = CallbackDispatcher(gw.data, gw.completions, settings, callback_policy)
         tasks = [
             asyncio.create_task(gw.completions.run(), name="completions"),
             asyncio.create_task(gw.hub.run(), name="event-hub"),

@@ -26,6 +26,9 @@ class GatewaySettings(DataSettings):
     max_streams: int = 1000
     max_streams_per_caller: int = 100
     callback_timeout_s: float = 10.0
+    # Callbacks reach public addresses only; these networks (CIDR) and host names too
+    # (`hodei dev` allows loopback). Metadata addresses (169.254.169.254...) never.
+    callback_allow: tuple[str, ...] = ()
     callback_attempts: int = 8
     callback_base_s: float = 1.0
     callback_cap_s: float = 300.0

@@ -106,6 +106,8 @@ HELP: dict[str, str] = {
     "job_images": "an image pattern (shell-style, e.g. registry/jobs/*) invoke tokens may run "
     "as one-off docker jobs; anything else needs admin (repeatable)",
     "callback_timeout_s": "seconds a callback POST may take",
+    "callback_allow": "a network (CIDR) or host name callbacks may reach besides public "
+    "addresses, e.g. 10.1.0.0/16 (repeatable; metadata addresses never)",
     "callback_attempts": "attempts to deliver a callback",
     "callback_base_s": "first delay between callback attempts (doubles)",
     "callback_cap_s": "longest delay between callback attempts",
