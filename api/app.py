@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from hodei.api.streams import EventHub
 from hodei.api.waiter import Completions
 from hodei.consul import ServiceRegistration, consul_address, duration
 from hodei.consul import connect as connect_consul
+from hodei.errors import ConfigError
 from hodei.plugin.data import DataLayer
 from hodei.readiness import READINESS, Readiness
 
@@ -119,7 +121,44 @@ async def consul_service(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def loopback_only(host: str) -> bool:
+    """Whether listening on ``host`` is reachable from this machine alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False  # every interface
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in found)
+
+
+def check_exposure(settings: GatewaySettings) -> None:
+    """Refuse to serve anyone who can reach us without tokens, unless told to."""
+    if loopback_only(settings.host):
+        return
+    if TokenTable.load(settings.api_tokens, settings.api_tokens_file).enabled:
+        return
+    if not settings.insecure:
+        raise ConfigError(
+            f"refusing to listen on {settings.host or 'every interface'} without API tokens: "
+            "set HODEI_API_TOKENS (or --api-tokens-file), listen on 127.0.0.1, or pass "
+            "--insecure"
+        )
+    log.warning(
+        "no API tokens and listening on %s (--insecure): whoever reaches this gateway may "
+        "manage functions and run one-off jobs",
+        settings.host or "every interface",
+    )
+
+
 def serve(settings: GatewaySettings) -> None:
+    check_exposure(settings)
     log.info(
         "gateway listening on http://%s:%d",
         settings.host,

@@ -68,8 +68,11 @@ class CallbackDispatcher:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             outage.recovered()
+            # (asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation
+            # that arrives as the event is set, and this loop would then never end)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.completions.callbacks_due.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self.completions.callbacks_due.wait()
 
     async def _deliver(self, session: aiohttp.ClientSession, invocation_id: str) -> None:
         async with self.slots:

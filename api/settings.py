@@ -11,6 +11,12 @@ from hodei.plugin.data.settings import DataSettings
 class GatewaySettings(DataSettings):
     host: str = "127.0.0.1"
     port: int = 8080
+    # Without API tokens anyone who reaches the gateway may do anything: it then refuses to
+    # listen beyond loopback unless this says that is intended.
+    insecure: bool = False
+    # When set, /metrics needs `Authorization: Bearer <metrics_token>` (or a read token);
+    # "" leaves it open to scrapers.
+    metrics_token: str = ""
     max_payload_bytes: int = 6 * 1024 * 1024
     # A synchronous invoke waits this long unless ?wait= says otherwise (capped by max_wait_s).
     default_wait_s: float = 30.0

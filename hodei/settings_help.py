@@ -98,6 +98,10 @@ HELP: dict[str, str] = {
     # Gateway
     "host": "address the HTTP API listens on",
     "port": "port of the HTTP API",
+    "insecure": "listen beyond loopback although no API token is set (anyone reaching the "
+    "gateway may then do anything)",
+    "metrics_token": "bearer token /metrics requires (a read API token works too); empty = "
+    "/metrics open",
     "max_payload_bytes": "largest invocation payload; larger ones get 413",
     "default_wait_s": "seconds a synchronous invoke waits when ?wait= is not given",
     "max_wait_s": "longest ?wait= a synchronous invoke may ask for",

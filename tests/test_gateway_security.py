@@ -3,15 +3,20 @@ need admin unless their image is allow-listed, idempotency keys belong to their 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import ROOT, free_port, wait_for
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
+from hodei.dev_stack import listening
 
 TOKENS = ("adm:admin+invoke+read", "app:invoke", "app2:invoke+read", "ro:read")
 ADMIN = {"Authorization": "Bearer adm"}
@@ -94,3 +99,69 @@ async def test_idempotency_keys_belong_to_their_caller(http: Client) -> None:
     assert one.status == 202
     two = await http.post("/v1/jobs", json={**job, "payload": "two"}, headers={**ADMIN, **key})
     assert two.status == 422
+
+
+async def test_metrics_can_require_a_token(redis_url: str) -> None:
+    """The audit: /metrics was open to anyone who reached the gateway."""
+    async with TestClient(TestServer(create_app(settings_for(redis_url)))) as http:
+        assert (await http.get("/readyz")).status == 200
+        opened = await http.get("/metrics")  # open unless a token is set
+        assert opened.status == 200 and await opened.text()
+    app = create_app(settings_for(redis_url, metrics_token="scrape-me"))
+    async with TestClient(TestServer(app)) as http:
+        assert (await http.get("/readyz")).status == 200
+        for headers in ({}, {"Authorization": "Bearer nope"}, APP, {"Authorization": "scrape-me"}):
+            refused = await http.get("/metrics", headers=headers)
+            assert refused.status == 401, headers
+            assert refused.headers["WWW-Authenticate"] == "Bearer"
+        for headers in ({"Authorization": "Bearer scrape-me"}, READ, ADMIN):
+            scraped = await http.get("/metrics", headers=headers)
+            assert scraped.status == 200, headers
+            assert "hodei_gateway_requests_in_flight" in await scraped.text()
+        # The metrics token is no API token.
+        scrape = {"Authorization": "Bearer scrape-me"}
+        assert (await http.get("/v1/functions", headers=scrape)).status == 401
+        assert (await http.get("/healthz")).status == 200
+
+
+def _gateway_process(redis_url: str, host: str, *extra: str, tokens: str = "") -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HODEI_", "CONSUL_"))}
+    if tokens:
+        env["HODEI_API_TOKENS"] = tokens
+    port = free_port()
+    command = [sys.executable, "-m", "hodei.cli", "gateway", "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--redis-url", redis_url, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    return proc, port
+
+
+async def test_no_tokens_no_listening_beyond_loopback(redis_url: str) -> None:
+    """The audit: no tokens (Terraform's default) while the gateway bound 0.0.0.0."""
+    proc, port = _gateway_process(redis_url, "0.0.0.0")
+    try:
+        await wait_for(lambda: proc.poll() is not None or listening(port), 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2, stderr.decode()
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hodei: refusing to listen on 0.0.0.0")
+    assert "--insecure" in lines[0]
+    for host, extra, tokens in (
+        ("0.0.0.0", ("--insecure",), ""),
+        ("0.0.0.0", (), "t:read"),
+        ("127.0.0.1", (), ""),
+    ):
+        proc, port = _gateway_process(redis_url, host, *extra, tokens=tokens)
+        try:
+            await wait_for(lambda p=port, proc=proc: proc.poll() is not None or listening(p), 60)
+            assert proc.poll() is None, proc.communicate()[1].decode()
+        finally:
+            proc.kill()  # what is tested is that it listens, not how it stops
+            proc.communicate(timeout=30)
