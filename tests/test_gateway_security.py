@@ -165,3 +165,14 @@ async def test_no_tokens_no_listening_beyond_loopback(redis_url: str) -> None:
         finally:
             proc.kill()  # what is tested is that it listens, not how it stops
             proc.communicate(timeout=30)
+
+
+async def test_a_malformed_event_id_is_a_400_not_a_broken_stream(http: Client) -> None:
+    """int() reads "1_000", "١٢" and 30 digits: Redis then refused the id, and the stream
+    answered 200 with an error event instead of a 400."""
+    for since in ("1_000", "\u0661\u0662-1", "9" * 30, "1-" + "9" * 25, "+5", " 5"):
+        response = await http.get("/v1/events", params={"since": since}, headers=READ)
+        assert response.status == 400, since
+        if since.strip() == since:  # (a header's value is read without its blanks)
+            response = await http.get("/v1/events", headers={**READ, "Last-Event-ID": since})
+            assert response.status == 400, since
