@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -90,6 +91,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
 def gateway_registration(client: Any, settings: GatewaySettings) -> ServiceRegistration:
     address = settings.advertise_address or settings.host
     service_id = f"hodei-gateway-{socket.gethostname()}-{settings.port}"
+    scheme = "https" if settings.tls_cert_file else "http"
     return ServiceRegistration(
         client,
         "hodei-gateway",
@@ -97,8 +99,10 @@ def gateway_registration(client: Any, settings: GatewaySettings) -> ServiceRegis
         {
             "CheckID": f"{service_id}-readyz",
             "Name": "hodei gateway readiness",
-            "HTTP": f"http://{address}:{settings.port}/readyz",
+            "HTTP": f"{scheme}://{address}:{settings.port}/readyz",
             "Method": "GET",
+            # (the check reads readiness only; the certificate may name another address)
+            "TLSSkipVerify": scheme == "https",
             "Interval": duration(settings.consul_check_interval_s),
             "Timeout": duration(min(settings.consul_check_interval_s, 5.0)),
             "DeregisterCriticalServiceAfter": duration(settings.consul_deregister_after_s),
@@ -157,10 +161,27 @@ def check_exposure(settings: GatewaySettings) -> None:
     )
 
 
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """HTTPS when the gateway has a certificate and its key; None for plain HTTP."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        return None
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        raise ConfigError("tls_cert_file and tls_key_file go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls_cert_file/tls_key_file: {exc}") from None
+    return context
+
+
 def serve(settings: GatewaySettings) -> None:
     check_exposure(settings)
+    context = tls_context(settings)
     log.info(
-        "gateway listening on http://%s:%d",
+        "gateway listening on %s://%s:%d",
+        "https" if context else "http",
         settings.host,
         settings.port,
         extra={"http_port": settings.port},
@@ -169,6 +190,7 @@ def serve(settings: GatewaySettings) -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        ssl_context=context,
         print=None,
         access_log=None,
         shutdown_timeout=SHUTDOWN_S,

@@ -14,6 +14,10 @@ class GatewaySettings(DataSettings):
     # Without API tokens anyone who reaches the gateway may do anything: it then refuses to
     # listen beyond loopback unless this says that is intended.
     insecure: bool = False
+    # HTTPS (both set; PEM): the certificate (with its chain) and its key. Off: plain HTTP,
+    # for a TLS-terminating proxy in front or loopback only.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # When set, /metrics needs `Authorization: Bearer <metrics_token>` (or a read token);
     # "" leaves it open to scrapers.
     metrics_token: str = ""

@@ -98,8 +98,6 @@ HELP: dict[str, str] = {
     # Gateway
     "host": "address the HTTP API listens on",
     "port": "port of the HTTP API",
-    "insecure": "listen beyond loopback although no API token is set (anyone reaching the "
-    "gateway may then do anything)",
     "metrics_token": "bearer token /metrics requires (a read API token works too); empty = "
     "/metrics open",
     "max_payload_bytes": "largest invocation payload; larger ones get 413",
@@ -122,6 +120,11 @@ HELP: dict[str, str] = {
 BY_PROCESS: dict[str, str] = {
     "agent.metrics_port": "port of the agent's Prometheus /metrics endpoint (-1 = off)",
     "agent.heartbeat_interval_s": "seconds between heartbeats (the servers expect this pace)",
+    "gateway.insecure": "listen beyond loopback although no API token is set (anyone reaching "
+    "the gateway may then do anything)",
+    "gateway.tls_cert_file": "the gateway's certificate (PEM, with its chain); with "
+    "tls_key_file, it serves HTTPS only",
+    "gateway.tls_key_file": "the private key of the gateway's certificate (PEM)",
 }
 
 

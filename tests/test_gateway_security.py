@@ -4,15 +4,18 @@ need admin unless their image is allow-listed, idempotency keys belong to their 
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ROOT, free_port, wait_for
+from private_ca import make_ca
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
@@ -176,3 +179,25 @@ async def test_a_malformed_event_id_is_a_400_not_a_broken_stream(http: Client) -
         if since.strip() == since:  # (a header's value is read without its blanks)
             response = await http.get("/v1/events", headers={**READ, "Last-Event-ID": since})
             assert response.status == 400, since
+
+
+async def test_the_gateway_serves_https_with_its_certificate(redis_url: str, tmp_path: Any) -> None:
+    pki = make_ca(tmp_path)
+    half, _ = _gateway_process(redis_url, "127.0.0.1", "--tls-cert-file", str(pki.server_cert))
+    _, stderr = half.communicate(timeout=60)
+    assert half.returncode == 2 and "tls_cert_file and tls_key_file go together" in stderr.decode()
+    tls = ("--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key))
+    proc, port = _gateway_process(redis_url, "127.0.0.1", *tls)
+    try:
+        await wait_for(lambda: proc.poll() is not None or listening(port), 60)
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        trusted = ssl.create_default_context(cafile=str(pki.ca))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/healthz", ssl=trusted) as ok:
+                assert ok.status == 200
+            with pytest.raises(aiohttp.ClientError):  # no plain HTTP beside it
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as plain:
+                    await plain.read()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
