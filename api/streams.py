@@ -119,6 +119,9 @@ class EventStream:
             }
         )
         await response.prepare(request)
+        # aiohttp sends the headers with the first bytes: send some, so the client knows
+        # at once that its stream is open.
+        await response.write(b": open\n\n")
         return cls(response, subscriber)
 
     async def send(self, event: str, data: Any, event_id: str = "") -> None:

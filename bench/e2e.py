@@ -61,7 +61,7 @@ class Completions:
         return future
 
 
-async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
+async def run(redis_url: str, jobs: int, concurrency: int, sandbox: bool = True) -> dict[str, str]:
     settings = replace(
         ServerSettings.from_env(),
         redis_url=redis_url,
@@ -115,6 +115,7 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
             "process",
             "--log-level",
             "warning",
+            *(() if sandbox else ("--process-sandbox", "off", "--process-allow-root")),
         ],
         env=env,
     )
@@ -174,9 +175,12 @@ async def run(redis_url: str, jobs: int, concurrency: int) -> dict[str, str]:
             "failed": str(len(failed)),
         }
     finally:
-        agent.terminate()
+        agent.terminate()  # first, while its server still answers: a clean drain
+        try:
+            agent.wait(15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
         server.terminate()
-        agent.wait(15)
         server.wait(15)
         await view.data.redis.flushdb()
         await view.data.close()
@@ -188,9 +192,15 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="run the process runtime without its sandbox (to see what the sandbox costs)",
+    )
     args = parser.parse_args()
     rounds = [
-        asyncio.run(run(args.redis_url, args.jobs, args.concurrency)) for _ in range(args.rounds)
+        asyncio.run(run(args.redis_url, args.jobs, args.concurrency, not args.unsandboxed))
+        for _ in range(args.rounds)
     ]
     print(
         f"# e2e benchmark: {args.rounds} rounds, median and spread; python {sys.version.split()[0]}"

@@ -20,11 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
+from hodei.plugin.data.connection import unreachable
 
 DEMO = {
     "command": [
@@ -251,13 +250,9 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 def _check_redis(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2) as client:
-            client.ping()
-    except (redis.RedisError, OSError, ValueError) as exc:
-        raise StartFailed(
-            f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {exc}"
-        ) from None
+    problem = unreachable(url)
+    if problem:
+        raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {problem}")
 
 
 def _start_redis(stack: Stack) -> str:

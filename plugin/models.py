@@ -284,7 +284,6 @@ class Invocation:
     finished_ms: int | None = None
     duration_ms: int | None = None
     failures: int = 0
-    max_retries: int = 0
     traceparent: str = ""
     cold_start: bool | None = None
     init_ms: int | None = None

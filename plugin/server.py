@@ -138,7 +138,11 @@ class ControlPlane:
         if self.tasks:
             _, stuck = await asyncio.wait(self.tasks, timeout=5)
             for task in stuck:
-                log.error("task %s did not stop", task.get_name())
+                where = "".join(
+                    f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                    for f in task.get_stack()
+                )
+                log.error("task %s did not stop; it waits at:%s", task.get_name(), where)
         if self.registration is not None:
             await self.registration.deregister()
         if self.consul is not None:

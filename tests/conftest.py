@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # This test session's agents keep their marks here: another Hodei on the host (a second
 # test run, a `hodei dev` stack) that uses the same worker ids is never taken for ours.
 STATE_DIR = Path(tempfile.mkdtemp(prefix="hodei-test-state-"))
+GATES = ROOT / ".test-gates"
 SESSION_MARK = secrets.token_hex(16)
 
 
@@ -149,18 +150,20 @@ def settings(redis_url: str) -> ServerSettings:
 async def plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
     cp = ControlPlane(settings)
     await cp.start()
-    await wait_for(lambda: cp.leader.is_leader, 5)
+    await wait_for(lambda: cp.leader.is_leader, 15)
     yield cp
     await cp.stop(0.5)
 
 
 class Gate:
     """What a function waits for before it goes on: the test opens it when the moment has
-    come (instead of a function that sleeps and a test that hopes). A file under /var/tmp,
-    readable by any uid, outside the functions' private /tmp."""
+    come (instead of a function that sleeps and a test that hopes). A file in the checkout,
+    readable by any uid: sandboxed functions have private /tmp, /var/tmp and /dev/shm."""
 
     def __init__(self) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="hodei-gate-", dir="/var/tmp"))
+        GATES.mkdir(exist_ok=True)
+        GATES.chmod(0o755)
+        folder = Path(tempfile.mkdtemp(prefix="gate-", dir=GATES))
         folder.chmod(0o755)
         self.path = folder / "open"
 

@@ -53,6 +53,21 @@ def connect(url: str, name: str, *, blocking: bool = False) -> Redis:
     )
 
 
+def unreachable(url: str, timeout_s: float = 2.0) -> str:
+    """Why the Redis at ``url`` does not answer ("" when it does): a one-off check for
+    tools that start processes against it."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        ) as client:
+            client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return ""
+
+
 class Outage:
     """Logs an outage once when it starts and once when it ends."""
 

@@ -25,7 +25,9 @@ if tonumber(w[2]) - tonumber(w[3]) < cpu or tonumber(w[4]) - tonumber(w[5]) < me
   return {'does_not_fit'}
 end
 local bytes = redis.call('HSTRLEN', KEYS[1], 'payload')
-if not leave_queue(id, inv[3], inv[4], inv[5], bytes) then return {'not_queued'} end
+if not leave_queue(id, inv[3], inv[4], priority_of(inv[5]), bytes) then
+  return {'not_queued'}
+end
 redis.call('HINCRBY', KEYS[2], 'cpu_used', cpu)
 redis.call('HINCRBY', KEYS[2], 'mem_used', mem)
 redis.call('HINCRBY', KEYS[2], 'gpu_used', gpu)
@@ -37,4 +39,4 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker_id', worker, 'started_a
   'pending_reason', '', 'parked', '')
 event('type', 'assigned', 'invocation', id, 'worker', worker, 'attempt', inv[2])
 return {'ok', tonumber(inv[2]), redis.call('HGET', KEYS[1], 'payload') or '', inv[6] or '',
-  inv[3], inv[4], inv[7], inv[8]}
+  inv[3], inv[4], inv[7], inv[8] or ''}

@@ -21,6 +21,6 @@ if h[1] == 'running' then
   return {'running', h[2], tonumber(h[3])}
 end
 if h[1] ~= 'queued' then return {'final', h[1]} end
-leave_queue(id, h[4], h[5], h[6], redis.call('HSTRLEN', KEYS[1], 'payload'))
+leave_queue(id, h[4], h[5], priority_of(h[6]), redis.call('HSTRLEN', KEYS[1], 'payload'))
 finalize(id, 'cancelled', {'cancel_requested', '1'}, now, '')
 return {'cancelled'}

@@ -12,7 +12,8 @@ for _, id in ipairs(due) do
   local key = C.inv .. id
   local h = redis.call('HMGET', key, 'status', 'function', 'revision', 'priority',
     'pending_reason')
-  if h[1] == 'queued' and leave_queue(id, h[2], h[3], h[4], redis.call('HSTRLEN', key, 'payload')) then
+  local bytes = redis.call('HSTRLEN', key, 'payload')
+  if h[1] == 'queued' and leave_queue(id, h[2], h[3], priority_of(h[4]), bytes) then
     local reason = 'queue_timeout'
     if h[5] and h[5] ~= '' then reason = 'queue_timeout: ' .. h[5] end
     finalize(id, 'failed', {'error', reason}, now, '')

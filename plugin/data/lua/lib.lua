@@ -39,6 +39,12 @@ end
 
 local PRIORITY_OFFSET = {high = -1, normal = 0, low = 1}
 
+-- A queued record stores only what differs from its defaults (every byte of it is kept for
+-- each queued invocation): these read them back.
+local function priority_of(raw) return raw or 'normal' end
+-- A normal invocation's position in line is its order of creation.
+local function position_of(position, order) return position or order end
+
 -- A revision lives as long as something may still need it (a queued or running
 -- invocation, a record kept for its retention, a replay); the current revision of a
 -- function has no expiry, and GT never shortens one.
@@ -110,8 +116,10 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   local qt = tonumber(spec[3])
   local key = C.inv .. id
   redis.call('HSET', key, 'function', fn, 'revision', rev, 'status', 'queued', 'attempt', 1,
-    'failures', 0, 'max_retries', spec[4], 'priority', priority, 'order', int(order),
-    'position', int(position), 'qt', spec[3], 'queued_at', int(now), 'payload', payload)
+    'order', int(order), 'payload', payload)
+  if priority ~= 'normal' then
+    redis.call('HSET', key, 'priority', priority, 'position', int(position))
+  end
   if traceparent ~= '' then redis.call('HSET', key, 'traceparent', traceparent) end
   if callback ~= '' then redis.call('HSET', key, 'callback_url', callback) end
   redis.call('ZADD', C.invs, order, id)
@@ -178,8 +186,8 @@ end
 -- {'stale', reason}.
 local function end_attempt(id, attempt, worker, outcome, now, r)
   local key = C.inv .. id
-  local h = redis.call('HMGET', key, 'status', 'attempt', 'worker_id', 'failures', 'max_retries',
-    'cancel_requested', 'started_at', 'function', 'revision', 'priority', 'position', 'qt')
+  local h = redis.call('HMGET', key, 'status', 'attempt', 'worker_id', 'failures', 'order',
+    'cancel_requested', 'started_at', 'function', 'revision', 'priority', 'position')
   if not h[1] then return {'stale', 'unknown'} end
   if h[1] ~= 'running' then return {'stale', 'not_running'} end
   if h[2] ~= attempt or h[3] ~= worker then return {'stale', 'stale_attempt'} end
@@ -188,6 +196,7 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
     if deadline and tonumber(deadline) > now then return {'stale', 'lease_renewed'} end
   end
   local fn, rev = h[8], h[9]
+  local limits = redis.call('HMGET', C.rev .. fn .. ':' .. rev, 'max_retries', 'qt')
   redis.call('ZREM', C.leases, id)
   local wkey = C.worker .. worker
   local held = redis.call('HGET', wkey .. C.jobs_suffix, id)
@@ -205,10 +214,11 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
   end
 
   if h[6] == '1' and outcome ~= 'succeeded' then outcome = 'cancelled' end
-  local failures = tonumber(h[4])
+  local failures = tonumber(h[4]) or 0
   local failed = outcome == 'failed' or outcome == 'lease_expired' or outcome == 'lost'
   if failed then failures = failures + 1 end
-  if outcome == 'handed_back' or (failed and r[6] ~= '1' and failures <= tonumber(h[5])) then
+  local max_retries = tonumber(limits[1]) or 0
+  if outcome == 'handed_back' or (failed and r[6] ~= '1' and failures <= max_retries) then
     local kind, due, reason = 'requeued', false, ''
     local fields = {'status', 'queued', 'attempt', tonumber(h[2]) + 1, 'failures', failures,
       'worker_id', '', 'started_at', '', 'queued_at', int(now)}
@@ -221,8 +231,8 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
     end
     fields[#fields + 1] = 'pending_reason'; fields[#fields + 1] = reason
     redis.call('HSET', key, unpack(fields))
-    join_queue(id, fn, rev, h[10], redis.call('HSTRLEN', key, 'payload'), h[11],
-      (due or now) + tonumber(h[12]), due)
+    join_queue(id, fn, rev, priority_of(h[10]), redis.call('HSTRLEN', key, 'payload'),
+      position_of(h[11], h[5]), (due or now) + (tonumber(limits[2]) or 0), due)
     event('type', kind, 'invocation', id, 'worker', worker, 'attempt', h[2], 'outcome', outcome)
     return {kind, fn}
   end

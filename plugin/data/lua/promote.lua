@@ -8,9 +8,9 @@ local due = redis.call('ZRANGEBYSCORE', C.delayed, '-inf', now, 'LIMIT', 0, tonu
 for _, id in ipairs(due) do
   redis.call('ZREM', C.delayed, id)
   local key = C.inv .. id
-  local h = redis.call('HMGET', key, 'status', 'position', 'function', 'revision')
+  local h = redis.call('HMGET', key, 'status', 'position', 'function', 'revision', 'order')
   if h[1] == 'queued' then
-    redis.call('ZADD', C.queue, h[2], id)
+    redis.call('ZADD', C.queue, position_of(h[2], h[5]), id)
     redis.call('HSET', key, 'pending_reason', '', 'queued_at', int(now))
     wake('type', 'queued', 'invocation', id, 'function', h[3], 'revision', h[4])
     event('type', 'queued', 'invocation', id, 'function', h[3])
