@@ -201,3 +201,26 @@ async def test_the_gateway_serves_https_with_its_certificate(redis_url: str, tmp
     finally:
         proc.kill()
         proc.communicate(timeout=30)
+
+
+async def test_job_names_make_no_metric_series(http: Client) -> None:
+    """The audit: each one-off job's name (the caller's choice) became a label value, so a
+    caller could grow /metrics without bound."""
+
+    async def accepted_jobs() -> float:
+        text = await (await http.get("/metrics")).text()
+        for line in text.splitlines():
+            if line.startswith(
+                'hodei_gateway_invocations_total{function="(job)",status="accepted"}'
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = await accepted_jobs()
+    names = [f"series-bomb-{i}" for i in range(30)]
+    for name in names:
+        job = {"name": name, "command": ["true"]}
+        assert (await http.post("/v1/jobs", json=job, headers=ADMIN)).status == 202
+    text = await (await http.get("/metrics")).text()
+    assert not any(name in text for name in names)
+    assert await accepted_jobs() == before + len(names)
