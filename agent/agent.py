@@ -77,9 +77,10 @@ def build_launchers(
 ) -> dict[str, Launcher]:
     """Lambda instances for each runtime the agent runs (docker's share its engine)."""
     launchers: dict[str, Launcher] = {}
-    if "process" in runtimes:
+    process = runtimes.get("process")
+    if isinstance(process, ProcessRuntime):
         launchers["process"] = ProcessLauncher(
-            mark, settings.output_cap_bytes, settings.lambda_region
+            process.sandbox, mark, settings.output_cap_bytes, settings.lambda_region
         )
     docker = runtimes.get("docker")
     if isinstance(docker, DockerRuntime):

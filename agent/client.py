@@ -27,6 +27,7 @@ from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 from hodei.streams import drain
+from hodei.tls import TlsFiles, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class ServerConnection:
         self.on_assign = on_assign
         self.on_cancel = on_cancel
         self.running = running
-        self.metadata: tuple[tuple[str, str], ...] = (
+        self._auth: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        )
+        self.tls = TlsFiles.of(
+            settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file, "agent"
         )
         # Several servers may be given (comma-separated): after a failure the agent moves
         # on to the next, so losing one server replica does not strand its agents.
@@ -76,6 +80,14 @@ class ServerConnection:
         self._connections = 0
         # Server -> agent pre-warm requests (lambda instances), when the agent takes them.
         self.on_prewarm: Callable[[pb.PrewarmRequest], None] | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The token, and once registered the session: with a fleet token, presenting the
+        session is what lets this agent register its worker id again while it is alive."""
+        if not self.session_id:
+            return self._auth
+        return (*self._auth, ("hodei-session", self.session_id))
 
     # -- what the rest of the agent calls ----------------------------------------------
     def send(self, message: pb.AgentMessage) -> None:
@@ -164,12 +176,15 @@ class ServerConnection:
 
     def _use(self, address: str) -> None:
         self.server = address
+        self._tls_stamp = self.tls.stamp() if self.tls is not None else ()
         # gRPC's own reconnection backoff grows to 120 s by default: a server that comes
         # back would wait that long for its agents. Keep it within the agent's own bounds.
         base_ms = max(1, int(self.settings.reconnect_base_s * 1000))
         cap_ms = max(base_ms, int(self.settings.reconnect_cap_s * 1000))
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = open_channel(
             address,
+            self.tls,
+            self.settings.tls_server_name,
             options=[
                 *GRPC_LIMITS,
                 ("grpc.initial_reconnect_backoff_ms", base_ms),
@@ -198,6 +213,10 @@ class ServerConnection:
         if len(self.servers) > 1:
             await self.channel.close(grace=None)
             self._use(self.servers[(self.servers.index(self.server) + 1) % len(self.servers)])
+        elif self.tls is not None and self.tls.stamp() != self._tls_stamp:
+            # Certificate files renewed in place (an expired one fails every handshake).
+            await self.channel.close(grace=None)
+            self._use(self.server)
 
     # -- the connection loop -----------------------------------------------------------
     async def run(self) -> None:
@@ -285,10 +304,10 @@ class ServerConnection:
             metrics.RECONNECTS.inc()
         self.connected.set()
         log.info(
-            "connected to %s as %s (session %s)",
+            "connected to %s as %s (session %s…)",
             self.server,
             self.settings.worker_id,
-            self.session_id,
+            self.session_id[:8],
         )
         now = asyncio.get_running_loop().time()
         for key, result in list(self.unacked.items()):

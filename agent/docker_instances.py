@@ -15,7 +15,7 @@ nor its other services.
 The attached stdout/stderr stream is read by the loop and, when an invocation ends, until
 it has been quiet for a few milliseconds: the engine relays the output, so a line written
 just before the answer can arrive after it. Under load one can arrive later still: it then
-misses its invocation's logs, or lands in the next one's (process instances have no such
+misses its invocation's logs and lands in a later one's (process instances have no such
 lag: their pipes are read to the end when the answer comes).
 """
 
@@ -177,6 +177,7 @@ class ContainerInstance:
         self._removal: asyncio.Future[Any] | None = None
         self.forget: Callable[[], object] = lambda: None  # its address no longer routes here
         self.last_output = 0.0  # loop time
+        self.start_error = ""
 
     def follow(self, output: Output) -> None:
         self.frames = FrameReader(lambda b: output("stdout", b), lambda b: output("stderr", b))

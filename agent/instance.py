@@ -25,6 +25,8 @@ PULL_FAILED = "image_pull_failed"
 class Backend(Protocol):
     """The process or container behind an instance."""
 
+    start_error: str  # why its command never ran, once ``wait`` returned
+
     async def wait(self) -> int:
         """Until it exits; its exit code."""
         ...

@@ -303,8 +303,13 @@ class InstancePool:
             instance.state = State.STOPPING  # never chosen again
             instance.exit_code.set_result(code)
             if not instance.up.done():
+                why = instance.backend.start_error
                 instance.up.set_exception(
-                    RuntimeError(f"the instance exited while starting ({exit_text(instance)})")
+                    RuntimeError(
+                        f"cannot start: {why}"
+                        if why
+                        else f"the instance exited while starting ({exit_text(instance)})"
+                    )
                 )
             if not was_stopping:
                 log.warning(

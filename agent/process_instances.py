@@ -1,5 +1,12 @@
-"""Lambda instances as processes (the ``process`` runtime): the function's command, left
-running between invocations, with its Runtime API endpoint on a socket of its own.
+"""Lambda instances as processes (the ``process`` runtime): the function's command, started
+through the agent's sandbox and left running between invocations, with its Runtime API
+endpoint on a listening socket of its own.
+
+Sandboxed without network, the endpoint's socket lives in a network namespace made for the
+instance, whose only interface is loopback: the instance reaches its endpoint and nothing
+else. Otherwise the socket is on the host's loopback, which every local process shares, so
+the endpoint answers only connections opened by the instance: its uid when sandboxed (each
+function process has one of its own), its environment's instance id otherwise.
 
 The instance's stdout and stderr come through pipes the agent reads itself, so that when an
 invocation ends the agent can take everything the instance wrote before answering (a
@@ -11,44 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
-import signal
 import socket
 import sys
-
-import psutil
 
 from hodei.agent.identity import ENV_MARK
 from hodei.agent.instance import Output
 from hodei.agent.lambda_api import RuntimeEndpoint
 from hodei.agent.lambda_env import function_arn, instance_env
 from hodei.agent.process_runtime import PASSED_THROUGH
+from hodei.agent.sandbox import Child, Endpoint, Limits, Sandbox, SpawnRequest
 from hodei.proto import hodei_pb2 as pb
 
 CHUNK = 64 * 1024
-
-
-def listen_socket(job: pb.AssignJobRequest) -> socket.socket:
-    """The instance's own listening socket, on loopback and a free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    return sock
-
-
-async def spawn(
-    argv: list[str], env: dict[str, str], cwd: str, stdout: int, stderr: int
-) -> asyncio.subprocess.Process:
-    """Start the instance's process in a session (process group) of its own."""
-    return await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-    )
+TASK_ROOT = "/tmp"  # the sandbox's working directory (a private /tmp when sandboxed)
 
 
 def command_of(job: pb.AssignJobRequest) -> list[str]:
@@ -64,31 +46,42 @@ def _proc_address(ip: str, port: int) -> str:
     return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
 
 
-def connection_owner(pid: int, peer: tuple[str, int], endpoint: tuple[str, int]) -> bool:
-    """Whether the connection from ``peer`` to ``endpoint`` was opened by process ``pid`` or
-    one of its descendants: its socket's inode, found in the TCP table of pid's network
-    namespace, among their open files."""
+def tcp_socket(peer: tuple[str, int], endpoint: tuple[str, int]) -> tuple[int, str] | None:
+    """The (uid, inode) of the socket that connected from ``peer`` to ``endpoint`` on this
+    network namespace's loopback."""
     local, remote = _proc_address(*peer), _proc_address(*endpoint)
-    inode = ""
+    with contextlib.suppress(OSError), open("/proc/self/net/tcp") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 9 and fields[1] == local and fields[2] == remote:
+                return int(fields[7]), fields[9]
+    return None
+
+
+def socket_holder_env(inode: str, name: str) -> set[str]:
+    """The values of the variable ``name`` in the environment of the processes that hold
+    the socket ``inode`` open."""
+    wanted, found = f"socket:[{inode}]", set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if not _holds(pid, wanted):
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as environ:
+            for item in environ.read().split(b"\0"):
+                key, _, value = item.partition(b"=")
+                if key.decode(errors="replace") == name:
+                    found.add(value.decode(errors="replace"))
+    return found
+
+
+def _holds(pid: str, target: str) -> bool:
     try:
-        with open(f"/proc/{pid}/net/tcp") as table:
-            for line in table:
-                fields = line.split()
-                if len(fields) > 9 and fields[1] == local and fields[2] == remote:
-                    inode = fields[9]
-                    break
-        if not inode or inode == "0":
-            return False
-        wanted = f"socket:[{inode}]"
-        owners = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except (OSError, psutil.Error):
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
         return False
-    for owner in owners:
+    for fd in fds:
         with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{owner}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{owner}/fd/{fd}") == wanted:
-                        return True
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
     return False
 
 
@@ -127,20 +120,28 @@ class PipeReader:
 
 
 class ProcessInstance:
-    """The process behind one instance."""
+    """The sandboxed process behind one instance."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, pipes: list[PipeReader]) -> None:
-        self.proc = proc
-        self.pipes = pipes
+    def __init__(self, child: Child, endpoint: Endpoint, output: Output) -> None:
+        self.child = child
+        self.endpoint = endpoint
+        self.pipes = [
+            PipeReader(child.stdout, "stdout", output),
+            PipeReader(child.stderr, "stderr", output),
+        ]
+        self.start_error = ""
 
     async def wait(self) -> int:
-        code = await self.proc.wait()
-        self.kill()  # whatever it left behind in its process group goes with it
+        ended = await self.child.wait()
+        self.start_error = ended.start_error
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(p.closed for p in self.pipes)), 2.0)
         for pipe in self.pipes:
             pipe.close()
-        return code
+        if self.endpoint.netns_fd >= 0:  # the listener goes with the Runtime API server
+            with contextlib.suppress(OSError):
+                os.close(self.endpoint.netns_fd)
+        return ended.code
 
     def drain(self) -> None:
         for pipe in self.pipes:
@@ -150,60 +151,61 @@ class ProcessInstance:
         """Nothing on its way: what the process wrote is in its pipes (``drain`` reads it)."""
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.child.kill()
 
 
 class ProcessLauncher:
     name = "process"
     available = True
 
-    def __init__(self, mark: str, output_cap_bytes: int, region: str, workdir: str = "/tmp"):
+    def __init__(self, sandbox: Sandbox, mark: str, output_cap_bytes: int, region: str):
+        self.sandbox = sandbox
         self.mark = mark
         self.output_cap_bytes = output_cap_bytes
         self.region = region
-        self.workdir = workdir
+        self.base_env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
 
     async def launch(
         self, job: pb.AssignJobRequest, instance_id: str, output: Output
     ) -> tuple[RuntimeEndpoint, ProcessInstance]:
-        sock = listen_socket(job)
-        address = sock.getsockname()[:2]
-        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        listening = await self.sandbox.endpoint(network=job.network)
+        private = listening.netns_fd >= 0
+        host, port = listening.listener.getsockname()[:2]
+        uid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         async def own_process(peer: tuple[str, int]) -> bool:
-            # Loopback is shared by every process of the host: only the instance's own
-            # processes may take its invocations.
-            owner = await asyncio.shield(pid)
-            return owner > 0 and await asyncio.to_thread(connection_owner, owner, peer, address)
+            found = await asyncio.to_thread(tcp_socket, peer, (host, port))
+            if found is None:
+                return False
+            if self.sandbox.sandboxed:
+                return found[0] == await asyncio.shield(uid)
+            holders = await asyncio.to_thread(socket_holder_env, found[1], "HODEI_INSTANCE")
+            return holders == {instance_id}
 
         endpoint = RuntimeEndpoint(
-            f"{address[0]}:{address[1]}",
+            listening.address,
             function_arn(job, self.region),
             self.output_cap_bytes,
-            own_process,
+            None if private else own_process,
         )
-        await endpoint.serve(sock)
-        env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
-        env.update(instance_env(job, endpoint.address, self.region, instance_id, self.workdir))
+        await endpoint.serve(listening.listener)
+        env = dict(self.base_env)
+        env.update(instance_env(job, listening.address, self.region, instance_id, TASK_ROOT))
         env[ENV_MARK] = self.mark
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        request = SpawnRequest(
+            command_of(job),
+            env,
+            network=job.network,
+            limits=Limits(job.resources.memory_mb, job.resources.cpu_millicores),
+            endpoint=listening if private else None,
+            stdin=False,
+        )
         try:
-            proc = await spawn(command_of(job), env, self.workdir, out_w, err_w)
+            child = await self.sandbox.spawn(request)
         except BaseException:
-            pid.set_result(0)
-            for fd in (out_r, err_r):
-                os.close(fd)
+            uid.set_result(-1)
             await endpoint.close()
+            listening.close()  # the namespace too
             raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        pid.set_result(proc.pid)
-        if job.resources.memory_mb > 0:
-            limit = job.resources.memory_mb << 20
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                resource.prlimit(proc.pid, resource.RLIMIT_DATA, (limit, limit))
-        pipes = [PipeReader(out_r, "stdout", output), PipeReader(err_r, "stderr", output)]
-        return endpoint, ProcessInstance(proc, pipes)
+        uid.set_result(self.sandbox.uids[child.slot] if child.slot >= 0 else -1)
+        return endpoint, ProcessInstance(child, listening, output)

@@ -24,7 +24,7 @@ class Outcome:
     started_ms: int = 0
     finished_ms: int = 0
     final: bool = False  # retrying cannot help
-    cold_start: bool = False  # lambda: this invocation started its instance
+    cold_start: bool | None = None  # lambda: this invocation started its instance
     init_ms: int = 0  # lambda: how long that instance took to be ready
 
 

@@ -376,6 +376,12 @@ def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox
         cgroup_root=settings.process_cgroup_root,
         exposed_paths=(*own_installation(), *settings.process_exposed_paths),
     )
+    if 0 < settings.process_uid_count < job_slots:
+        log.warning(
+            "process_uid_count %d < job slots %d: functions beyond it fail to start",
+            settings.process_uid_count,
+            job_slots,
+        )
     sandbox = Sandbox.start(config)
     if sandbox.uids:
         remember_uid(settings.state_dir, settings.worker_id, sandbox.uids[0])

@@ -96,6 +96,7 @@ class Slot:
         if self.job_id is not None:
             self._report(job_id, 127, f"slot {self.index} is busy")
             return
+        self.last_pid = 0
         if message.get("netns") and len(fds) > 3:
             netns = fds[3]
         else:
@@ -194,6 +195,7 @@ class Slot:
         if self.job_id is not None and self.status is not None:
             oom = self.cgroups.oom_killed_since_last(self.index) if self.cgroups else False
             self._refresh_private_dirs()
+            self._refresh_ipc()
             job_id, self.job_id = self.job_id, None
             self._report(job_id, os.waitstatus_to_exitcode(self.status), "", oom)
 
@@ -208,6 +210,15 @@ class Slot:
                     linux.mount(
                         "tmpfs", folder, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, self.tmpfs
                     )
+
+    def _refresh_ipc(self) -> None:
+        """A new System V IPC namespace when the function left segments, semaphores or
+        queues behind (they outlive processes); the old one goes with its last user."""
+        for kind in ("shm", "sem", "msg"):
+            with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as table:
+                if len(table.readlines()) > 1:
+                    linux.unshare(linux.CLONE_NEWIPC)
+                    return
 
     def _report(self, job_id: int, code: int, error: str, oom: bool = False) -> None:
         wire.send(
@@ -240,6 +251,7 @@ def run(slot: Slot, confinement: child.Confinement) -> None:
             signal.signal(sig, signal.SIG_DFL)
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         child.private_mounts(confinement)
+        linux.unshare(linux.CLONE_NEWIPC)
         resource.setrlimit(resource.RLIMIT_NPROC, (slot.pids_max, slot.pids_max))
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         slot.serve()

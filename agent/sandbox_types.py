@@ -32,7 +32,7 @@ class SandboxConfig:
     allow_root: bool = False
     pids_max: int = 256
     tmpfs_mb: int = 64
-    private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+    private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
     hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN
     hide_processes: bool = True
     cgroup_root: str = ""  # "" = <cgroup2 mount>/hodei; "off" = no cgroups

@@ -27,6 +27,13 @@ class AgentSettings(EnvSettings):
     # (a HODEI_TOKEN variable is read, then removed from it; see agent/secrets handling).
     token: str = ""
     token_file: str = ""
+    # gRPC over TLS (on when set; PEM): the CA that signed the server's certificate, and
+    # this agent's client certificate (its common name is the worker id) and key.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # The name the server's certificate must carry ("" = the host of the server address).
+    tls_server_name: str = ""
     worker_id: str = field(default_factory=socket.gethostname)
     # Where the agent keeps its mark (what tells its own leftover processes and containers
     # from other agents' on the host); "" = $XDG_STATE_HOME/hodei or ~/.local/state/hodei.
@@ -54,7 +61,7 @@ class AgentSettings(EnvSettings):
     process_allow_root: bool = False
     process_pids_max: int = 256  # processes and threads per function
     process_tmpfs_mb: int = 64  # each private folder's size
-    process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
+    process_private_dirs: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
     process_hidden_paths: tuple[str, ...] = DEFAULT_HIDDEN
     process_cgroup_root: str = ""  # "" = <cgroup v2 mount>/hodei; "off" = rlimits only
     # Folders functions may read although an ancestor folder is closed to their uid (the

@@ -26,6 +26,7 @@ from hodei.errors import NotFound
 from hodei.logs import inv
 from hodei.plugin.data import DataLayer
 from hodei.plugin.data.connection import Outage, keep_running
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 CLAIM_MS = 60_000
@@ -62,6 +63,7 @@ class CallbackDispatcher:
 
     async def _claim(self, session: aiohttp.ClientSession, outage: Outage) -> None:
         while True:
+            raise_if_cancelled()
             self.completions.callbacks_due.clear()
             for invocation_id in await self.data.callbacks.claim(CLAIM_MS, MAX_PARALLEL):
                 task = asyncio.create_task(self._deliver(session, invocation_id))

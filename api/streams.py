@@ -20,6 +20,7 @@ from hodei.errors import QueueFull, StreamLagging
 from hodei.plugin.data import DataLayer
 from hodei.plugin.data.connection import Outage, keep_running
 from hodei.plugin.data.events import Entry, stream_position
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 KEEPALIVE_S = 15.0
@@ -94,6 +95,7 @@ class EventHub:
             self.position = await self.data.events.last_event()
         outage.recovered()
         while True:
+            raise_if_cancelled()
             entries = await self.data.events.events(self.position, READ_BLOCK_MS)
             for entry in entries:
                 self.position = entry.id

@@ -31,7 +31,6 @@ import json
 import socket
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from redis.asyncio import Redis
 
 IMAGE = "hodei-test/busybox:latest"
 PAYLOAD = b'{"ping": 1}'
-HANDLER = "def handler(event, context):\n    return event\n"
+# A folder of the project: a sandboxed function's uid can read it (not the private /tmp).
+CODE = Path(__file__).resolve().parent / "functions"
 # An echo runtime in busybox shell: next (headers with wget -S), response with the event.
 SHELL_RUNTIME = r"""
 base=http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime
@@ -64,15 +64,14 @@ def spawn(*args: str, redis_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "hodei.cli", *args], env=env)
 
 
-def specs(code: Path) -> dict[str, dict[str, object]]:
+def specs() -> dict[str, dict[str, object]]:
     warm = {"min": 1, "max": 8, "idle_s": 600}
     return {
         "warm-py": {
             "runtime": "process",
             "interface": "lambda",
-            "handler": "bench_handler.handler",
-            "command": [sys.executable, "-m", "awslambdaric", "bench_handler.handler"],
-            "env": {"PYTHONPATH": str(code)},
+            "handler": "echo.handler",
+            "env": {"PYTHONPATH": str(CODE)},
             "warm": warm,
             "resources": {"memory_mb": 128},
         },
@@ -118,8 +117,6 @@ async def throughput(url: str, clients: int, seconds: float) -> float:
 async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict[str, object]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    code = Path(tempfile.mkdtemp(prefix="hodei-bench-warm-"))
-    (code / "bench_handler.py").write_text(HANDLER)
     http_port, grpc_port = free_port(), free_port()
     procs = [
         spawn("server", "--grpc-port", str(grpc_port), "--metrics-port", "-1", redis_url=redis_url),
@@ -133,6 +130,10 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
             "-1",
             "--health-port",
             "-1",
+            "--runtimes",
+            "process",
+            "--runtimes",
+            "docker",
             redis_url=redis_url,
         ),
         spawn("gateway", "--port", str(http_port), redis_url=redis_url),
@@ -150,7 +151,7 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-            for name, spec in specs(code).items():
+            for name, spec in specs().items():
                 async with session.put(f"{url}/v1/functions/{name}", json=spec) as r:
                     assert r.status in (200, 201), await r.text()
             for _ in range(3):  # warm-up: instances started, image cached, connections open
@@ -163,10 +164,10 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
                     samples[name].append(await invoke(session, url, name))
         rate = await throughput(url, clients, seconds)
     finally:
-        for p in procs:
+        # The agent first, while the server still answers its goodbye; then the others.
+        for p in (procs[1], procs[0], procs[2]):
             p.terminate()
-        for p in procs:
-            p.wait(15)
+            p.wait(30)
         await redis.flushdb()
         await redis.aclose()
     return {"samples": samples, "rate": rate}

@@ -59,7 +59,7 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hodei import commands, dev
+    from hodei import certs, commands, dev
     from hodei import nomad as nomad_deploy
     from hodei.agent.settings import AgentSettings
     from hodei.api.settings import GatewaySettings
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_commands(sub)
     dev.add_command(sub)
     nomad_deploy.add_command(sub)
+    certs.add_command(sub)
     return parser
 
 
@@ -128,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hodei import nomad as nomad_deploy
 
             return nomad_deploy.run(args)
+        if args.command == "certs":
+            from hodei import certs
+
+            return certs.run(args)
         if args.command == "dev":
             from hodei import dev
 

@@ -76,6 +76,10 @@ class StaleSession(ProtocolError):
     """Raised when a stream's session was superseded or its worker declared Failed."""
 
 
+class Impersonation(ProtocolError):
+    """Raised when an agent's stream speaks for a worker other than its own."""
+
+
 class PinRefused(HodeiError):
     """Raised when an operator's pin cannot lease the invocation to the worker; ``refusal``
     says why (not_queued, not_schedulable, does_not_fit)."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from hodei.tasks import raise_if_cancelled
+
 log = logging.getLogger(__name__)
 CHECK_INTERVAL_S = 2.0
 
@@ -65,6 +67,7 @@ class Readiness:
         """Check every ``interval_s``; ``on_change(ready)`` first and on every change."""
         known: bool | None = None
         while True:
+            raise_if_cancelled()
             ready = not await self.check()
             if ready != known:
                 known = ready

@@ -33,7 +33,15 @@ HELP: dict[str, str] = {
     "grpc_host": "address the gRPC WorkerService listens on",
     "grpc_port": "port of the gRPC WorkerService the agents connect to",
     "server_id": "this server's name in logs and leader election (default: host + random)",
-    "agent_tokens": "tokens agents must send (repeatable); none = agents are not authenticated",
+    "agent_tokens": "a token:worker-id entry binding an agent's token to its worker (token:* = a "
+    "fleet token; repeatable); none and no TLS = agents are not authenticated",
+    "agent_tokens_file": "a file with one token:worker-id entry per line",
+    "grpc_health_port": "with TLS: a plaintext port serving grpc.health.v1 alone, for Consul and "
+    "Nomad checks (-1 = none)",
+    "operator_tokens": "a token for the operator RPCs: AssignJob, GetWorkerStatus of any worker "
+    "(repeatable)",
+    "operator_tokens_file": "a file with one operator token per line",
+    "operator_names": "the common name of an operator's client certificate (repeatable)",
     "missed_heartbeats": "a worker missing this many heartbeats in a row turns Unhealthy",
     "failed_after_s": "an Unhealthy worker is Failed and dropped after this many seconds",
     "lease_ttl_s": "an assignment not renewed for this long is taken back and run again",
@@ -49,7 +57,8 @@ HELP: dict[str, str] = {
     "consul_leader_key": "the Consul KV key of the leader lock",
     # Agent
     "server": "server address(es), host:port, comma-separated; none = found in Consul",
-    "token": "token sent to the server (one of its agent_tokens)",
+    "token": "token sent to the server (bound to this worker id in its agent_tokens)",
+    "tls_server_name": "the name the server's certificate must carry (default: the address's host)",
     "worker_id": "this worker's id (default: the host name); unique in the fleet",
     "state_dir": "folder of the agent's mark, which tells its leftovers from other agents'",
     "cpu_millicores": "CPU capacity offered, in millicores (0 = detect)",
@@ -122,6 +131,15 @@ HELP: dict[str, str] = {
 }
 
 BY_PROCESS: dict[str, str] = {
+    "server.tls_ca_file": "the CA (PEM) that signs agents' client certificates; with "
+    "tls_cert_file and tls_key_file, gRPC is served over TLS only",
+    "server.tls_cert_file": "this server's certificate (PEM, with its chain)",
+    "server.tls_key_file": "this server's private key (PEM)",
+    "server.insecure": "accept unauthenticated agents on an address beyond loopback",
+    "agent.tls_ca_file": "the CA (PEM) that signed the server's certificate; turns on TLS",
+    "agent.tls_cert_file": "this agent's client certificate (PEM); its common name is "
+    "the worker id",
+    "agent.tls_key_file": "this agent's private key (PEM)",
     "agent.metrics_port": "port of the agent's Prometheus /metrics endpoint (-1 = off)",
     "agent.heartbeat_interval_s": "seconds between heartbeats (the servers expect this pace)",
     "gateway.insecure": "listen beyond loopback although no API token is set (anyone reaching "

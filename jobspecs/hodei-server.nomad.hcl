@@ -6,7 +6,8 @@
 # Host networking: the task reaches the node's Consul agent on 127.0.0.1:8500 (Consul's
 # default client_addr) and listens on the node's address. Redis is found through Consul by
 # a template (no Consul DNS needed in the container), with the password from a Nomad Variable:
-#   nomad var put nomad/jobs/hodei-server agent_tokens=... consul_token=... redis_password=...
+#   nomad var put nomad/jobs/hodei-server agent_tokens=TOKEN:* consul_token=... redis_password=...
+# (agent_tokens: "token:worker-id" entries, or one fleet token "token:*" for the system job)
 
 variable "datacenters" {
   type    = list(string)

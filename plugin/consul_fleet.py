@@ -13,13 +13,17 @@ from typing import Any
 
 from hodei.consul import ServiceRegistration, duration
 from hodei.plugin.settings import ServerSettings
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 AGENT_SERVICE = "hodei-agent"
 SERVER_SERVICE = "hodei-server"
 
 
-def server_registration(client: Any, settings: ServerSettings, port: int) -> ServiceRegistration:
+def server_registration(
+    client: Any, settings: ServerSettings, port: int, check_port: int = 0
+) -> ServiceRegistration:
+    """``check_port``: where the gRPC check asks (the plaintext health port under TLS)."""
     address = settings.advertise_address or settings.grpc_host
     service_id = f"{SERVER_SERVICE}-{settings.server_id}"
     return ServiceRegistration(
@@ -29,7 +33,7 @@ def server_registration(client: Any, settings: ServerSettings, port: int) -> Ser
         {
             "CheckID": f"{service_id}-grpc",
             "Name": "hodei server gRPC health",
-            "GRPC": f"{address}:{port}",
+            "GRPC": f"{address}:{check_port or port}",
             "GRPCUseTLS": False,
             "Interval": duration(settings.consul_check_interval_s),
             "Timeout": duration(min(settings.consul_check_interval_s, 5.0)),
@@ -99,6 +103,7 @@ class PassingWorkers:
     async def run(self) -> None:
         failures = 0
         while True:
+            raise_if_cancelled()
             started = time.monotonic()
             try:
                 await self.poll()

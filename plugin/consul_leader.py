@@ -28,6 +28,7 @@ import consul
 
 from hodei.consul import duration
 from hodei.plugin.data.leadership import Leadership
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class ConsulLeaderLock:
         failures = 0
         try:
             while True:
+                raise_if_cancelled()
                 try:
                     await self.step()
                     failures = 0

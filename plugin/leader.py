@@ -14,6 +14,7 @@ from typing import Protocol
 
 from hodei.plugin.data.connection import REDIS_DOWN, Outage
 from hodei.plugin.data.leadership import Leadership
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class RedisLeaderLock:
         outage = Outage("leader election", log)
         try:
             while True:
+                raise_if_cancelled()
                 try:
                     await self.try_acquire()
                     outage.recovered()

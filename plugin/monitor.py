@@ -14,6 +14,7 @@ from hodei.plugin.data.connection import Outage, keep_running
 from hodei.plugin.data.leases import EndKind
 from hodei.plugin.leader import LeaderLock
 from hodei.plugin.settings import ServerSettings
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 TRIM_EVERY_S = 60.0
@@ -35,6 +36,7 @@ class HealthMonitor:
     async def _watch(self, outage: Outage) -> None:
         try:
             while True:
+                raise_if_cancelled()
                 await self.tick()
                 outage.recovered()
                 await asyncio.sleep(self.tick_s)

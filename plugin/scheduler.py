@@ -32,6 +32,7 @@ from hodei.plugin.models import FunctionSpec
 from hodei.plugin.placement import Demand, Fleet, Pending, WorkerView
 from hodei.plugin.settings import ServerSettings
 from hodei.proto import hodei_pb2 as pb
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Scheduler:
     async def run(self) -> None:
         outage = Outage("scheduler", log)
         while True:
+            raise_if_cancelled()
             self.leader.changed.clear()
             token = self.leader.token
             if token is None:
@@ -139,6 +141,7 @@ class Scheduler:
         await self._load()
         outage.recovered()
         while self.leader.token == token:
+            raise_if_cancelled()
             placed_all = await self.schedule_pass(token)
             if self.leader.token != token:
                 break

@@ -15,6 +15,8 @@ from prometheus_client import start_http_server
 from hodei.consul import ServiceRegistration, consul_address
 from hodei.consul import connect as connect_consul
 from hodei.domain import GRPC_LIMITS, Clock, now_ms
+from hodei.plugin import listeners
+from hodei.plugin.agent_identity import AgentIdentities
 from hodei.plugin.consul_fleet import PassingWorkers, server_registration
 from hodei.plugin.consul_leader import ConsulLeaderLock
 from hodei.plugin.data import DataLayer, LeaseTiming
@@ -36,13 +38,16 @@ class ControlPlane:
 
     def __init__(self, settings: ServerSettings, clock: Clock = now_ms) -> None:
         self.settings = s = settings
+        self.identities = AgentIdentities.from_settings(s)
+        self.tls = listeners.tls_files(s)
+        address = consul_address(s.consul_addr)
+        listeners.check_exposure(s, self.identities, bool(address) and s.consul_register)
         self.data = DataLayer(
             settings,
             f"hodei-server-{settings.server_id}",
             LeaseTiming(s.lease_ttl_s, s.retry_base_s, s.retry_cap_s),
             clock,
         )
-        address = consul_address(s.consul_addr)
         self.consul: Any = connect_consul(address, s.consul_token) if address else None
         self.leader: LeaderLock
         if self.consul is not None:
@@ -67,18 +72,25 @@ class ControlPlane:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.readiness = Readiness(self.data, self.consul)
         self.grpc_server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = -1
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
     async def start(self) -> int:
         server = grpc.aio.server(options=GRPC_LIMITS)
         pb_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            WorkerService(self.sessions, self.settings.agent_tokens), server
+            WorkerService(self.sessions, self.identities), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
+        self.port = listeners.add_worker_port(server, self.settings, self.tls)
         await server.start()
         self.grpc_server = server
+        if self.tls is not None and self.settings.grpc_health_port >= 0:
+            self.health_server, self.health_port = listeners.health_server(
+                self.settings, self.health
+            )
+            await self.health_server.start()
         await self._serving(not await self.readiness.check())  # NOT_SERVING until it answers
         self.tasks = [
             asyncio.create_task(coro, name=name)
@@ -94,7 +106,12 @@ class ControlPlane:
             self.tasks.append(asyncio.create_task(self.passing.run(), name="consul-watch"))
         self.registration = None
         if self.consul is not None and self.settings.consul_register:
-            self.registration = server_registration(self.consul, self.settings, self.port)
+            self.registration = server_registration(
+                self.consul,
+                self.settings,
+                self.port,
+                self.health_port if self.health_server is not None else 0,
+            )
             self.tasks.append(
                 asyncio.create_task(
                     self.registration.keep(self.settings.consul_check_interval_s * 3),
@@ -133,6 +150,8 @@ class ControlPlane:
         self.sessions.close_all()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for task in self.tasks:
             task.cancel()
         if self.tasks:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
@@ -12,8 +11,9 @@ import grpc
 from google.protobuf import empty_pb2
 
 from hodei import __version__
-from hodei.errors import NotFound, PinRefused, ProtocolError, StaleSession
+from hodei.errors import Impersonation, NotFound, PinRefused, ProtocolError, StaleSession
 from hodei.plugin import worker_calls
+from hodei.plugin.agent_identity import AgentIdentities, Caller, Refusal, foreign_worker
 from hodei.plugin.sessions import Sessions
 from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
@@ -30,31 +30,45 @@ PIN_CODES = {
 
 
 class WorkerService(pb_grpc.WorkerServiceServicer):
-    def __init__(self, sessions: Sessions, tokens: tuple[str, ...], pin_timeout_s: float = 10.0):
+    def __init__(
+        self, sessions: Sessions, identities: AgentIdentities, pin_timeout_s: float = 10.0
+    ) -> None:
         self.sessions = sessions
-        self.tokens = tokens
+        self.identities = identities
         self.pin_timeout_s = pin_timeout_s
 
-    async def _authenticate(self, context: Context) -> None:
-        if not self.tokens:
-            return
-        metadata = dict(context.invocation_metadata() or ())
-        header = str(metadata.get("authorization", ""))
-        token = header.removeprefix("Bearer ").strip()
-        if not any(hmac.compare_digest(token, t) for t in self.tokens):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid agent token")
+    async def _caller(self, context: Context) -> Caller:
+        caller = self.identities.identify(
+            context.invocation_metadata() or (), context.auth_context() or {}
+        )
+        if caller is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+            raise AssertionError("unreachable")
+        return caller
+
+    async def _refuse(self, context: Context, refusal: Refusal | None, what: str) -> None:
+        if refusal is not None:
+            log.warning("refused %s: %s", what, refusal.message)
+            await context.abort(refusal.code, refusal.message)
 
     async def RegisterWorker(
         self, request: pb.RegisterWorkerRequest, context: Context
     ) -> pb.WorkerStatus:
-        await self._authenticate(context)
+        caller = await self._caller(context)
         problem = _invalid_registration(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        worker_id = request.worker_id
+        record = await self.sessions.data.workers.get(worker_id) if caller.fleet else None
+        held = bool(record and await self.sessions.data.workers.jobs_of(worker_id))
+        refusal = self.identities.registers(caller, worker_id, record, held)
+        await self._refuse(context, refusal, f"registration of worker {worker_id}")
         return await worker_calls.register(self.sessions, request, __version__)
 
     async def Heartbeat(self, request: pb.Heartbeat, context: Context) -> empty_pb2.Empty:
-        await self._authenticate(context)
+        caller = await self._caller(context)
+        refusal = self.identities.acts_as(caller, request.worker_id)
+        await self._refuse(context, refusal, f"heartbeat of worker {request.worker_id}")
         status = await self.sessions.heartbeat(request.worker_id, request.session_id, request)
         if status == "unknown":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"worker {request.worker_id} unknown")
@@ -67,15 +81,25 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     async def GetWorkerStatus(
         self, request: pb.GetWorkerStatusRequest, context: Context
     ) -> pb.WorkerStatus:
-        await self._authenticate(context)
+        caller = await self._caller(context)
+        worker_id = request.worker_id
+        record = await self.sessions.data.workers.get(worker_id) if caller.fleet else None
+        if not self.identities.reads_status(caller, worker_id, record):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the status of worker {worker_id} needs operator credentials or its own",
+            )
         try:
-            return await worker_calls.status(self.sessions, request.worker_id)
+            return await worker_calls.status(self.sessions, worker_id)
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise
 
     async def AssignJob(self, request: pb.AssignJobRequest, context: Context) -> pb.JobAccepted:
-        await self._authenticate(context)
+        if not (await self._caller(context)).operator:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "pinning a job needs operator credentials"
+            )
         if not request.invocation_id or not request.worker_id:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "invocation_id and worker_id are required"
@@ -95,7 +119,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     async def JobStream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
     ) -> AsyncIterator[pb.ServerMessage]:
-        await self._authenticate(context)
+        caller = await self._caller(context)
         try:
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
@@ -105,6 +129,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "the first JobStream message must be a WorkerStatus",
             )
+        refusal = self.identities.acts_as(caller, first.status.worker_id)
+        await self._refuse(context, refusal, f"stream of worker {first.status.worker_id}")
         try:
             session = await self.sessions.open(first.status.worker_id, first.status.session_id)
         except NotFound as exc:
@@ -118,6 +144,10 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         async def read() -> None:
             try:
                 async for message in request_iterator:
+                    if other := foreign_worker(message, session.worker_id):
+                        raise Impersonation(
+                            f"the stream of worker {session.worker_id} spoke for worker {other}"
+                        )
                     try:
                         await self.sessions.handle(session, message)
                     except ProtocolError:
@@ -160,10 +190,12 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             await asyncio.gather(reader, return_exceptions=True)
             await self.sessions.close(session)
         if failure:
-            stale = isinstance(failure[0], StaleSession)
-            code = (
-                grpc.StatusCode.FAILED_PRECONDITION if stale else grpc.StatusCode.INVALID_ARGUMENT
-            )
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            if isinstance(failure[0], StaleSession):
+                code = grpc.StatusCode.FAILED_PRECONDITION
+            elif isinstance(failure[0], Impersonation):
+                code = grpc.StatusCode.PERMISSION_DENIED
+                log.warning("refused: %s", failure[0], extra={"worker_id": session.worker_id})
             await context.abort(code, str(failure[0]))
 
 

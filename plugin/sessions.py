@@ -25,6 +25,7 @@ from hodei.plugin.data.connection import REDIS_DOWN, Outage, keep_running
 from hodei.plugin.data.leases import Accept, AttemptEnd, Ended, EndKind, LogAppend, LogBatch
 from hodei.plugin.data.records import CANCEL, InboxMessage, Pool
 from hodei.proto import hodei_pb2 as pb
+from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 INBOX_WAIT_S = 5.0
@@ -71,7 +72,7 @@ class Sessions:
         if record is None:
             raise NotFound(f"worker {worker_id} is not registered")
         if record.session_id != session_id or record.server_id != self.server_id:
-            raise ProtocolError(f"session {session_id} of worker {worker_id} is stale")
+            raise ProtocolError(f"session {session_id[:8]}… of worker {worker_id} is stale")
         if await self.data.workers.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
             raise ProtocolError(f"worker {worker_id} is {record.state}, cannot connect")
         previous = self.by_worker.get(worker_id)
@@ -81,9 +82,9 @@ class Sessions:
         self.by_worker[worker_id] = session
         metrics.STREAMS.set(len(self.by_worker))
         log.info(
-            "worker %s connected (session %s)",
+            "worker %s connected (session %s…)",
             worker_id,
-            session_id,
+            session_id[:8],
             extra={"worker_id": worker_id},
         )
         return session
@@ -165,6 +166,7 @@ class Sessions:
 
         async def receive(outage: Outage) -> None:
             while True:
+                raise_if_cancelled()
                 messages = await self.data.inboxes.receive(self.server_id, INBOX_WAIT_S)
                 outage.recovered()
                 for message in messages:
@@ -191,7 +193,9 @@ class Sessions:
                 )
                 if status != "ok":
                     # Declared Failed, or superseded: the agent must register again.
-                    raise StaleSession(f"session {session.session_id} is {status}: register again")
+                    raise StaleSession(
+                        f"session {session.session_id[:8]}… is {status}: register again"
+                    )
             elif kind == "status":
                 await self._status(session, m.status)
             elif kind == "batch":

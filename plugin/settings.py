@@ -15,7 +15,27 @@ class ServerSettings(DataSettings):
     grpc_port: int = 7070
     metrics_port: int = 9464
     server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    # Agents are who they say (plugin/agent_identity.py). Tokens: "token:worker-id"
+    # entries, each token bound to one worker ("token:*" is a fleet token, an explicit
+    # choice), inline or one a line in agent_tokens_file (kept out of the environment).
     agent_tokens: tuple[str, ...] = ()
+    agent_tokens_file: str = ""
+    # gRPC over TLS with client certificates (on when set; PEM): the CA that signs agents'
+    # certificates (whose common name is their worker id), and this server's certificate
+    # and key. The files are read again when they change.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # With TLS, a plaintext port serving grpc.health.v1 alone: Consul's and Nomad's gRPC
+    # checks cannot present a client certificate (-1 = none).
+    grpc_health_port: int = -1
+    # Operators (AssignJob, GetWorkerStatus of any worker): tokens, or certificates whose
+    # common name is listed here.
+    operator_tokens: tuple[str, ...] = ()
+    operator_tokens_file: str = ""
+    operator_names: tuple[str, ...] = ("hodei-operator",)
+    # Accept unauthenticated agents on an address beyond loopback (refused otherwise).
+    insecure: bool = False
     heartbeat_interval_s: float = 5.0
     missed_heartbeats: int = 3
     # A worker Unhealthy for this long is Failed and dropped from the fleet.

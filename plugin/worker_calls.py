@@ -54,9 +54,9 @@ async def register(
     _, stale = await data.leases.renew(req.worker_id, reg.session_id, kept, 0.0, 0.0)
     revoked = set(reg.revoked) | set(stale)
     log.info(
-        "worker %s registered (session %s): %d jobs kept, %d revoked, %d lost",
+        "worker %s registered (session %s…): %d jobs kept, %d revoked, %d lost",
         req.worker_id,
-        reg.session_id,
+        reg.session_id[:8],  # a session proves who a worker is: never logged whole
         len(running) - len(revoked),
         len(revoked),
         len(reg.orphans),

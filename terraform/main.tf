@@ -119,7 +119,9 @@ resource "nomad_variable" "agent" {
 resource "nomad_variable" "server" {
   path = "nomad/jobs/hodei-server"
   items = {
-    agent_tokens   = var.agent_grpc_token
+    # The agents of the system job share one token: a fleet token (token:*), which may
+    # register any worker id but never take over a live one (see the README).
+    agent_tokens   = "${var.agent_grpc_token}:*"
     consul_token   = data.consul_acl_token_secret_id.server.secret_id
     redis_password = local.redis_password
   }

@@ -452,3 +452,16 @@ async def test_dead_letters_are_listed_and_replayed(
         return [d["id"] for d in listed] == [new_id]
 
     await wait_for(dead_again, 15)
+
+
+async def test_a_gateway_closes_at_once_even_right_after_it_started(
+    settings: ServerSettings,
+) -> None:
+    """Its background loops were connecting to Redis when the close came: on Python 3.11 a
+    cancellation arriving then could be swallowed (asyncio.wait_for inside redis-py), and
+    the loop went on for ever, holding the shutdown."""
+    for _ in range(8):
+        client = TestClient(TestServer(create_app(gateway_settings(settings))))
+        await client.start_server()
+        assert (await client.get("/healthz")).status == 200
+        await asyncio.wait_for(client.close(), 5)

@@ -25,13 +25,21 @@ from hodei.proto import hodei_pb2 as pb
 from hodei.proto import hodei_pb2_grpc as pb_grpc
 
 TOKEN = "s3cret-agent-token"
-AUTH = (("authorization", f"Bearer {TOKEN}"),)
+AUTH = (("authorization", f"Bearer {TOKEN}"),)  # the agent of worker "fake"
+GHOST = (("authorization", "Bearer ghost-token"),)  # of worker "ghost", never registered
+OPERATOR = (("authorization", "Bearer operator-token"),)
 CAPACITY = pb.Resources(cpu_millicores=2000, memory_mb=2048, job_slots=2)
 
 
 @pytest.fixture
 async def secured(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(replace(settings, agent_tokens=(TOKEN,)))
+    cp = ControlPlane(
+        replace(
+            settings,
+            agent_tokens=(f"{TOKEN}:fake", "ghost-token:ghost"),
+            operator_tokens=("operator-token",),
+        )
+    )
     await cp.start()
     await wait_for(lambda: cp.leader.is_leader, 5)
     yield cp
@@ -128,7 +136,7 @@ async def test_stream_must_open_with_a_current_session(
     await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(worker_id="fake")))
     assert await code_of(call.read()) == grpc.StatusCode.FAILED_PRECONDITION
 
-    call = stub.JobStream(metadata=AUTH)
+    call = stub.JobStream(metadata=GHOST)
     await call.write(pb.AgentMessage(status=pb.WorkerStatus(worker_id="ghost", session_id="s")))
     assert await code_of(call.read()) == grpc.StatusCode.NOT_FOUND
 
@@ -216,7 +224,7 @@ async def test_unary_heartbeat_renews_leases_and_knows_sessions(
         grpc.StatusCode.FAILED_PRECONDITION
     )
     ghost = pb.Heartbeat(worker_id="ghost", session_id="x")
-    assert await code_of(stub.Heartbeat(ghost, metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(stub.Heartbeat(ghost, metadata=GHOST)) == grpc.StatusCode.NOT_FOUND
 
 
 async def test_in_stream_heartbeat_revokes_jobs_the_worker_no_longer_holds(
@@ -239,7 +247,7 @@ async def test_in_stream_heartbeat_revokes_jobs_the_worker_no_longer_holds(
 async def test_get_worker_status(stub: pb_grpc.WorkerServiceStub, secured: ControlPlane) -> None:
     assert (
         await code_of(
-            stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="ghost"), metadata=AUTH)
+            stub.GetWorkerStatus(pb.GetWorkerStatusRequest(worker_id="ghost"), metadata=OPERATOR)
         )
         == grpc.StatusCode.NOT_FOUND
     )
@@ -283,18 +291,18 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
 
     accepting = asyncio.create_task(agent_side())
     accepted = await stub.AssignJob(
-        pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake"), metadata=AUTH
+        pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake"), metadata=OPERATOR
     )
     await accepting
     assert accepted.invocation_id == inv_id and accepted.worker_id == "fake"
     inv = await secured.data.invocations.get(inv_id)
     assert inv.status is Status.RUNNING and inv.worker_id == "fake"
     again = pb.AssignJobRequest(invocation_id=inv_id, worker_id="fake")
-    assert await code_of(stub.AssignJob(again, metadata=AUTH)) == (
+    assert await code_of(stub.AssignJob(again, metadata=OPERATOR)) == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
     missing = pb.AssignJobRequest(invocation_id="nope", worker_id="fake")
-    assert await code_of(stub.AssignJob(missing, metadata=AUTH)) == grpc.StatusCode.NOT_FOUND
+    assert await code_of(stub.AssignJob(missing, metadata=OPERATOR)) == grpc.StatusCode.NOT_FOUND
     big = await deploy(
         secured,
         "huge",
@@ -304,6 +312,6 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
     )
     big_id = await invoke(secured, big, b"")
     too_big = pb.AssignJobRequest(invocation_id=big_id, worker_id="fake")
-    assert await code_of(stub.AssignJob(too_big, metadata=AUTH)) == (
+    assert await code_of(stub.AssignJob(too_big, metadata=OPERATOR)) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )

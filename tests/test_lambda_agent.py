@@ -12,15 +12,15 @@ import pytest
 from conftest import STATE_DIR, wait_for
 
 from hodei.agent.agent import Agent
+from hodei.agent.process_runtime import ProcessRuntime
 from hodei.agent.settings import AgentSettings
 from hodei.proto import hodei_pb2 as pb
 
-HANDLER = "def handler(event, context):\n    return {'echo': event}\n"
+CODE = Path(__file__).parent / "lambda_functions"
 
 
 @pytest.fixture
-async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
-    (tmp_path / "echo.py").write_text(HANDLER)
+async def agent() -> AsyncIterator[Agent]:
     settings = AgentSettings(
         server="127.0.0.1:1",  # never connected: results wait in the unacknowledged buffer
         worker_id="lambda-wiring",
@@ -34,6 +34,9 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
     yield agent
     await agent.instances.close()
     await agent.connection.close()
+    process = agent.runtimes["process"]
+    assert isinstance(process, ProcessRuntime)
+    await process.sandbox.close()
 
 
 def lambda_job(code: Path, invocation_id: str, memory_mb: int = 400) -> pb.AssignJobRequest:
@@ -57,16 +60,16 @@ async def result_of(agent: Agent, invocation_id: str) -> pb.JobResult:
     return agent.connection.unacked[(invocation_id, 1)]
 
 
-async def test_assignments_prewarm_and_heartbeat_pools(agent: Agent, tmp_path: Path) -> None:
-    await agent._on_assign(lambda_job(tmp_path, "a1"))
+async def test_assignments_prewarm_and_heartbeat_pools(agent: Agent) -> None:
+    await agent._on_assign(lambda_job(CODE, "a1"))
     first = await result_of(agent, "a1")
     assert first.outcome == pb.JOB_OUTCOME_SUCCEEDED and first.cold_start and first.init_ms > 0
     assert json.loads(first.output) == {"echo": {"hi": 1}}
-    await agent._on_assign(lambda_job(tmp_path, "a2"))
+    await agent._on_assign(lambda_job(CODE, "a2"))
     assert not (await result_of(agent, "a2")).cold_start
 
     # A pre-warm request as the stream delivers it.
-    template = lambda_job(tmp_path, "")
+    template = lambda_job(CODE, "")
     template.ClearField("payload")
     await agent.connection._dispatch(
         pb.ServerMessage(prewarm=pb.PrewarmRequest(function=template, count=2))
@@ -104,4 +107,7 @@ async def test_assignments_prewarm_and_heartbeat_pools(agent: Agent, tmp_path: P
         )
     )
     await wait_for(lambda: [p.idle for p in agent.instances.pools()] == [1], 10)
-    assert (await result_of(agent, "stdio")).outcome == pb.JOB_OUTCOME_SUCCEEDED
+    stdio = await result_of(agent, "stdio")
+    assert stdio.outcome == pb.JOB_OUTCOME_SUCCEEDED
+    assert not stdio.HasField("cold_start")  # not a lambda: neither cold nor warm
+    assert (await result_of(agent, "a2")).HasField("cold_start")  # warm: false, and said

@@ -86,11 +86,17 @@ async def test_a_container_instance_serves_invocations_warm(
         assert json.loads(result.output)["n"] == i
     # The engine relays a container's output, so a line written just before the answer can
     # arrive after the invocation ended (the agent waits for the stream to go quiet, briefly):
-    # then it misses its invocation's logs, or lands in the next one's. Nothing else mixes.
+    # then it misses its invocation's logs and lands in a later one's. Nothing else mixes:
+    # every line is there at most once, in its own invocation or a later one.
+    seen = []
     for i in range(1, 12):
-        own, late = f"serving c-{i} #{i}", f"serving c-{i - 1} #{i - 1}"
-        assert set(agent.logs(f"c-{i}")) <= {own, late}, agent.logs(f"c-{i}")
-    assert sum(f"serving c-{i} #{i}" in agent.logs(f"c-{i}") for i in range(1, 12)) >= 6
+        for line in agent.logs(f"c-{i}"):
+            served = int(line.rsplit("#", 1)[1])
+            assert line == f"serving c-{served} #{served}" and served <= i, (i, line)
+            seen.append(served)
+    assert len(seen) == len(set(seen))
+    # How many arrive in time depends on the machine's load; some do.
+    assert any(f"serving c-{i} #{i}" in agent.logs(f"c-{i}") for i in range(1, 12))
     assert len(instances(engine, "sh")) == 1
 
 

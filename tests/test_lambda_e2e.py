@@ -3,6 +3,7 @@ invocations to an agent (its own OS process) whose instances run the real awslam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -14,35 +15,21 @@ from conftest import AgentProcess, deploy, final, invoke, logs, start_agent, wai
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 
-HANDLER = """
-import os, time
-served = 0
-
-def handler(event, context):
-    global served
-    served += 1
-    print(f"serving {context.aws_request_id}")
-    if event.get("fail"):
-        raise KeyError("missing thing")
-    if event.get("sleep"):
-        time.sleep(event["sleep"])
-    return {"pid": os.getpid(), "served": served}
-"""
 AGENT = ["--runtimes", "process", "--memory-mb", "4096", "--job-slots", "8"]
 
 
 @pytest.fixture
-def code(tmp_path: Path) -> Path:
-    (tmp_path / "fn.py").write_text(HANDLER)
-    return tmp_path
+def code() -> Path:
+    # A folder of the project: readable by a sandboxed function's uid.
+    return Path(__file__).parent / "lambda_functions"
 
 
 def spec(code: Path, **extra: Any) -> dict[str, Any]:
     return {
         "runtime": "process",
         "interface": "lambda",
-        "handler": "fn.handler",
-        "command": [sys.executable, "-m", "awslambdaric", "fn.handler"],
+        "handler": "counter.handler",
+        "command": [sys.executable, "-m", "awslambdaric", "counter.handler"],
         "env": {"PYTHONPATH": str(code)},
         "resources": {"memory_mb": 256},
         "timeout_s": 20,
@@ -67,8 +54,7 @@ async def test_warm_invocations_through_the_control_plane(
     for n in range(2, 12):
         invocation_id = await invoke(plane, fn, b"{}")
         record = await final(plane, invocation_id, 30)
-        # A warm start (cold_start false on the wire) is recorded as not cold.
-        assert record.status is Status.SUCCEEDED and not record.cold_start
+        assert record.status is Status.SUCCEEDED and record.cold_start is False
         _, output = await plane.data.invocations.result(invocation_id)
         assert json.loads(output) == {"pid": pid, "served": n}
 
@@ -95,3 +81,29 @@ async def test_a_timeout_is_timed_out_and_the_next_invocation_starts_fresh(
     assert slow.status is Status.TIMED_OUT
     fresh = await final(plane, await invoke(plane, fn, b"{}"), 30)
     assert fresh.status is Status.SUCCEEDED and fresh.cold_start is True
+
+
+async def test_warm_min_instances_are_started_across_the_fleet_before_any_invocation(
+    plane: ControlPlane, agents: list[AgentProcess], code: Path
+) -> None:
+    for worker in ("lambda-pre-1", "lambda-pre-2"):
+        await start_agent(plane, agents, worker, *AGENT)
+    fn = await deploy(plane, "prewarmed", **spec(code, warm={"min": 3, "idle_s": 1}))
+
+    async def idle_instances() -> int:
+        total = 0
+        for worker in ("lambda-pre-1", "lambda-pre-2"):
+            record = await plane.data.workers.get(worker)
+            total += sum(p.idle for p in (record.pools if record else ()) if p.function == fn.name)
+        return total
+
+    async def three_idle() -> bool:
+        return await idle_instances() == 3
+
+    await wait_for(three_idle, 30)
+    # The first invocation finds a warm one.
+    first = await final(plane, await invoke(plane, fn, b"{}"), 30)
+    assert first.status is Status.SUCCEEDED and first.cold_start is False
+    # Kept past idle_s: the server asked for them (the floor).
+    await asyncio.sleep(1.5)  # longer than idle_s: what must not happen has had its chance
+    await wait_for(three_idle, 5)

@@ -13,73 +13,41 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import sandbox_config, wait_for
 from lambda_harness import Harness
 
 from hodei.agent.process_instances import ProcessLauncher
+from hodei.agent.sandbox import Sandbox
 from hodei.proto import hodei_pb2 as pb
 
-HANDLER = """
-import os, sys, time
-COUNT = 0
-
-def handler(event, context):
-    global COUNT
-    COUNT += 1
-    print(f"serving {context.aws_request_id} #{COUNT}")
-    print(f"to stderr {context.aws_request_id}", file=sys.stderr)
-    action = event.get("action") if isinstance(event, dict) else "raw"
-    if action == "fail":
-        raise ValueError("no good " + context.aws_request_id)
-    if action == "sleep":
-        time.sleep(event["s"])
-    if action == "crash":
-        os._exit(3)
-    if action == "big":
-        return "x" * event["n"]
-    if action == "steal":
-        import urllib.error, urllib.request
-        url = f"http://{event['api']}/2018-06-01/runtime/invocation/next"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                return {"status": answer.status, "body": answer.read().decode()}
-        except urllib.error.HTTPError as exc:
-            return {"status": exc.code}
-    if action == "raw":
-        return {"raw": event.decode()}
-    names = ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "_HANDLER",
-             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_REGION", "LAMBDA_TASK_ROOT",
-             "HODEI_FUNCTION", "HODEI_REVISION", "HODEI_AGENT_MARK", "SECRET", "_X_AMZN_TRACE_ID",
-             "AWS_LAMBDA_RUNTIME_API"]
-    return {
-        "pid": os.getpid(),
-        "count": COUNT,
-        "event": event,
-        "request_id": context.aws_request_id,
-        "arn": context.invoked_function_arn,
-        "remaining_ms": context.get_remaining_time_in_millis(),
-        "memory": context.memory_limit_in_mb,
-        "env": {name: os.environ.get(name) for name in names},
-    }
-"""
-BROKEN = "raise RuntimeError('cannot even import')\n"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def process_launcher() -> ProcessLauncher:
-    return ProcessLauncher("test-mark", 4096, "hodei-test")
+# The handlers: files of the project, readable by a sandboxed function's uid (/tmp is not:
+# each function has a private one).
+CODE = Path(__file__).parent / "lambda_functions"
+
+
+@pytest.fixture(params=["sandboxed", "unsandboxed"])
+async def spawner(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
+    """The agent's spawner: instances confined (own uid, network namespace...), or not."""
+    sandbox = Sandbox.start(sandbox_config(request.param == "sandboxed"))
+    yield sandbox
+    await sandbox.close()
+
+
+def process_launcher(spawner: Sandbox) -> ProcessLauncher:
+    return ProcessLauncher(spawner, "test-mark", 4096, "hodei-test")
 
 
 @pytest.fixture
-def code(tmp_path: Path) -> Path:
-    (tmp_path / "fn.py").write_text(HANDLER)
-    (tmp_path / "broken.py").write_text(BROKEN)
-    return tmp_path
+def code() -> Path:
+    return CODE
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Harness]:
-    harness = Harness(process_launcher())
+async def agent(spawner: Sandbox) -> AsyncIterator[Harness]:
+    harness = Harness(process_launcher(spawner))
     yield harness
     await harness.pool.close()
 
@@ -218,14 +186,22 @@ async def test_cancel_kills_the_instance_serving_the_invocation(agent: Harness, 
 
 
 async def test_an_instance_cannot_pull_another_functions_invocations(
-    agent: Harness, code: Path
+    agent: Harness, code: Path, spawner: Sandbox
 ) -> None:
-    victim = await agent.invoke(job(code, "victim", {}, function="victim"))
+    # With the host's network, the victim's endpoint is on the host's loopback, where any
+    # local process may connect.
+    host = {"network": True}
+    victim = await agent.invoke(job(code, "victim", {}, function="victim", **host))
     api = output(victim)["env"]["AWS_LAMBDA_RUNTIME_API"]
-    # The victim's instance is idle in `next`; give it work, then let a thief ask for it.
-    agent.assign(job(code, "secret", {"action": "sleep", "s": 0.5}, function="victim"))
-    thief = await agent.invoke(job(code, "thief", {"action": "steal", "api": api}))
+    # Give its idle instance work, then let others ask for work at its endpoint.
+    agent.assign(job(code, "secret", {"action": "sleep", "s": 0.5}, function="victim", **host))
+    steal = {"action": "steal", "api": api}
+    thief = await agent.invoke(job(code, "thief", steal, function="thief", **host))
     assert output(thief) == {"status": 403}
+    # Sandboxed without network, an instance has a network namespace of its own: the host's
+    # loopback is out of reach. Unsandboxed, the endpoint refuses it like any stranger.
+    boxed = await agent.invoke(job(code, "boxed", steal, function="boxed"))
+    assert output(boxed) == {"status": "unreachable" if spawner.sandboxed else 403}
     assert (await agent.result("secret")).outcome == pb.JOB_OUTCOME_SUCCEEDED
     # Nor can any other local process.
     proc = await asyncio.create_subprocess_exec(
@@ -238,6 +214,23 @@ async def test_an_instance_cannot_pull_another_functions_invocations(
         stdout=asyncio.subprocess.PIPE,
     )
     assert (await proc.communicate())[0].strip() == b"403"
+
+
+# (unsandboxed functions have the agent's network: an operator's choice, nothing to test)
+@pytest.mark.parametrize("spawner", ["sandboxed"], indirect=True)
+async def test_without_network_a_sandboxed_instance_reaches_only_its_endpoint(
+    agent: Harness, code: Path, spawner: Sandbox
+) -> None:
+    assert spawner.sandboxed
+    result = await agent.invoke(job(code, "probe", {"action": "redis"}))
+    assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED  # its endpoint answered
+    assert output(result) == {"redis": "closed"}
+    assert (
+        output(await agent.invoke(job(code, "probe2", {})))
+        .get("env", {})
+        .get("AWS_LAMBDA_RUNTIME_API")
+        == "127.0.0.1:9001"
+    )
 
 
 async def test_the_response_is_capped_like_stdout(agent: Harness, code: Path) -> None:
@@ -319,9 +312,9 @@ async def test_idle_instances_are_reaped_after_idle_s(agent: Harness, code: Path
 
 
 async def test_idle_instances_are_evicted_least_recently_used_under_memory_pressure(
-    code: Path,
+    code: Path, spawner: Sandbox
 ) -> None:
-    agent = Harness(process_launcher(), capacity_mb=1024)
+    agent = Harness(process_launcher(spawner), capacity_mb=1024)
     try:
         a = await agent.invoke(job(code, "a", {}, function="fa"))
         b = await agent.invoke(job(code, "b", {}, function="fb"))
@@ -355,8 +348,8 @@ async def test_an_explicit_command_runs_the_runtime_client(agent: Harness, code:
     assert output(result)["env"]["_HANDLER"] is None
 
 
-async def test_instances_stop_with_the_pool(code: Path) -> None:
-    agent = Harness(process_launcher())
+async def test_instances_stop_with_the_pool(code: Path, spawner: Sandbox) -> None:
+    agent = Harness(process_launcher(spawner))
     result = await agent.invoke(job(code, "one", {}))
     await agent.pool.close()
     assert not agent.pool.instances

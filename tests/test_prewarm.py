@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AgentProcess, deploy, final, invoke, start_agent, wait_for
-from test_lambda_e2e import HANDLER
 
 from hodei.plugin import prewarm
 from hodei.plugin.models import FunctionSpec, Status
@@ -63,17 +62,18 @@ def test_only_changes_are_sent_and_dropped_floors_go_to_zero() -> None:
 
 
 async def test_warm_min_instances_are_started_before_any_invocation(
-    plane: ControlPlane, agents: list[AgentProcess], tmp_path: Path
+    plane: ControlPlane, agents: list[AgentProcess]
 ) -> None:
-    (tmp_path / "fn.py").write_text(HANDLER)
+    # A folder of the project: a sandboxed instance's uid can read it (not the test's /tmp).
+    code = Path(__file__).parent / "lambda_functions"
     await start_agent(plane, agents, "pw1", "--runtimes", "process", "--job-slots", "4")
     fn = await deploy(
         plane,
         "prewarmed",
         interface="lambda",
-        handler="fn.handler",
-        command=[sys.executable, "-m", "awslambdaric", "fn.handler"],
-        env={"PYTHONPATH": str(tmp_path)},
+        handler="counter.handler",
+        command=[sys.executable, "-m", "awslambdaric", "counter.handler"],
+        env={"PYTHONPATH": str(code)},
         resources={"memory_mb": 256},
         warm={"min": 1, "idle_s": 600},
     )

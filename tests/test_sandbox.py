@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -205,30 +206,46 @@ async def test_ten_thousand_background_sleeps_are_refused(runtime: Runtime) -> N
     assert sleeping(needle) == []
 
 
-async def test_tmp_is_private_to_each_function(runtime: Runtime) -> None:
+# A System V shared memory segment anyone may read, and its key.
+SHARED_SEGMENT = (
+    "id=$(ipcmk -M 4096 -p 0666 | grep -o '[0-9]*$'); ipcs -m | awk -v id=$id '$2 == id {print $1}'"
+)
+
+
+async def test_tmp_and_ipc_are_private_to_each_function(runtime: Runtime) -> None:
     secret = uuid.uuid4().hex
     writer = job(
         "sh",
         "-c",
         f"echo {secret} > /tmp/secret-{secret}; echo {secret} > /dev/shm/shm-{secret}; "
-        "echo written >&2; sleep 30",
+        f"{SHARED_SEGMENT} >&2; sleep 30",
     )
     lines: list[str] = []
     running = asyncio.ensure_future(
         runtime.run(writer, lambda s, line: lines.append(line), asyncio.Event())
     )
     await wait_for(lambda: lines, 10)
+    key = lines[0]
+    assert key.startswith("0x"), lines
     spy = f"cat /tmp/secret-{secret} /dev/shm/shm-{secret} 2>/dev/null; ls /tmp /dev/shm /var/tmp"
-    outcome, _ = await run(runtime, job("sh", "-c", spy))
+    outcome, _ = await run(runtime, job("sh", "-c", f"{spy}; ipcs -m"))
     assert secret.encode() not in outcome.output
+    assert key.encode() not in outcome.output
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
     # Nor does the next function on the same uid find what the previous one left.
     for _ in range(3):
-        await run(runtime, job("sh", "-c", f"echo {secret} > /tmp/left-{secret}"))
-        outcome, _ = await run(runtime, job("sh", "-c", "cat /tmp/left-* 2>/dev/null; ls -a /tmp"))
+        left, lines = await run(
+            runtime, job("sh", "-c", f"echo {secret} > /tmp/left-{secret}; {SHARED_SEGMENT}")
+        )
+        key = left.output.decode().strip()
+        assert key.startswith("0x"), lines
+        outcome, _ = await run(
+            runtime, job("sh", "-c", "cat /tmp/left-* 2>/dev/null; ls -a /tmp; ipcs -m")
+        )
         assert secret.encode() not in outcome.output
+        assert key.encode() not in outcome.output
     assert not glob.glob(f"/tmp/left-{secret}")
 
 
@@ -283,7 +300,10 @@ async def test_leftovers_of_a_killed_agent_are_killed_by_its_next_life(
     plane: ControlPlane, agents: list[AgentProcess], cgroups: str
 ) -> None:
     require("root (the process sandbox needs it)", os.geteuid() == 0)
-    options = ("--job-slots", "2", "--process-cgroup-root", cgroups)
+    # Uids of its own, far from where other agents on the host claim theirs: none of them
+    # takes the dead agent's uids (and kills its leftovers) before its next life does.
+    uid_base = str(2_147_100_000 + secrets.randbelow(90) * 4096)
+    options = ("--job-slots", "2", "--process-cgroup-root", cgroups, "--process-uid-base", uid_base)
     agent = await start_agent(plane, agents, "w-crash", *options)
     needle = random_suffix()
     # The leftover drops the agent's mark from its environment: only the uid or the

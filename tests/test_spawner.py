@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import psutil
 from conftest import (
@@ -31,6 +32,7 @@ async def test_an_agent_that_cannot_sandbox_refuses_the_process_runtime() -> Non
     require("root and unshare(1)", os.geteuid() == 0 and shutil.which("unshare") is not None)
     base = [PY_AGENT, "-m", "hodei.cli", "agent", "--server", "127.0.0.1:1", "--worker-id"]
     base += [f"refuse-{SESSION_MARK[:8]}", "--state-dir", str(STATE_DIR), "--runtimes", "process"]
+    base += ["--metrics-port", "-1", "--health-port", "-1"]
     # Root of a user namespace: namespaces and mounts, but no other uid to run functions as.
     code, out = await exited(["unshare", "--user", "--map-root-user", *base])
     assert code != 0 and "cannot sandbox functions here" in out and "--process-sandbox off" in out
@@ -134,3 +136,24 @@ async def test_a_slot_killed_from_outside_fails_its_function_and_nothing_is_left
         await wait_for(runs_again, 10)
     finally:
         await sandbox.close()
+
+
+async def test_agent_secrets_come_from_files_and_leave_its_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    token_file.chmod(0o600)
+    probe = (
+        "import ctypes, os\n"
+        "from hodei.agent.sandbox_secrets import protect_agent\n"
+        "from hodei.agent.settings import AgentSettings\n"
+        f"s = protect_agent(AgentSettings.from_env(token_file={str(token_file)!r}))\n"
+        "dumpable = ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)\n"
+        "left = [k for k in ('HODEI_TOKEN', 'CONSUL_HTTP_TOKEN') if k in os.environ]\n"
+        "print(s.token, s.consul_token, dumpable, left)\n"
+    )
+    env = {**os.environ, "HODEI_TOKEN": "from-the-env", "CONSUL_HTTP_TOKEN": "consul-secret"}
+    proc = await asyncio.create_subprocess_exec(
+        PY_AGENT, "-c", probe, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert out.decode().split() == ["from-the-file", "consul-secret", "0", "[]"]

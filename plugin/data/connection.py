@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hodei import backoff
+from hodei.tasks import raise_if_cancelled
 
 # What an unreachable or restarting Redis raises (a refused or reset socket is an OSError
 # below redis-py when it happens between commands).
@@ -102,6 +103,7 @@ async def keep_running(
     outage = Outage(what, logger)
     failures = 0
     while True:
+        raise_if_cancelled()
         try:
             await body(outage)
             outage.recovered()
@@ -109,8 +111,10 @@ async def keep_running(
         except asyncio.CancelledError:
             raise
         except REDIS_DOWN as exc:
+            raise_if_cancelled()
             await asyncio.sleep(outage.failed(exc))
         except Exception:
+            raise_if_cancelled()
             failures += 1
             logger.exception("%s failed; starting it again", what)
             await asyncio.sleep(backoff.delay(failures, 0.5, 10.0))

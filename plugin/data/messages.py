@@ -14,6 +14,7 @@ from hodei.plugin.data import records
 from hodei.plugin.data.connection import Outage, keep_running
 from hodei.plugin.data.keys import Keys
 from hodei.plugin.data.records import InboxMessage
+from hodei.tasks import raise_if_cancelled
 
 INBOX_TTL_S = 3600  # the inbox of a server gone for good disappears
 INBOX_BATCH = 500
@@ -88,6 +89,7 @@ class Subscription:
             outage.recovered()
             self.resubscribed()
             while True:
+                raise_if_cancelled()
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is not None and message["type"] == "message":
                     self.on_message(message["channel"].decode(), message["data"])

@@ -1,0 +1,5 @@
+"""Echoes its event (the agent wiring tests)."""
+
+
+def handler(event, context):
+    return {"echo": event}
