@@ -378,11 +378,15 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.jobs.idle.wait(), self._left(share=0.6))
         while loop.time() < self.drain_deadline - 1.0:
-            if not self.connection.unacked:
-                with contextlib.suppress(Exception):
+            if not self.connection.unacked and not self.jobs.jobs:
+                try:
                     status = await asyncio.wait_for(self.connection.status(), self._left(0.5))
-                    if not status.jobs:
-                        break
+                except Exception:
+                    # No server to ask: whatever it may still lease to us expires and runs
+                    # elsewhere; waiting out the budget would not change that.
+                    break
+                if not status.jobs:
+                    break
             await asyncio.sleep(0.1)
         await self.connection.terminate()
         self.state = WorkerState.TERMINATED

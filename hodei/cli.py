@@ -58,13 +58,27 @@ def _overrides(args: argparse.Namespace, settings_cls: Any) -> dict[str, Any]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _settings_class(process: str) -> Any:
+    if process == "server":
+        from hodei.plugin.settings import ServerSettings
+
+        return ServerSettings
+    if process == "agent":
+        from hodei.agent.settings import AgentSettings
+
+        return AgentSettings
+    from hodei.api.settings import GatewaySettings
+
+    return GatewaySettings
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the arguments, only the settings flags of the process
+    they start (the settings classes take a while to import: the CLI stays quick)."""
     from hodei import certs, commands, dev
     from hodei import nomad as nomad_deploy
-    from hodei.agent.settings import AgentSettings
-    from hodei.api.settings import GatewaySettings
-    from hodei.plugin.settings import ServerSettings
 
+    wanted = {a for a in argv or () if not a.startswith("-")} if argv is not None else None
     parser = argparse.ArgumentParser(
         prog="hodei",
         description="Hodei runs functions on a fleet of workers. Start with `hodei dev`.",
@@ -73,17 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hodei {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, settings_cls, help_text in (
-        ("server", ServerSettings, "run a control-plane server (scheduler, gRPC)"),
-        ("agent", AgentSettings, "run a worker agent"),
-        ("gateway", GatewaySettings, "run the HTTP gateway"),
+    for name, help_text in (
+        ("server", "run a control-plane server (scheduler, gRPC)"),
+        ("agent", "run a worker agent"),
+        ("gateway", "run the HTTP gateway"),
     ):
         process = sub.add_parser(
             name,
             help=help_text,
             description=f"{help_text}. Every flag is also a HODEI_* variable; flags win.",
         )
-        _add_settings_flags(process, settings_cls, name)
+        if wanted is None or name in wanted:
+            _add_settings_flags(process, _settings_class(name), name)
     commands.add_commands(sub)
     dev.add_command(sub)
     nomad_deploy.add_command(sub)
@@ -92,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     try:
         if args.command == "server":
             from hodei.plugin.server import serve as serve_server

@@ -13,14 +13,16 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 
-import aiohttp
 from multidict import CIMultiDict
 
 from hodei.calls import Answer, Call, Calls, Endpoint, InvocationPage, InvokeResult, LogEvents
 from hodei.calls import Stream as _Stream
 from hodei.errors import ApiError, GatewayUnreachable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "ApiError",
@@ -167,6 +169,8 @@ class AsyncHodeiClient(Calls):
         return method
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp  # not for the blocking client and the CLI: it takes a while to import
+
         if self._session is None or self._session.closed:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             timeout = aiohttp.ClientTimeout(total=None, sock_read=self.timeout)
@@ -174,6 +178,8 @@ class AsyncHodeiClient(Calls):
         return self._session
 
     async def _send(self, call: Call) -> Answer:
+        import aiohttp
+
         try:
             async with self._open().request(
                 call.method, call.url(self.url), data=call.body, headers=call.headers
@@ -183,6 +189,8 @@ class AsyncHodeiClient(Calls):
             raise _unreachable(self.url, exc) from None
 
     async def _lines(self, call: Call) -> AsyncIterator[bytes]:
+        import aiohttp
+
         try:
             async with self._open().request(call.method, call.url(self.url)) as response:
                 if response.status != 200:

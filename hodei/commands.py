@@ -159,6 +159,7 @@ def add_commands(sub: Any) -> None:
     _json_flag(dead_ls)
     replay = command("replay", "run one again, as a new invocation", dead_sub)
     replay.add_argument("id", help="the dead-lettered invocation's id")
+    _json_flag(replay)
     _json_flag(command("workers", "list the workers, their reservations and load"))
     drain = command("drain", "drain a worker: no new work, running work finishes")
     drain.add_argument("worker", help="the worker id")

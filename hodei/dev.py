@@ -9,6 +9,7 @@ stacks on one host never touch each other. Ctrl-C stops them all, gateway first.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import shutil
@@ -23,7 +24,6 @@ from typing import Any
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
-from hodei.plugin.data.connection import unreachable
 
 DEMO = {
     "command": [
@@ -34,6 +34,17 @@ DEMO = {
     ],
     "resources": {"cpu_millicores": 100, "memory_mb": 64},
     "timeout_s": 10,
+}
+
+
+# The Python handler shipped with Hodei, run by the agents' own Python under awslambdaric.
+WARM_DEMO = {
+    "runtime": "process",
+    "interface": "lambda",
+    "handler": "hodei.agent.lambda_demo.handler",
+    "resources": {"cpu_millicores": 100, "memory_mb": 128},
+    "warm": {"min": 0, "max": 1, "idle_s": 600},
+    "timeout_s": 30,
 }
 
 
@@ -250,6 +261,9 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 def _check_redis(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
+    # Imported here: the data layer takes a while to import, and user commands never need it.
+    from hodei.plugin.data.connection import unreachable
+
     problem = unreachable(url)
     if problem:
         raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {problem}")
@@ -307,4 +321,26 @@ def _demo(client: HodeiClient) -> bool:
         return False
     _show(f"demo: hodei invoke hello -d Hodei -> {result.output.decode().strip()}")
     _show(f"      invocation {result.invocation_id}: {result.status}")
+    return _warm_demo(client)
+
+
+def _warm_demo(client: HodeiClient) -> bool:
+    """A lambda-interface function answered twice by the same warm instance."""
+    if importlib.util.find_spec("awslambdaric") is None:
+        _show("      (pip install 'hodei[lambda]' for the warm lambda demo too)")
+        return True
+    client.deploy("hello-warm", WARM_DEMO)
+    answers = []
+    for _ in range(2):
+        result = client.invoke("hello-warm", b'{"name": "Ada"}')
+        if result.status_code != 200:
+            _say(f"demo: invocation {result.invocation_id} {result.status}: {result.error}")
+            return False
+        record = client.invocation(result.invocation_id)
+        start = "cold start" if record.get("cold_start") else "warm"
+        if record.get("init_ms") is not None:
+            start += f", init {record['init_ms']} ms"
+        answers.append(f"{result.output.decode().strip()} ({start})")
+    _show(f"demo: a warm lambda, hello-warm, twice -> {answers[0]}")
+    _show(f"                                     -> {answers[1]}")
     return True

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,6 +135,10 @@ async def test_failures_carry_the_gateways_reason_and_exit_codes(
     assert f"invocation {inv} failed" in err and "exit code 3" in err
     code, out, err = await hodei("result", inv, env=env)
     assert code == Exit.FUNCTION_FAILED and "exit code 3" in err
+    code, out, _ = await hodei("dead", "ls", env=env)
+    assert inv in out and "exit code 3" in out
+    code, out, _ = await hodei("dead", "replay", inv, env=env)
+    assert code == Exit.OK and len(out.strip()) == 32 and out.strip() != inv
 
     await hodei("fn", "deploy", "nap", "--command", "sleep 5", env=env)
     code, _, err = await hodei("invoke", "nap", "--wait", "0.2", env=env)
@@ -149,6 +154,10 @@ async def test_failures_carry_the_gateways_reason_and_exit_codes(
     assert code == Exit.REFUSED and "resources.cpu_millicores" in err
     code, _, err = await hodei("cancel", inv, env=env)
     assert code == Exit.REFUSED and "conflict" in err and "already failed" in err
+    code, out, _ = await hodei("drain", "w1", env=env)
+    assert code == Exit.OK and out.strip() == "w1 is draining"
+    code, out, _ = await hodei("workers", env=env)
+    assert "w1" in out and "draining" in out
 
 
 async def test_local_mistakes_are_usage_errors_without_tracebacks(url: str, tmp_path: Path) -> None:
@@ -308,3 +317,18 @@ async def test_help_shows_the_exit_codes_and_variables() -> None:
         assert f"  {exit_code.value}  " in out
     code, out, _ = await hodei("server", "--help")
     assert "(HODEI_GRPC_PORT; default 7070)" in " ".join(out.split())
+
+
+def test_the_user_commands_stay_light() -> None:
+    """A user command imports neither aiohttp nor Redis nor the settings of the processes
+    (together most of a second on a loaded machine)."""
+    probe = (
+        "import sys; from hodei.cli import build_parser; from hodei import actions; "
+        "build_parser(['queue']).parse_args(['queue']); "
+        "print(sorted(m for m in ('aiohttp', 'redis', 'grpc', 'hodei.api.settings') "
+        "if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert found.stdout.strip() == "[]"

@@ -52,6 +52,10 @@ async def test_a_normal_start_is_quiet_and_prints_every_address() -> None:
     assert ports and len({url[1], *ports.groups()}) == 4
     assert "9464" not in ports.groups() and "9465" not in ports.groups()
     assert "Hello, Hodei, from hello!" in out
+    # The warm lambda demo: the second answer comes from the same instance, warm.
+    warm = re.findall(r'"instance_pid": (\d+), "served": (\d)\} \((cold start|warm)', out)
+    assert [(served, start) for _, served, start in warm] == [("1", "cold start"), ("2", "warm")]
+    assert warm[0][0] == warm[1][0]
     assert "embedded Redis" in err
     # Expected events log at INFO at most; Redis's own banner stays in its file.
     noisy = [line for line in err.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]

@@ -164,3 +164,33 @@ async def test_every_process_leaves_soon_after_sigterm_whatever_it_served(
         gateway.stop()
         await agent.stop()
         server.stop()
+
+
+async def test_an_agent_whose_servers_are_gone_leaves_soon_after_sigterm(
+    own_redis: RedisServer,
+) -> None:
+    """Nothing runs and no server answers: waiting out the drain budget changes nothing."""
+    settings = fast_settings(own_redis.url)
+    port = free_port()
+    server = ServerProcess(settings, port, "s1")
+    server.start()
+    agent = AgentProcess(port, "w1", "--drain-grace-s", "30", "--drain-handback-s", "8")
+    gateway = GatewayProcess(own_redis.url)
+    try:
+        async with aiohttp.ClientSession(gateway.url) as http:
+            await wait_for(lambda: ready(http), 20)
+            async with http.put("/v1/functions/echo", json={"command": ["cat"]}) as r:
+                assert r.status == 201
+            async with http.post("/v1/functions/echo/invoke?wait=30", data=b"x") as r:
+                assert r.status == 200
+        server.stop()
+        assert agent.proc is not None
+        started = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: agent.proc.poll() is not None, 20)
+        assert time.monotonic() - started < 8, agent.output()[-2000:]
+        assert agent.proc.returncode == 0
+    finally:
+        gateway.stop()
+        await agent.stop()
+        server.stop()

@@ -50,27 +50,21 @@ async function api(path, options = {}) {
   return type.includes("json") ? response.json() : response.text();
 }
 
-// What this token may do. No endpoint tells the scopes: a request to something that does
-// not exist answers 403 without the scope and 404 (or 400) with it, and changes nothing.
+// What this token may do: the console offers only the actions it may take.
 const can = { invoke: false, admin: false };
 
 async function probeScopes() {
-  const allowed = async (method, path) => {
-    try {
-      const response = await fetch(path, { method, headers: authHeaders() });
-      return response.status !== 401 && response.status !== 403;
-    } catch (_) {
-      return false;
-    }
-  };
-  [can.invoke, can.admin] = await Promise.all([
-    allowed("DELETE", "/v1/invocations/00000000000000000000000000000000"),
-    allowed("POST", "/v1/workers/hodei-console-probe/drain"),
-  ]);
-  const token = sessionStorage.getItem(TOKEN_KEY);
   const who = document.getElementById("who");
-  who.textContent = can.admin ? "admin" : can.invoke ? "can invoke and cancel" : "read-only";
-  if (token) who.textContent += " token";
+  try {
+    const me = await api("/v1/whoami");
+    can.admin = me.scopes.includes("admin");
+    can.invoke = can.admin || me.scopes.includes("invoke");
+    who.textContent = can.admin ? "admin" : can.invoke ? "can invoke and cancel" : "read-only";
+    who.textContent += me.auth ? " token" : " (no tokens on this gateway)";
+  } catch (exc) {
+    can.admin = can.invoke = false;
+    who.textContent = "";
+  }
 }
 
 function showLogin() {
@@ -178,17 +172,18 @@ function invocationList(root, filter) {
   const more = slot(root, "more");
   form.elements.function.value = filter.function || "";
   form.elements.status.value = filter.status || "";
+  const size = Math.max(1, Number(filter.limit) || PAGE);
   let shown = [];
   let cursor = null;
   let cursorsSupported = false;
   let full = false;
 
   async function load(next) {
-    const query = new URLSearchParams({ limit: String(PAGE) });
+    const query = new URLSearchParams({ limit: String(size) });
     if (filter.function) query.set("function", filter.function);
     if (filter.status) query.set("status", filter.status);
     if (next && cursor) query.set("cursor", cursor);
-    else if (next) query.set("limit", String(shown.length + PAGE)); // a gateway without cursors
+    else if (next) query.set("limit", String(shown.length + size)); // a gateway without cursors
     const page = await api(`/v1/invocations?${query}`);
     cursorsSupported = cursorsSupported || "next_cursor" in page;
     cursor = page.next_cursor || null;
@@ -215,7 +210,7 @@ function invocationList(root, filter) {
     );
   }).catch(() => {});
   return {
-    refresh: () => (shown.length > PAGE ? Promise.resolve() : load(false)),
+    refresh: () => (shown.length > size ? Promise.resolve() : load(false)),
   };
 }
 
@@ -456,6 +451,8 @@ function workerView(view, params, id) {
       ["node memory", `${Math.round(w.memory_usage_percent)} %`],
       ["runtimes", w.runtimes.join(", ")],
       ["labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(" ")],
+      ["warm instances", (w.instances || []).map((p) =>
+        `${p.function}: ${p.idle} idle, ${p.busy} busy, ${p.starting} starting`).join("; ")],
       ["last heartbeat", fmtTime(w.last_heartbeat)],
     ]);
     const jobs = await Promise.all((w.jobs || []).map((job) =>
@@ -464,7 +461,8 @@ function workerView(view, params, id) {
   });
 }
 
-// -- routing: #/, #/functions, #/invocations?function=&status=, #/invocations/<id>, #/workers/<id>
+// -- routing: #/, #/functions, #/invocations?function=&status=&limit=, #/invocations/<id>,
+// #/workers/<id>
 const ROUTES = [
   [/^\/?$/, overview, "nav-overview"],
   [/^\/functions$/, functionsView, "nav-functions"],
