@@ -45,6 +45,21 @@ class TokenTable:
     def enabled(self) -> bool:
         return bool(self.scopes)
 
+    def may_scrape(self, authorization: str, metrics_token: str) -> bool:
+        """Whether an Authorization header may read /metrics: the metrics token, or an API
+        token that may read."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if (
+            scheme.lower() == "bearer"
+            and token.isascii()
+            and metrics_token
+            and hmac.compare_digest(metrics_token.encode(), token.encode())
+        ):
+            return True
+        caller = self.identify(authorization)
+        return caller is not None and bool(caller.scopes & {"read", "admin"})
+
     def identify(self, authorization: str) -> Caller | None:
         """Who the bearer token of an Authorization header is, None when unknown."""
         scheme, _, token = authorization.partition(" ")

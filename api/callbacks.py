@@ -3,7 +3,9 @@
 Finishing an invocation that has a callback puts it in a due set (atomically, in the same
 script that records the result), so a callback survives the gateway that accepted the
 call. Any gateway claims due callbacks with a short lease and delivers each in its own
-task, so one slow receiver never holds up the others.
+task, so one slow receiver never holds up the others. Deliveries connect only where the
+``CallbackPolicy`` allows (public addresses; see ``callback_guard``) and never follow a
+redirect: a refused address or a redirect ends the delivery at once, recorded as failed.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import random
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from hodei import backoff
+from hodei.api.callback_guard import DELIVERY, CallbackPolicy, Delivery
 from hodei.api.settings import GatewaySettings
 from hodei.api.waiter import Completions
 from hodei.errors import NotFound
@@ -32,17 +36,24 @@ POLL_S = 1.0  # retries come due without a notice
 
 class CallbackDispatcher:
     def __init__(
-        self, data: DataLayer, completions: Completions, settings: GatewaySettings
+        self,
+        data: DataLayer,
+        completions: Completions,
+        settings: GatewaySettings,
+        policy: CallbackPolicy | None = None,
     ) -> None:
         self.data = data
         self.completions = completions
         self.settings = settings
+        self.policy = policy or CallbackPolicy.parse(settings.callback_allow)
         self.slots = asyncio.Semaphore(MAX_PARALLEL)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.callback_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=self.policy.connector()
+        ) as session:
             try:
                 await keep_running("callbacks", lambda outage: self._claim(session, outage), log)
             finally:
@@ -59,8 +70,11 @@ class CallbackDispatcher:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             outage.recovered()
+            # (asyncio.timeout, not wait_for: on Python 3.11, wait_for loses a cancellation
+            # that arrives as the event is set, and this loop would then never end)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.completions.callbacks_due.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self.completions.callbacks_due.wait()
 
     async def _deliver(self, session: aiohttp.ClientSession, invocation_id: str) -> None:
         async with self.slots:
@@ -78,12 +92,17 @@ class CallbackDispatcher:
             }
             if record.exit_code is not None:
                 headers["X-Hodei-Exit-Code"] = str(record.exit_code)
-            try:
-                async with session.post(url, data=output, headers=headers) as response:
-                    delivered = response.status < 300
-                    detail = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                delivered, detail = False, f"{type(exc).__name__}: {exc}"
+            delivered, detail, final = await self._post(session, url, output, headers)
+            if final:
+                await self.data.callbacks.done(invocation_id, final)
+                log.warning(
+                    "invocation %s: callback to %s not delivered: %s",
+                    invocation_id,
+                    url,
+                    final,
+                    extra=inv(invocation_id),
+                )
+                return
             if delivered:
                 await self.data.callbacks.done(invocation_id, "delivered")
                 log.info(
@@ -121,3 +140,22 @@ class CallbackDispatcher:
                 delay,
                 extra=inv(invocation_id),
             )
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[bool, str, str]:
+        """One attempt: delivered?, what happened, and why trying again is pointless (a
+        refused address, a redirect) or "" when it may succeed later."""
+        delivery = Delivery(host_allowed=self.policy.allows_host(urlsplit(url).hostname))
+        DELIVERY.set(delivery)  # this task's own: the socket factory records into it
+        try:
+            async with session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                if 300 <= response.status < 400:
+                    return False, "", f"HTTP {response.status}: redirects are not followed"
+                return response.status < 300, f"HTTP {response.status}", ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if delivery.only_refused:
+                return False, "", "refused: " + "; ".join(delivery.refused)
+            return False, f"{type(exc).__name__}: {exc}", ""

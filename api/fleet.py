@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -15,11 +16,11 @@ from hodei.api.state import error, gateway
 from hodei.api.streams import EventStream
 from hodei.domain import WorkerState, now_ms
 from hodei.errors import Conflict, NotFound, StreamLagging
-from hodei.plugin.data.events import stream_position
 from hodei.plugin.data.records import WorkerRecord
 from hodei.readiness import READINESS
 
 log = logging.getLogger(__name__)
+EVENT_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 
 def worker_view(w: WorkerRecord, jobs: list[str] | None = None) -> dict[str, Any]:
@@ -123,15 +124,19 @@ async def queue(request: web.Request) -> web.Response:
     )
 
 
+def _event_id(text: str) -> bool:
+    """A stream entry id Redis takes: ASCII digits, each part below 2**64 (int() alone
+    reads "1_000", other scripts' digits and any length)."""
+    match = EVENT_ID_RE.fullmatch(text)
+    return match is not None and all(int(part or 0) < 2**64 for part in match.groups())
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events?invocation=&worker=&since=: the domain events as server-sent events."""
     gw = gateway(request)
     since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
-    if since:
-        try:
-            stream_position(since)
-        except ValueError:
-            raise web.HTTPBadRequest(reason="since must be an event id") from None
+    if since and not _event_id(since):
+        raise web.HTTPBadRequest(reason="since must be an event id")
     subscriber = gw.hub.subscribe(
         request[CALLER],
         invocation=request.query.get("invocation", ""),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import logging
 import time
@@ -16,6 +17,7 @@ from hodei import tracing
 from hodei.api import metrics
 from hodei.api.requests import (
     CALLER,
+    SCOPES,
     callback_url,
     cursor,
     flag,
@@ -219,15 +221,33 @@ def _final_response(found: Invocation, output: bytes) -> web.Response:
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    """POST /v1/jobs: a one-off job with an inline spec."""
+    """POST /v1/jobs: a one-off job with an inline spec (admin, or an allow-listed image)."""
     gw = gateway(request)
     name, payload, raw_spec = await job_body(request)
     spec = FunctionSpec.from_dict(name, raw_spec)
+    if "admin" not in request[SCOPES] and not _job_image_allowed(spec, gw.settings.job_images):
+        allowed = ", ".join(gw.settings.job_images) or "none here"
+        return error(
+            403,
+            "forbidden",
+            "a one-off job runs the command it names, so it needs the admin scope; an invoke "
+            f"token may submit docker jobs without network of the job_images ({allowed})",
+        )
     revision = await gw.data.functions.store_revision(spec)
     enqueued = await _enqueue(gw, request, spec.name, payload, "job", revision=revision)
     if enqueued.duplicate:
         return await _accepted(gw, enqueued.id)
     return _accepted_new(enqueued.id)
+
+
+def _job_image_allowed(spec: FunctionSpec, patterns: tuple[str, ...]) -> bool:
+    """A docker job of an allow-listed image, kept off the network: what runs is the
+    image's, confined by the container, whatever its command."""
+    return (
+        spec.runtime == "docker"
+        and not spec.network
+        and any(fnmatch.fnmatchcase(spec.image, pattern) for pattern in patterns)
+    )
 
 
 async def get_invocation(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SCOPE = "hodei_scope"  # the scope a route needs, set on its handler
 ANY = "any"  # a route any valid token may call
+METRICS_PATH = "/metrics"  # open, unless the gateway has a metrics_token
 
 
 @web.middleware
@@ -53,9 +54,22 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
 
 
+def _unauthorized() -> web.Response:
+    response = error(401, "unauthorized", "a valid bearer token is required")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens = gateway(request).tokens
+    gw = gateway(request)
+    tokens = gw.tokens
+    if request.path == METRICS_PATH and gw.settings.metrics_token:
+        if not tokens.may_scrape(
+            request.headers.get("Authorization", ""), gw.settings.metrics_token
+        ):
+            return _unauthorized()
+        return await handler(request)
     if not tokens.enabled:
         request[CALLER] = "anonymous"
         request[SCOPES] = SCOPE_NAMES
@@ -64,9 +78,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     caller = tokens.identify(request.headers.get("Authorization", ""))
     if caller is None:
-        response = error(401, "unauthorized", "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _unauthorized()
     request[CALLER] = caller.id
     request[SCOPES] = caller.scopes
     needed = getattr(request.match_info.handler, SCOPE, "admin")

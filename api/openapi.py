@@ -1,4 +1,6 @@
-"""The OpenAPI 3.1 document, generated from the route table."""
+"""The OpenAPI 3.1 document, generated from the route table: every operation with its
+scope (401 and 403 declared where a token is needed), its path, query and header
+parameters with the patterns and bounds the gateway checks, and its bodies' schemas."""
 
 from __future__ import annotations
 
@@ -7,156 +9,74 @@ from typing import Any
 
 from aiohttp import web
 
-from hodei import __version__
+from hodei import __version__, tracing
+from hodei.api.invocations import LOG_PAGE_MAX
+from hodei.api.middleware import ANY, METRICS_PATH
+from hodei.api.openapi_schemas import (
+    CURSOR,
+    INVOCATION_ID,
+    NAME,
+    PRIORITY,
+    SCHEMAS,
+    STATUS,
+    pattern,
+    ref,
+)
+from hodei.api.requests import CALLBACK_RE
 from hodei.api.routes import ROUTES, Route
 
-RESOURCES = {
-    "type": "object",
-    "properties": {
-        "cpu_millicores": {"type": "integer", "minimum": 1},
-        "memory_mb": {"type": "integer", "minimum": 1},
-        "gpus": {"type": "integer", "minimum": 0},
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": NAME,
+    "id": INVOCATION_ID,
+    "asset": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+WORKER_ID = {"type": "string", "minLength": 1, "maxLength": 256}
+QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
+    "async": {"type": "boolean", "description": "answer 202 at once"},
+    "wait": {"type": "number", "minimum": 0, "description": "seconds (capped by max_wait_s)"},
+    "follow": {"type": "boolean", "description": "server-sent events until the end"},
+    "function": NAME,
+    "status": STATUS,
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "cursor": CURSOR,
+    "offset": {"type": "integer", "minimum": 0, "maximum": 10**9},
+    "invocation": INVOCATION_ID,
+    "worker": WORKER_ID,
+    "since": {"type": "string", "pattern": "^[0-9]{1,20}(-[0-9]{1,20})?$"},
+}
+QUERY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
+    ("/v1/invocations/{id}/logs", "limit"): {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": LOG_PAGE_MAX,
     },
 }
-SPEC_PROPERTIES: dict[str, Any] = {
-    "runtime": {"enum": ["process", "docker"]},
-    "image": {"type": "string"},
-    "command": {"type": "array", "items": {"type": "string"}},
-    "env": {"type": "object", "additionalProperties": {"type": "string"}},
-    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-    "resources": RESOURCES,
-    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-    "queue_timeout_s": {"type": "number", "exclusiveMinimum": 0},
-    "max_retries": {"type": "integer", "minimum": 0},
-    "priority": {"enum": ["high", "normal", "low"]},
-    "concurrency": {"type": "integer", "minimum": 0},
-    "network": {"type": "boolean"},
+HEADER_PARAMETERS: dict[str, dict[str, Any]] = {
+    "Prefer": {"type": "string", "description": "respond-async: answer 202 at once"},
+    "X-Callback-Url": {
+        "type": "string",
+        "format": "uri",
+        "maxLength": 2048,
+        "pattern": pattern(CALLBACK_RE),
+        "description": "POSTed the result when the invocation ends; public addresses only "
+        "(and the gateway's callback_allow), no redirects",
+    },
+    "Idempotency-Key": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "the same key from the same token with the same payload: the same "
+        "invocation; with another payload: 422",
+    },
+    "X-Hodei-Priority": PRIORITY,
+    "traceparent": {"type": "string", "pattern": tracing.TRACEPARENT.pattern},
 }
-NULLABLE_NUMBER = {"type": ["number", "null"]}
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "FunctionSpec": {
-        "type": "object",
-        "properties": {"name": {"type": "string"}, **SPEC_PROPERTIES},
-    },
-    "JobSpec": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "payload": {"type": "string"},
-            "payload_base64": {"type": "string", "contentEncoding": "base64"},
-            **SPEC_PROPERTIES,
-        },
-    },
-    "FunctionList": {
-        "type": "object",
-        "properties": {
-            "functions": {"type": "array", "items": {"$ref": "#/components/schemas/FunctionSpec"}}
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
-    },
-    "Invocation": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "function": {"type": "string"},
-            "status": {
-                "enum": ["queued", "running", "succeeded", "failed", "timed_out", "cancelled"]
-            },
-            "attempt": {"type": "integer"},
-            "priority": {"enum": ["high", "normal", "low"]},
-            "worker_id": {"type": ["string", "null"]},
-            "exit_code": {"type": ["integer", "null"]},
-            "error": {"type": ["string", "null"]},
-            "pending_reason": {"type": ["string", "null"]},
-            "created_at": {"type": "number"},
-            "started_at": NULLABLE_NUMBER,
-            "finished_at": NULLABLE_NUMBER,
-            "duration_ms": {"type": ["integer", "null"]},
-            "trace_id": {
-                "type": ["string", "null"],
-                "description": "W3C trace id of the invocation",
-            },
-        },
-    },
-    "InvocationList": {
-        "type": "object",
-        "properties": {
-            "invocations": {"type": "array", "items": {"$ref": "#/components/schemas/Invocation"}}
-        },
-    },
-    "Logs": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "lines": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "ts": {"type": "integer"},
-                        "stream": {"type": "string"},
-                        "line": {"type": "string"},
-                        "attempt": {"type": "integer"},
-                    },
-                },
-            },
-        },
-    },
-    "Worker": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "state": {"type": "string"},
-            "labels": {"type": "object"},
-            "runtimes": {"type": "array", "items": {"type": "string"}},
-            "capacity": {"type": "object"},
-            "allocated": {"type": "object"},
-            "utilisation": {"type": "object"},
-            "jobs": {"type": "array"},
-        },
-    },
-    "WhoAmI": {
-        "type": "object",
-        "properties": {
-            "scopes": {"type": "array", "items": {"enum": ["admin", "invoke", "read"]}},
-            "auth": {"type": "boolean"},
-        },
-    },
-    "WorkerList": {
-        "type": "object",
-        "properties": {
-            "workers": {"type": "array", "items": {"$ref": "#/components/schemas/Worker"}}
-        },
-    },
-    "Queue": {
-        "type": "object",
-        "properties": {
-            "depth": {"type": "object"},
-            "retrying": {"type": "integer"},
-            "oldest_age_s": {"type": "number"},
-            "pending": {"type": "array"},
-        },
-    },
-}
+UNAUTHORIZED = "no valid bearer token (when the gateway has API tokens)"
 
 
 def _content(kind: str) -> dict[str, Any]:
     if kind.startswith("json:"):
-        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{kind[5:]}"}}}
+        return {"application/json": {"schema": ref(kind[5:])}}
     if kind == "bytes":
         return {
             "application/octet-stream": {
@@ -165,35 +85,59 @@ def _content(kind: str) -> dict[str, Any]:
         }
     if kind == "text/event-stream":
         return {"text/event-stream": {"schema": {"type": "string"}}}
-    return {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {"application/json": {"schema": ref("Error")}}
+
+
+def _response(status: int, kind: str) -> dict[str, Any]:
+    if kind.startswith("json:") or kind in ("bytes", "text/event-stream"):
+        return {"description": kind, "content": _content(kind)}
+    if status >= 400:
+        return {"description": kind or "error", "content": _content("")}
+    return {"description": kind or "done"}
+
+
+def _responses(route: Route) -> dict[str, Any]:
+    responses = dict(route.responses)
+    if route.scope:
+        responses.setdefault(401, UNAUTHORIZED)
+        if route.scope != ANY:
+            responses.setdefault(403, f"the token lacks the {route.scope} scope")
+    elif route.path == METRICS_PATH:
+        responses.setdefault(401, "no metrics token (when the gateway has a metrics_token)")
+    return {str(status): _response(status, kind) for status, kind in sorted(responses.items())}
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = []
+    for name in re.findall(r"{(\w+)}", route.path):
+        schema = WORKER_ID if route.path.startswith("/v1/workers") else PATH_PARAMETERS[name]
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    for name in route.query:
+        schema = QUERY_OVERRIDES.get((route.path, name), QUERY_PARAMETERS[name])
+        params.append({"name": name, "in": "query", "schema": schema})
+    for name in route.headers:
+        params.append({"name": name, "in": "header", "schema": HEADER_PARAMETERS[name]})
+    return params
 
 
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.handler.__name__,
         "summary": route.summary,
-        "responses": {
-            str(status): {"description": kind or "error", "content": _content(kind)}
-            if kind and (kind.startswith("json:") or kind in ("bytes", "text/event-stream"))
-            else {
-                "description": kind or "error",
-                **({"content": _content("")} if status >= 400 else {}),
-            }
-            for status, kind in route.responses.items()
-        },
+        "responses": _responses(route),
     }
-    params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"{(\w+)}", route.path)
-    ]
-    params += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in route.query]
-    params += [{"name": h, "in": "header", "schema": {"type": "string"}} for h in route.headers]
+    params = _parameters(route)
     if params:
         op["parameters"] = params
     if route.body:
         op["requestBody"] = {"required": route.body != "bytes", "content": _content(route.body)}
-    if route.scope:
+    if route.scope == ANY:
+        op["security"] = [{"bearer": []}]
+    elif route.scope:
         op["security"] = [{"bearer": [route.scope]}]
+        op["x-hodei-scope"] = route.scope
+    elif route.path == METRICS_PATH:
+        op["security"] = [{}, {"bearer": []}]
     return op
 
 
@@ -213,7 +157,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Hodei",
             "version": __version__,
-            "description": "Invoke functions on a Hodei fleet.",
+            "description": "Invoke functions on a Hodei fleet. With API tokens configured, "
+            "every /v1 route needs `Authorization: Bearer <token>` with the scope its "
+            "operation names (admin may do everything).",
         },
         "paths": paths,
         "components": {

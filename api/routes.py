@@ -106,8 +106,9 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs",
         invocations.submit_job,
         "invoke",
-        "Run a one-off job from an inline spec",
-        {202: "json:Accepted", 400: "", 422: "", 429: ""},
+        "Run a one-off job from an inline spec: admin, or an invoke token running a docker "
+        "image the gateway's job_images allow, without network",
+        {202: "json:Accepted", 400: "", 403: "", 422: "", 429: ""},
         body="json:JobSpec",
         headers=("X-Callback-Url", "Idempotency-Key", "X-Hodei-Priority", "traceparent"),
     ),

@@ -221,7 +221,11 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
             ],
             agent_env,
         )
-    stack.spawn("gateway", [*python, "gateway", "--port", str(port)], env)
+    # Development calls back receivers on this machine: loopback allowed, unless the
+    # environment says otherwise.
+    allow = os.environ.get("HODEI_CALLBACK_ALLOW", "127.0.0.0/8,::1")
+    gateway_env = {**env, "HODEI_CALLBACK_ALLOW": allow}
+    stack.spawn("gateway", [*python, "gateway", "--port", str(port)], gateway_env)
     url = f"http://127.0.0.1:{port}"
     client = HodeiClient(url, token, timeout=30)
     _say("starting…")

@@ -44,6 +44,11 @@ class QueueFull(HodeiError):
         self.retry_after_s = retry_after_s
 
 
+class CallbackRefused(HodeiError, OSError):
+    """Raised when a callback would connect to an address callbacks may not reach
+    (loopback, private, link-local, metadata...); an OSError, as a refused connection is."""
+
+
 class StreamLagging(HodeiError):
     """Raised when a client of a server-sent event stream falls too far behind."""
 

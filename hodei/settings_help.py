@@ -111,12 +111,18 @@ HELP: dict[str, str] = {
     # Gateway
     "host": "address the HTTP API listens on",
     "port": "port of the HTTP API",
+    "metrics_token": "bearer token /metrics requires (a read API token works too); empty = "
+    "/metrics open",
     "max_payload_bytes": "largest invocation payload; larger ones get 413",
     "default_wait_s": "seconds a synchronous invoke waits when ?wait= is not given",
     "max_wait_s": "longest ?wait= a synchronous invoke may ask for",
     "api_tokens": "a token:scope+scope entry (scopes admin, invoke, read; repeatable)",
     "api_tokens_file": "a file with one token:scope+scope entry per line",
+    "job_images": "an image pattern (shell-style, e.g. registry/jobs/*) invoke tokens may run "
+    "as one-off docker jobs; anything else needs admin (repeatable)",
     "callback_timeout_s": "seconds a callback POST may take",
+    "callback_allow": "a network (CIDR) or host name callbacks may reach besides public "
+    "addresses, e.g. 10.1.0.0/16 (repeatable; metadata addresses never)",
     "callback_attempts": "attempts to deliver a callback",
     "callback_base_s": "first delay between callback attempts (doubles)",
     "callback_cap_s": "longest delay between callback attempts",
@@ -136,6 +142,11 @@ BY_PROCESS: dict[str, str] = {
     "agent.tls_key_file": "this agent's private key (PEM)",
     "agent.metrics_port": "port of the agent's Prometheus /metrics endpoint (-1 = off)",
     "agent.heartbeat_interval_s": "seconds between heartbeats (the servers expect this pace)",
+    "gateway.insecure": "listen beyond loopback although no API token is set (anyone reaching "
+    "the gateway may then do anything)",
+    "gateway.tls_cert_file": "the gateway's certificate (PEM, with its chain); with "
+    "tls_key_file, it serves HTTPS only",
+    "gateway.tls_key_file": "the private key of the gateway's certificate (PEM)",
 }
 
 

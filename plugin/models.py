@@ -28,6 +28,32 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_ITEMS = 256  # command words, env entries, labels
 
 
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The range of a number in a spec (``integer``: a whole number, not 1.0, not true)."""
+
+    minimum: float
+    maximum: float
+    integer: bool = False
+
+
+# Every number of a spec, by its path: the validation below and the OpenAPI document
+# (api/openapi.py) both read them from here.
+BOUNDS: dict[str, Bound] = {
+    "timeout_s": Bound(0.001, DAY_S),
+    "queue_timeout_s": Bound(0.001, DAY_S),
+    "max_retries": Bound(0, 20, integer=True),
+    "concurrency": Bound(0, 100_000, integer=True),
+    "resources.cpu_millicores": Bound(1, 1_000_000, integer=True),
+    "resources.memory_mb": Bound(1, 16 << 20, integer=True),
+    "resources.gpus": Bound(0, 64, integer=True),
+    # (min counts across the fleet and max on one worker: min may exceed max)
+    "warm.min": Bound(0, 1000, integer=True),
+    "warm.max": Bound(0, 1000, integer=True),
+    "warm.idle_s": Bound(1, DAY_S),
+}
+
+
 def valid_name(name: str) -> bool:
     return NAME_RE.fullmatch(name) is not None
 
@@ -54,27 +80,19 @@ class Status(enum.StrEnum):
 FINAL_STATUSES = tuple(s for s in Status if s.final)
 
 
-def _number(
-    raw: dict[str, Any],
-    key: str,
-    default: float,
-    *,
-    minimum: float,
-    maximum: float,
-    integer: bool = False,
-    where: str = "",
-) -> float:
-    """A finite number within bounds; integers must be integers (not 1.0, not true)."""
+def _number(raw: dict[str, Any], key: str, default: float, where: str = "") -> float:
+    """A finite number within its ``BOUNDS``; integers must be integers."""
     name = f"{where}{key}"
+    bound = BOUNDS[name]
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidSpec(name, "must be a number")
-    if integer and not isinstance(value, int):
+    if bound.integer and not isinstance(value, int):
         raise InvalidSpec(name, "must be an integer")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidSpec(name, "must be a finite number")
-    if value < minimum or value > maximum:
-        raise InvalidSpec(name, f"must be between {minimum:g} and {maximum:g}")
+    if value < bound.minimum or value > bound.maximum:
+        raise InvalidSpec(name, f"must be between {bound.minimum:g} and {bound.maximum:g}")
     return float(value)
 
 
@@ -125,14 +143,13 @@ class Resources:
         if not isinstance(raw, dict):
             raise InvalidSpec("resources", "must be an object")
         _only(raw, {"cpu_millicores", "memory_mb", "gpus"}, "resources.")
-        bounds = {"cpu_millicores": (1, 1_000_000), "memory_mb": (1, 16 << 20), "gpus": (0, 64)}
-        values = {
-            key: int(
-                _number(raw, key, default, minimum=lo, maximum=hi, integer=True, where="resources.")
-            )
-            for (key, (lo, hi)), default in zip(bounds.items(), (100, 128, 0), strict=True)
-        }
-        return cls(**values)
+        defaults = cls()
+        return cls(
+            **{
+                key: int(_number(raw, key, getattr(defaults, key), "resources."))
+                for key in ("cpu_millicores", "memory_mb", "gpus")
+            }
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +168,10 @@ class WarmPolicy:
         if not isinstance(raw, dict):
             raise InvalidSpec("warm", "must be an object")
         _only(raw, {"min", "max", "idle_s"}, "warm.")
-        # (min counts across the fleet and max on one worker: min may exceed max)
         return cls(
-            min=int(_number(raw, "min", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
-            max=int(_number(raw, "max", 0, minimum=0, maximum=1000, integer=True, where="warm.")),
-            idle_s=_number(raw, "idle_s", 300.0, minimum=1, maximum=DAY_S, where="warm."),
+            min=int(_number(raw, "min", 0, "warm.")),
+            max=int(_number(raw, "max", 0, "warm.")),
+            idle_s=_number(raw, "idle_s", 300.0, "warm."),
         )
 
 
@@ -225,15 +241,13 @@ class FunctionSpec:
             command=tuple(command),
             env=_string_map(raw, "env", ENV_NAME_RE),
             resources=Resources.from_dict(raw.get("resources")),
-            timeout_s=_number(raw, "timeout_s", 60.0, minimum=0.001, maximum=DAY_S),
-            max_retries=int(_number(raw, "max_retries", 3, minimum=0, maximum=20, integer=True)),
+            timeout_s=_number(raw, "timeout_s", 60.0),
+            max_retries=int(_number(raw, "max_retries", 3)),
             priority=priority,
-            concurrency=int(
-                _number(raw, "concurrency", 0, minimum=0, maximum=100_000, integer=True)
-            ),
+            concurrency=int(_number(raw, "concurrency", 0)),
             network=_flag(raw, "network"),
             labels=_string_map(raw, "labels", LABEL_RE),
-            queue_timeout_s=_number(raw, "queue_timeout_s", 300.0, minimum=0.001, maximum=DAY_S),
+            queue_timeout_s=_number(raw, "queue_timeout_s", 300.0),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -349,7 +349,7 @@ async def test_workers_drain_and_pending_reasons(
 
 
 async def test_callbacks_are_retried_until_delivered(
-    http: TestClient[Any, Any], plane: ControlPlane, agents: list[AgentProcess]
+    settings: ServerSettings, plane: ControlPlane, agents: list[AgentProcess]
 ) -> None:
     received: list[tuple[dict[str, str], bytes]] = []
     attempts = 0
@@ -364,7 +364,9 @@ async def test_callbacks_are_retried_until_delivered(
 
     receiver = web.Application()
     receiver.router.add_post("/hook", hook)
-    async with TestServer(receiver) as server:
+    # The receiver is on loopback, which callbacks reach only when allowed.
+    app = create_app(gateway_settings(settings, callback_allow=("127.0.0.1",)))
+    async with TestServer(receiver) as server, TestClient(TestServer(app)) as http:
         await start_agent(plane, agents, "w1")
         await deploy(http, "cb", command=["sh", "-c", "echo called back"])
         url = str(server.make_url("/hook"))
