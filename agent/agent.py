@@ -27,7 +27,7 @@ from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.identity import agent_mark
 from hodei.agent.instance import Launcher
 from hodei.agent.instances import InstancePool
-from hodei.agent.process_instances import ProcessLauncher
+from hodei.agent.process_instances import ProcessLauncher, share_uids
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
@@ -119,6 +119,9 @@ class Agent:
             settings.lambda_idle_s,
             on_change=self.beat_now.set,
         )
+        process = self.runtimes.get("process")
+        if isinstance(process, ProcessRuntime):
+            share_uids(process.sandbox, self.instances)
         self.connection.on_prewarm = self._on_prewarm
         self.jobs = ProcessManager(
             self.runtimes,

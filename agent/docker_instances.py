@@ -293,7 +293,7 @@ class DockerLauncher:
             return network
 
     async def launch(
-        self, job: pb.AssignJobRequest, instance_id: str, output: Output
+        self, job: pb.AssignJobRequest, instance_id: str, output: Output, for_invocation: bool
     ) -> tuple[RuntimeEndpoint, ContainerInstance]:
         runtime = self.runtime
         await self._image(job.image)

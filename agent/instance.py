@@ -49,7 +49,7 @@ class Launcher(Protocol):
     def available(self) -> bool: ...
 
     async def launch(
-        self, job: pb.AssignJobRequest, instance_id: str, output: Output
+        self, job: pb.AssignJobRequest, instance_id: str, output: Output, for_invocation: bool
     ) -> tuple[RuntimeEndpoint, Backend]: ...
 
 

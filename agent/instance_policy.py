@@ -143,6 +143,11 @@ def evictions(slots: Sequence[Slot], needed_mb: int, free_mb: int) -> list[str]:
     return []
 
 
+def least_recently_used_idle(slots: Iterable[Slot]) -> str | None:
+    idle = [s for s in live(slots) if s.state is State.IDLE]
+    return min(idle, key=lambda s: s.last_used).id if idle else None
+
+
 def held_memory(slots: Iterable[Slot]) -> int:
     """Memory the live instances hold of the worker's capacity."""
     return sum(max(0, s.memory_mb) for s in live(slots))

@@ -5,7 +5,9 @@ An invocation reuses an idle instance of its function's revision (a warm start) 
 one (a cold start: the instance is ready when its runtime first asks for work). An instance
 that outlives its function's ``warm.idle_s`` unused is reaped; idle ones are evicted, least
 recently used first, when the worker needs their memory; a timeout or a cancel kills the
-instance serving it. What to reuse, reap and evict is decided by ``instance_policy``.
+instance serving it. What to reuse, reap and evict is decided by ``instance_policy``; the
+pre-warmed floors are kept by ``instance_floors``; one invocation's exchange with its
+instance is ``instance_calls``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from typing import Any
 
 from hodei.agent import instance_policy as policy
 from hodei.agent.instance import PULL_FAILED, Instance, Launcher, exit_text
+from hodei.agent.instance_calls import invoke, remaining, until_up
+from hodei.agent.instance_floors import Floors
 from hodei.agent.instance_policy import Choice, PoolKey, State
-from hodei.agent.lambda_api import NO_DEADLINE_MS, Invocation, Reply
+from hodei.agent.lambda_api import Reply
 from hodei.agent.runtime import LogSink, Outcome, now_ms
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
@@ -45,7 +49,7 @@ class InstancePool:
         self.instances: dict[str, Instance] = {}
         self.idle_s: dict[PoolKey, float] = {}
         self.max: dict[PoolKey, int] = {}
-        self.floors: dict[PoolKey, int] = {}
+        self.floors = Floors(self._refill)  # pre-warmed: kept however long they idle
         self.resources: dict[PoolKey, pb.Resources] = {}
         self._changed = asyncio.Event()
         self._reap_wake = asyncio.Event()
@@ -79,14 +83,34 @@ class InstancePool:
             log.warning("pre-warm of %s: runtime %r not available", job.function, job.runtime)
             return
         key = self._learn(job)
-        self.floors[key] = max(0, request.count)
+        self.floors.set(key, job, max(0, request.count))
         self._retire(policy.stale(list(self.instances.values()), key), "another revision")
-        count = policy.startable(list(self.instances.values()), key, self.max[key], request.count)
+        self._fill(key, job, launcher, request.count)
+
+    def _refill(self, key: PoolKey, job: pb.AssignJobRequest, floor: int) -> None:
+        launcher = self.launchers.get(job.runtime)
+        if launcher is not None and launcher.available:
+            self._fill(key, job, launcher, floor)
+
+    def _fill(
+        self, key: PoolKey, job: pb.AssignJobRequest, launcher: Launcher, wanted: int
+    ) -> None:
+        count = policy.startable(list(self.instances.values()), key, self.max[key], wanted)
         for _ in range(count):
             if not self._make_room(job.resources.memory_mb):
                 log.warning("pre-warm of %s: no memory for more instances", job.function)
                 break
             self._spawn(job, launcher, claimed=False)
+
+    def stop_idle(self, runtime: str) -> bool:
+        """Stop the least recently used idle instance of ``runtime`` (what it holds is
+        needed); False when none idles."""
+        idle = [i for i in self.instances.values() if i.runtime == runtime]
+        chosen = policy.least_recently_used_idle(idle)
+        if chosen is None:
+            return False
+        self._retire([chosen], "its function uid is needed")
+        return True
 
     def make_room(self, memory_mb: int) -> bool:
         """Stop idle instances (least recently used first) until ``memory_mb`` more fits in
@@ -94,6 +118,7 @@ class InstancePool:
         return self._make_room(memory_mb)
 
     async def close(self) -> None:
+        self.floors.close()
         if self._reaper is not None:
             self._reaper.cancel()
         for instance in list(self.instances.values()):
@@ -164,11 +189,11 @@ class InstancePool:
         instance.invocation = job.invocation_id
         try:
             if cold:
-                failure = await self._until_up(instance, cancel, deadline)
+                failure = await until_up(instance, cancel, deadline)
                 if failure is not None:
                     return ended(*failure, exit_code=-1, cold_start=True)
                 instance.state = State.BUSY
-            kind, reply = await self._invoke(instance, job, deadline_ms, cancel, deadline)
+            kind, reply = await invoke(instance, job, deadline_ms, cancel, deadline)
             await instance.settle()
         except BaseException:
             instance.kill()  # abandoned mid-way (the agent stops): it cannot serve again
@@ -180,79 +205,6 @@ class InstancePool:
         self._release(instance)
         init_ms = instance.init_ms if cold else 0
         return ended(kind, reply.error, 0 if reply.ok else 1, reply, cold, init_ms)
-
-    async def _invoke(
-        self,
-        instance: Instance,
-        job: pb.AssignJobRequest,
-        deadline_ms: int,
-        cancel: asyncio.Event,
-        deadline: float | None,
-    ) -> tuple[pb.JobOutcome.ValueType, Reply]:
-        """Hand the invocation to the instance and wait for its answer; a timeout or a
-        cancel kills the instance, which cannot be trusted to serve again."""
-        assert instance.endpoint is not None
-        invocation = Invocation(
-            job.invocation_id,
-            job.payload,
-            deadline_ms or now_ms() + NO_DEADLINE_MS,
-            job.traceparent,
-        )
-        instance.endpoint.offer(invocation)
-        cancelled = asyncio.ensure_future(cancel.wait())
-        waits: set[asyncio.Future[Any]] = {invocation.reply, instance.exit_code, cancelled}
-        try:
-            done, _ = await asyncio.wait(
-                waits,
-                timeout=_remaining(deadline),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            cancelled.cancel()
-        if invocation.reply in done:
-            reply = invocation.reply.result()
-            return (pb.JOB_OUTCOME_SUCCEEDED if reply.ok else pb.JOB_OUTCOME_FAILED), reply
-        kind: pb.JobOutcome.ValueType = pb.JOB_OUTCOME_FAILED
-        if instance.exit_code in done:
-            reason = f"the instance exited during the invocation ({exit_text(instance)})"
-        elif cancelled in done:
-            kind, reason = pb.JOB_OUTCOME_CANCELLED, "cancelled"
-        else:
-            kind, reason = pb.JOB_OUTCOME_TIMED_OUT, f"timed out after {job.timeout_s:g}s"
-        log.info(
-            "invocation %s attempt %d: instance %s %s",
-            job.invocation_id,
-            job.attempt,
-            instance.id,
-            "stopped" if instance.exit_code in done else "killed: " + reason,
-            extra=inv(job.invocation_id, job.attempt),
-        )
-        instance.kill()
-        instance.endpoint.withdraw(reason)
-        return kind, Reply(ok=False, error=reason)
-
-    async def _until_up(
-        self, instance: Instance, cancel: asyncio.Event, deadline: float | None
-    ) -> tuple[pb.JobOutcome.ValueType, str] | None:
-        """Wait for a cold instance to be ready; the failure otherwise."""
-        cancelled = asyncio.ensure_future(cancel.wait())
-        waits: set[asyncio.Future[Any]] = {instance.up, cancelled}
-        try:
-            await asyncio.wait(
-                waits,
-                timeout=_remaining(deadline),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            cancelled.cancel()
-        if instance.up.done():
-            if instance.up.exception() is None:
-                return None
-            return pb.JOB_OUTCOME_FAILED, str(instance.up.exception())
-        instance.kill()
-        if cancel.is_set():
-            return pb.JOB_OUTCOME_CANCELLED, "cancelled"
-        return pb.JOB_OUTCOME_TIMED_OUT, "timed out while the instance started"
 
     # -- the instances' lives ----------------------------------------------------------
     def _learn(self, job: pb.AssignJobRequest) -> PoolKey:
@@ -275,10 +227,11 @@ class InstancePool:
 
     async def _live(self, instance: Instance, job: pb.AssignJobRequest, launcher: Launcher) -> None:
         """Start the instance, follow it until it exits, and forget it."""
+        on_its_own = True  # not stopped by the pool: a floor it counted in is short now
         try:
             try:
                 instance.endpoint, instance.backend = await launcher.launch(
-                    job, instance.id, instance.output
+                    job, instance.id, instance.output, instance.claimed
                 )
             except Exception as exc:
                 log.warning("instance %s (%s) cannot start: %s", instance.id, job.function, exc)
@@ -300,6 +253,7 @@ class InstancePool:
                     self._release(instance)
             code = await exited
             was_stopping = instance.state is State.STOPPING
+            on_its_own = not was_stopping
             instance.state = State.STOPPING  # never chosen again
             instance.exit_code.set_result(code)
             if not instance.up.done():
@@ -324,6 +278,8 @@ class InstancePool:
             self.instances.pop(instance.id, None)
             self.on_change()
             self._notify()
+            if on_its_own:
+                self.floors.lost(instance.key, time.monotonic() - instance.spawned)
 
     def _release(self, instance: Instance) -> None:
         """Back to idle after an invocation (or a pre-warmed start), if it still lives."""
@@ -363,7 +319,7 @@ class InstancePool:
         try:
             await asyncio.wait(
                 {changed, cancelled},
-                timeout=_remaining(deadline),
+                timeout=remaining(deadline),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -384,7 +340,8 @@ class InstancePool:
     async def _reap(self) -> None:
         while True:
             slots = list(self.instances.values())
-            self._retire(policy.expired(slots, time.monotonic(), self.idle_s, self.floors), "idle")
+            now = time.monotonic()
+            self._retire(policy.expired(slots, now, self.idle_s, self.floors.counts()), "idle")
             expiry = policy.next_expiry(list(self.instances.values()), self.idle_s)
             self._reap_wake.clear()
             self._reap_at = expiry
@@ -407,9 +364,3 @@ class LambdaRuntime:
 
     async def run(self, job: pb.AssignJobRequest, logs: LogSink, cancel: asyncio.Event) -> Outcome:
         return await self.pool.run(job, self.name, logs, cancel)
-
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - asyncio.get_running_loop().time())

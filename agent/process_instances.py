@@ -23,6 +23,7 @@ import sys
 
 from hodei.agent.identity import ENV_MARK
 from hodei.agent.instance import Output
+from hodei.agent.instances import InstancePool
 from hodei.agent.lambda_api import RuntimeEndpoint
 from hodei.agent.lambda_env import function_arn, instance_env
 from hodei.agent.process_runtime import PASSED_THROUGH
@@ -166,7 +167,7 @@ class ProcessLauncher:
         self.base_env = {k: os.environ[k] for k in PASSED_THROUGH if k in os.environ}
 
     async def launch(
-        self, job: pb.AssignJobRequest, instance_id: str, output: Output
+        self, job: pb.AssignJobRequest, instance_id: str, output: Output, for_invocation: bool
     ) -> tuple[RuntimeEndpoint, ProcessInstance]:
         listening = await self.sandbox.endpoint(network=job.network)
         private = listening.netns_fd >= 0
@@ -201,7 +202,8 @@ class ProcessLauncher:
             stdin=False,
         )
         try:
-            child = await self.sandbox.spawn(request)
+            # A pre-warm takes no uid from another instance (they would take turns).
+            child = await self.sandbox.spawn(request, may_reclaim=for_invocation)
         except BaseException:
             uid.set_result(-1)
             await endpoint.close()
@@ -209,3 +211,10 @@ class ProcessLauncher:
             raise
         uid.set_result(self.sandbox.uids[child.slot] if child.slot >= 0 else -1)
         return endpoint, ProcessInstance(child, listening, output)
+
+
+def share_uids(sandbox: Sandbox, pool: InstancePool) -> None:
+    """Stdio jobs and lambda instances draw function uids from one sandbox, and idle
+    instances are not bounded by job slots: a job that finds every uid taken stops the
+    least recently used idle instance for its uid rather than fail."""
+    sandbox.reclaim = lambda: pool.stop_idle(ProcessLauncher.name)

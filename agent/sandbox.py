@@ -30,6 +30,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from hodei.agent import sandbox_wire as wire
@@ -53,6 +54,7 @@ __all__ += ["agent_sandbox", "drain", "feed", "own_installation"]
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 60.0
+UID_WAIT_S = 10.0  # for the uid of an instance stopped to free one
 
 
 class Child:
@@ -101,6 +103,10 @@ class Sandbox:
         self.running: dict[int, Child] = {}  # job id -> child
         self.replies: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
         self.closed = False
+        # Stops an idle lambda instance to free its uid (True when it stopped one); set
+        # where jobs and instances share this sandbox (``share_uids``).
+        self.reclaim: Callable[[], bool] | None = None
+        self._uid_freed = asyncio.Event()
 
     @classmethod
     def start(cls, config: SandboxConfig) -> Sandbox:
@@ -166,22 +172,42 @@ class Sandbox:
             self.main = Channel(self.sock, loop, self._on_message, self._spawner_died)
         return self.main
 
-    async def spawn(self, request: SpawnRequest) -> Child:
+    async def spawn(self, request: SpawnRequest, may_reclaim: bool = True) -> Child:
         """Start ``request.argv``. The returned child's ``wait()`` says how it ended (a
-        command that could not start ends with code 127 and ``start_error``)."""
+        command that could not start ends with code 127 and ``start_error``). Sandboxed,
+        with every uid in use, an idle instance gives its uid up when ``may_reclaim``."""
         main = self._channel()
         slot = -1
         if self.sandboxed:
-            if not self.idle:
-                raise SpawnerFailed(f"no free function uid ({len(self.uids)} in use)")
-            slot = self.idle.pop()
+            slot = await self._claim_uid(may_reclaim)
         try:
             channel = await self._slot(slot) if slot >= 0 else main
             return self._start(channel, slot, request)
         except BaseException:
             if slot >= 0:
-                self.idle.append(slot)
+                self._free_uid(slot)
             raise
+
+    async def _claim_uid(self, may_reclaim: bool) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UID_WAIT_S
+        while not self.idle:
+            if not may_reclaim or self.reclaim is None or not self.reclaim():
+                raise SpawnerFailed(f"no free function uid ({len(self.uids)} in use)")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._uid_freed.wait()
+            except TimeoutError:
+                raise SpawnerFailed(
+                    f"no free function uid ({len(self.uids)} in use; an idle instance "
+                    f"stopped for one did not exit within {UID_WAIT_S:g}s)"
+                ) from None
+        return self.idle.pop()
+
+    def _free_uid(self, slot: int) -> None:
+        self.idle.append(slot)
+        self._uid_freed.set()
+        self._uid_freed = asyncio.Event()
 
     def _start(self, channel: Channel, slot: int, request: SpawnRequest) -> Child:
         job_id = next(self.ids)
@@ -304,7 +330,7 @@ class Sandbox:
             if child is None:
                 return
             if child.slot >= 0:
-                self.idle.append(child.slot)
+                self._free_uid(child.slot)
             if not child.exited.done():
                 child.exited.set_result(
                     Exit(message["code"], message["oom"], message["error"], message["pid"])
@@ -326,7 +352,7 @@ class Sandbox:
         for job_id, child in list(self.running.items()):
             if child.slot == index:
                 del self.running[job_id]
-                self.idle.append(index)
+                self._free_uid(index)
                 if not child.exited.done():
                     child.exited.set_result(Exit(-9))
 
@@ -366,7 +392,7 @@ def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox
         sandboxed=mode == "on",
         mark=mark,
         uid_base=settings.process_uid_base,
-        uid_count=settings.process_uid_count or job_slots,
+        uid_count=settings.process_uid_count or 2 * job_slots,
         uid_preferred=remembered_uid(settings.state_dir, settings.worker_id),
         allow_root=settings.process_allow_root,
         pids_max=settings.process_pids_max,

@@ -54,7 +54,9 @@ class AgentSettings(EnvSettings):
     # explicit choice for a trusted single-user machine).
     process_sandbox: str = "on"
     # Function uids: the agent claims process_uid_count free uids from process_uid_base on
-    # (0 = one per job slot), each held by a lock under /run/hodei/uids.
+    # (0 = two per job slot: idle lambda instances hold one each too; a job finding none
+    # free stops the least recently used idle instance), each held by a lock under
+    # /run/hodei/uids.
     process_uid_base: int = 2_147_000_000
     process_uid_count: int = 0
     # Let functions run as root (a uid range with 0, or an unsandboxed agent run by root).

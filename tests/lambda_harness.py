@@ -8,14 +8,23 @@ import asyncio
 
 from hodei.agent.instance import Launcher
 from hodei.agent.instances import InstancePool
+from hodei.agent.process_instances import share_uids
 from hodei.agent.process_manager import ProcessManager
+from hodei.agent.process_runtime import ProcessRuntime
+from hodei.agent.runtime import Runtime
 from hodei.proto import hodei_pb2 as pb
 
 
 class Harness:
     """An agent's job handling without its connection: what the server would receive."""
 
-    def __init__(self, launcher: Launcher, capacity_mb: int = 8192, reserved: int = 0) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        capacity_mb: int = 8192,
+        reserved: int = 0,
+        runtimes: dict[str, Runtime] | None = None,
+    ) -> None:
         self.messages: list[pb.AgentMessage] = []
         self.results: dict[str, pb.JobResult] = {}
         self.done: dict[str, asyncio.Event] = {}
@@ -27,12 +36,15 @@ class Harness:
             default_idle_s=60,
         )
         self.manager = ProcessManager(
-            {},
+            runtimes or {},
             self.messages.append,
             self._result,
             "w",
             lambda_runtimes={launcher.name: self.pool.runtime(launcher.name)},
         )
+        process = (runtimes or {}).get("process")
+        if isinstance(process, ProcessRuntime):
+            share_uids(process.sandbox, self.pool)  # as the agent does
 
     def _result(self, result: pb.JobResult) -> None:
         self.results[result.invocation_id] = result

@@ -17,6 +17,7 @@ from conftest import sandbox_config, wait_for
 from lambda_harness import Harness
 
 from hodei.agent.process_instances import ProcessLauncher
+from hodei.agent.process_runtime import ProcessRuntime
 from hodei.agent.sandbox import Sandbox
 from hodei.proto import hodei_pb2 as pb
 
@@ -292,6 +293,56 @@ async def test_prewarm_starts_instances_ahead_and_keeps_them_past_idle(
     await wait_for(lambda: not agent.pools(), 10)
 
 
+async def test_a_prewarmed_instance_that_dies_is_started_again(agent: Harness, code: Path) -> None:
+    template = job(code, "", None, warm=pb.WarmPolicy(min=2))
+    template.ClearField("payload")
+    agent.pool.prewarm(pb.PrewarmRequest(function=template, count=2))
+    await wait_for(lambda: agent.pools().get("fn@r1") == (2, 0, 0), 20)
+    first = set(agent.pool.instances)
+    served = await agent.invoke(job(code, "one", {}))
+    psutil.Process(output(served)["pid"]).kill()  # an OOM kill, a crash, an operator
+    await wait_for(lambda: len(set(agent.pool.instances) - first) == 1, 20)
+    await wait_for(lambda: agent.pools().get("fn@r1") == (2, 0, 0), 20)
+
+
+class CountingLauncher:
+    """The process launcher, counting its launches."""
+
+    def __init__(self, inner: ProcessLauncher) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.available = inner.available
+        self.launches = 0
+
+    async def launch(self, *args: Any) -> Any:
+        self.launches += 1
+        return await self.inner.launch(*args)
+
+
+async def test_a_floor_that_cannot_start_backs_off_instead_of_spinning(
+    code: Path, spawner: Sandbox
+) -> None:
+    launcher = CountingLauncher(process_launcher(spawner))
+    agent = Harness(launcher)
+    try:
+        template = job(code, "", None, command=["/bin/false"], handler="")
+        template.ClearField("payload")
+        agent.pool.prewarm(pb.PrewarmRequest(function=template, count=2))
+        # It does try again (2, then 2 after 0.5 s, 2 after 1 s, 2 after 2 s)...
+        await wait_for(lambda: launcher.launches >= 6, 20)
+        # ...ever less often: within the next 1.5 s at most one more round.
+        seen = launcher.launches
+        await asyncio.sleep(1.5)  # a quiet period is what is measured
+        assert launcher.launches <= seen + 2
+        agent.pool.prewarm(pb.PrewarmRequest(function=template, count=0))
+        await wait_for(lambda: not agent.pools(), 10)
+        stopped = launcher.launches
+        await asyncio.sleep(1.5)
+        assert launcher.launches == stopped
+    finally:
+        await agent.pool.close()
+
+
 async def test_a_prewarm_claimed_while_starting_serves_as_a_cold_start(
     agent: Harness, code: Path
 ) -> None:
@@ -338,6 +389,53 @@ async def test_idle_instances_are_evicted_least_recently_used_under_memory_press
         assert set(agent.pools()) == {"fa@r1", "fd@r1"}
     finally:
         await agent.pool.close()
+
+
+async def test_a_job_finding_every_uid_held_by_idle_instances_stops_the_oldest_one(
+    code: Path,
+) -> None:
+    """Sandboxed, stdio jobs and instances draw function uids from one set: a job (or an
+    invocation's cold start) that finds none free takes the uid of the least recently used
+    idle instance instead of failing; a pre-warm never does."""
+    sandbox = Sandbox.start(sandbox_config(True, uid_count=2))
+    runtime = ProcessRuntime(4096, "test-mark", sandbox)
+    agent = Harness(process_launcher(sandbox), runtimes={"process": runtime})
+    try:
+        template = job(code, "", None, warm=pb.WarmPolicy(min=2))
+        template.ClearField("payload")
+        agent.pool.prewarm(pb.PrewarmRequest(function=template, count=2))
+        await wait_for(lambda: agent.pools().get("fn@r1") == (2, 0, 0), 20)
+        used = await agent.invoke(job(code, "warm", {}))  # the other one is now the oldest
+        stdio = pb.AssignJobRequest(
+            invocation_id="stdio",
+            attempt=1,
+            function="sh",
+            runtime="process",
+            command=["/bin/true"],
+            timeout_s=20,
+            resources=pb.Resources(memory_mb=64),
+        )
+        result = await agent.invoke(stdio)
+        assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED, result.error
+        assert agent.pools() == {"fn@r1": (1, 0, 0)}
+        assert psutil.pid_exists(output(used)["pid"])
+        # The stdio job's uid is free again: fb's cold start takes it.
+        fb = await agent.invoke(job(code, "fb", {}, function="fb"))
+        assert fb.outcome == pb.JOB_OUTCOME_SUCCEEDED and fb.cold_start, fb.error
+        # None is free now: fc's cold start takes fn's, the least recently used.
+        fc = await agent.invoke(job(code, "fc", {}, function="fc"))
+        assert fc.outcome == pb.JOB_OUTCOME_SUCCEEDED and fc.cold_start, fc.error
+        await wait_for(lambda: not psutil.pid_exists(output(used)["pid"]), 10)
+        assert agent.pools() == {"fb@r1": (1, 0, 0), "fc@r1": (1, 0, 0)}
+        # A pre-warm finds no uid and gives up; nobody's instance is stopped for it.
+        template.function = "fd"
+        agent.pool.prewarm(pb.PrewarmRequest(function=template, count=1))
+        await wait_for(lambda: "fd@r1" not in agent.pools(), 10)
+        assert agent.pools() == {"fb@r1": (1, 0, 0), "fc@r1": (1, 0, 0)}
+        assert psutil.pid_exists(output(fb)["pid"]) and psutil.pid_exists(output(fc)["pid"])
+    finally:
+        await agent.pool.close()
+        await sandbox.close()
 
 
 async def test_an_explicit_command_runs_the_runtime_client(agent: Harness, code: Path) -> None:
