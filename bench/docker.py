@@ -13,35 +13,23 @@ import os
 import sys
 
 # bench/http.py shadows the standard library's http package that aiohttp imports.
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
-]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.append(os.path.join(HERE, "lib"))
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import time
 
 import aiohttp
+from bench_hodei import HodeiStack
+from bench_procs import supervised
 from redis.asyncio import Redis
 
 IMAGE = "hodei-test/busybox:latest"
 COMMAND = ["sh", "-c", "cat"]
 PAYLOAD = b"ping from the benchmark"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(*args: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env.update(HODEI_REDIS_URL=redis_url, HODEI_KEY_PREFIX="hodei-bench", HODEI_LOG_LEVEL="warning")
-    return subprocess.Popen([sys.executable, "-m", "hodei.cli", *args], env=env)
 
 
 async def hodei_invoke(session: aiohttp.ClientSession, url: str) -> float:
@@ -72,58 +60,33 @@ async def raw_run() -> float:
 async def run(redis_url: str, pairs: int) -> dict[str, list[float]]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    http_port, grpc_port = free_port(), free_port()
-    procs = [
-        spawn("server", "--grpc-port", str(grpc_port), "--metrics-port", "-1", redis_url=redis_url),
-        spawn(
-            "agent",
-            "--server",
-            f"127.0.0.1:{grpc_port}",
-            "--worker-id",
-            "bench-docker",
-            "--metrics-port",
-            "-1",
-            "--health-port",
-            "-1",
-            "--runtimes",
-            "docker",
-            redis_url=redis_url,
-        ),
-        spawn("gateway", "--port", str(http_port), redis_url=redis_url),
-    ]
-    url = f"http://127.0.0.1:{http_port}"
     hodei: list[float] = []
     raw: list[float] = []
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"{url}/v1/workers") as r:
-                        workers = (await r.json())["workers"] if r.status == 200 else []
-                        if any("docker" in w.get("runtimes", []) for w in workers):
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            spec = {"runtime": "docker", "image": IMAGE, "command": COMMAND}
-            async with session.put(f"{url}/v1/functions/echo", json=spec) as r:
-                assert r.status in (200, 201), await r.text()
-            for _ in range(3):  # warm-up: image cache, connections
-                await hodei_invoke(session, url)
-                await raw_run()
-            for i in range(pairs):
-                # Alternate which goes first so neither always follows the other.
-                if i % 2:
-                    raw.append(await raw_run())
-                    hodei.append(await hodei_invoke(session, url))
-                else:
-                    hodei.append(await hodei_invoke(session, url))
-                    raw.append(await raw_run())
+        with supervised() as procs:
+            stack = HodeiStack(procs, redis_url)
+            stack.server()
+            stack.agent("bench-docker", runtimes="docker")
+            stack.gateway()
+            url = stack.url
+            async with aiohttp.ClientSession() as session:
+                await stack.wait_ready(session)
+                await stack.wait_runtime(session, "docker")
+                spec = {"runtime": "docker", "image": IMAGE, "command": COMMAND}
+                status, text = await stack.put_function(session, "echo", spec)
+                assert status in (200, 201), text
+                for _ in range(3):  # warm-up: image cache, connections
+                    await hodei_invoke(session, url)
+                    await raw_run()
+                for i in range(pairs):
+                    # Alternate which goes first so neither always follows the other.
+                    if i % 2:
+                        raw.append(await raw_run())
+                        hodei.append(await hodei_invoke(session, url))
+                    else:
+                        hodei.append(await hodei_invoke(session, url))
+                        raw.append(await raw_run())
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(15)
         await redis.flushdb()
         await redis.aclose()
     return {"hodei": hodei, "raw": raw}

@@ -12,31 +12,19 @@ import sys
 
 # This file is named like the standard library's http package, which aiohttp imports: take
 # the script's own folder off the import path before anything imports http.
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
-]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.append(os.path.join(HERE, "lib"))
 
 import argparse
 import asyncio
-import socket
 import statistics
-import subprocess
 import time
 
 import aiohttp
+from bench_hodei import HodeiStack
+from bench_procs import supervised
 from redis.asyncio import Redis
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(*args: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env.update(HODEI_REDIS_URL=redis_url, HODEI_KEY_PREFIX="hodei-bench", HODEI_LOG_LEVEL="warning")
-    return subprocess.Popen([sys.executable, "-m", "hodei.cli", *args], env=env)
 
 
 async def submits(session: aiohttp.ClientSession, url: str, total: int, clients: int) -> float:
@@ -68,67 +56,32 @@ async def sync_latency(session: aiohttp.ClientSession, url: str, n: int) -> list
 async def run(redis_url: str, rounds: int) -> dict[str, list[float]]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    http_port, grpc_port = free_port(), free_port()
-    procs = [
-        spawn(
-            "server",
-            "--grpc-port",
-            str(grpc_port),
-            "--metrics-port",
-            "-1",
-            "--max-queue",
-            "1000000",
-            redis_url=redis_url,
-        ),
-        spawn(
-            "agent",
-            "--server",
-            f"127.0.0.1:{grpc_port}",
-            "--worker-id",
-            "bench",
-            "--metrics-port",
-            "-1",
-            "--health-port",
-            "-1",
-            "--job-slots",
-            "16",
-            "--runtimes",
-            "process",
-            redis_url=redis_url,
-        ),
-        spawn("gateway", "--port", str(http_port), "--max-queue", "1000000", redis_url=redis_url),
-    ]
-    url = f"http://127.0.0.1:{http_port}"
     results: dict[str, list[float]] = {"submits_per_s": [], "sync_p50_ms": [], "sync_p99_ms": []}
     try:
-        connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{url}/v1/workers") as r:
-                        if r.status == 200 and (await r.json())["workers"]:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            # "parked" needs a label no worker has: submits measure the gateway alone.
-            for name, spec in (
-                ("parked", {"command": ["true"], "labels": {"never": "x"}}),
-                ("noop", {"command": ["/bin/true"]}),
-            ):
-                async with session.put(f"{url}/v1/functions/{name}", json=spec) as r:
-                    assert r.status in (200, 201)
-            await sync_latency(session, url, 30)  # warm-up
-            for _ in range(rounds):
-                results["submits_per_s"].append(await submits(session, url, 3000, 32))
-                latencies = sorted(await sync_latency(session, url, 300))
-                results["sync_p50_ms"].append(statistics.median(latencies))
-                results["sync_p99_ms"].append(latencies[int(len(latencies) * 0.99)])
+        with supervised() as procs:
+            stack = HodeiStack(procs, redis_url)
+            stack.server()
+            stack.agent("bench", job_slots=16)
+            stack.gateway()
+            url = stack.url
+            connector = aiohttp.TCPConnector(limit=64)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                await stack.wait_ready(session)
+                await stack.wait_workers(session, ["bench"])
+                # "parked" needs a label no worker has: submits measure the gateway alone.
+                for name, spec in (
+                    ("parked", {"command": ["true"], "labels": {"never": "x"}}),
+                    ("noop", {"command": ["/bin/true"]}),
+                ):
+                    status, text = await stack.put_function(session, name, spec)
+                    assert status in (200, 201), text
+                await sync_latency(session, url, 30)  # warm-up
+                for _ in range(rounds):
+                    results["submits_per_s"].append(await submits(session, url, 3000, 32))
+                    latencies = sorted(await sync_latency(session, url, 300))
+                    results["sync_p50_ms"].append(statistics.median(latencies))
+                    results["sync_p99_ms"].append(latencies[int(len(latencies) * 0.99)])
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(15)
         await redis.flushdb()
         await redis.aclose()
     return results

@@ -196,7 +196,7 @@ async def one_system(
     redis_url = f"redis://{args.redis_host}:{args.redis_port}/{db}"
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    with supervised() as procs:
+    with supervised(args.log_dir) as procs:
         run: Any = None
         try:
             if system == "hodei":
@@ -338,9 +338,14 @@ def main() -> int:
     )
     parser.add_argument("--hodei-job-slots", type=int, default=16, help="the agent's job slots")
     parser.add_argument("--hodei-clients", type=int, default=32, help="concurrent HTTP clients")
+    parser.add_argument(
+        "--hodei-sandbox", choices=("on", "off"), default="on", help="the process sandbox"
+    )
+    parser.add_argument("--log-dir", default="", help="keep each process's output here")
     args = parser.parse_args()
     os.environ["BENCH_HODEI_JOB_SLOTS"] = str(args.hodei_job_slots)
     os.environ["BENCH_HODEI_CLIENTS"] = str(args.hodei_clients)
+    os.environ["BENCH_HODEI_SANDBOX"] = args.hodei_sandbox
     args.systems = [s for s in args.systems.split(",") if s]
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = set(args.systems) - set(SYSTEMS) | set(args.variants) - set(VARIANTS)

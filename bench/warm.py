@@ -21,20 +21,20 @@ import os
 import sys
 
 # bench/http.py shadows the standard library's http package that aiohttp imports.
-sys.path[:] = [
-    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
-]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.append(os.path.join(HERE, "lib"))
 
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
+from bench_hodei import HodeiStack
+from bench_procs import supervised
 from redis.asyncio import Redis
 
 IMAGE = "hodei-test/busybox:latest"
@@ -50,18 +50,6 @@ while wget -q -S -O /tmp/event "$base/invocation/next" 2>/tmp/headers; do
 done
 """
 FUNCTIONS = ("warm-py", "stdio-py", "warm-sh", "cold-sh")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(*args: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
-    env.update(HODEI_REDIS_URL=redis_url, HODEI_KEY_PREFIX="hodei-bench", HODEI_LOG_LEVEL="warning")
-    return subprocess.Popen([sys.executable, "-m", "hodei.cli", *args], env=env)
 
 
 def specs() -> dict[str, dict[str, object]]:
@@ -117,57 +105,30 @@ async def throughput(url: str, clients: int, seconds: float) -> float:
 async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict[str, object]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    http_port, grpc_port = free_port(), free_port()
-    procs = [
-        spawn("server", "--grpc-port", str(grpc_port), "--metrics-port", "-1", redis_url=redis_url),
-        spawn(
-            "agent",
-            "--server",
-            f"127.0.0.1:{grpc_port}",
-            "--worker-id",
-            "bench-warm",
-            "--metrics-port",
-            "-1",
-            "--health-port",
-            "-1",
-            "--runtimes",
-            "process",
-            "--runtimes",
-            "docker",
-            redis_url=redis_url,
-        ),
-        spawn("gateway", "--port", str(http_port), redis_url=redis_url),
-    ]
-    url = f"http://127.0.0.1:{http_port}"
     samples: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"{url}/v1/workers") as r:
-                        workers = (await r.json())["workers"] if r.status == 200 else []
-                        if any("docker" in w.get("runtimes", []) for w in workers):
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            for name, spec in specs().items():
-                async with session.put(f"{url}/v1/functions/{name}", json=spec) as r:
-                    assert r.status in (200, 201), await r.text()
-            for _ in range(3):  # warm-up: instances started, image cached, connections open
-                for name in FUNCTIONS:
-                    await invoke(session, url, name)
-            for i in range(rounds):
-                # Rotate the order so that no function always follows the same one.
-                order = FUNCTIONS[i % 4 :] + FUNCTIONS[: i % 4]
-                for name in order:
-                    samples[name].append(await invoke(session, url, name))
-        rate = await throughput(url, clients, seconds)
+        with supervised() as procs:
+            stack = HodeiStack(procs, redis_url)
+            stack.server()
+            stack.agent("bench-warm", runtimes="process,docker")
+            stack.gateway()
+            url = stack.url
+            async with aiohttp.ClientSession() as session:
+                await stack.wait_ready(session)
+                await stack.wait_runtime(session, "docker")
+                for name, spec in specs().items():
+                    status, text = await stack.put_function(session, name, spec)
+                    assert status in (200, 201), text
+                for _ in range(3):  # warm-up: instances started, image cached, connections open
+                    for name in FUNCTIONS:
+                        await invoke(session, url, name)
+                for i in range(rounds):
+                    # Rotate the order so that no function always follows the same one.
+                    order = FUNCTIONS[i % 4 :] + FUNCTIONS[: i % 4]
+                    for name in order:
+                        samples[name].append(await invoke(session, url, name))
+            rate = await throughput(url, clients, seconds)
     finally:
-        # The agent first, while the server still answers its goodbye; then the others.
-        for p in (procs[1], procs[0], procs[2]):
-            p.terminate()
-            p.wait(30)
         await redis.flushdb()
         await redis.aclose()
     return {"samples": samples, "rate": rate}

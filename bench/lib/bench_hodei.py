@@ -85,7 +85,13 @@ class HodeiStack:
         )
         return self.procs.hodei(name, "server", env=env)
 
-    def agent(self, worker_id: str = "bench", servers: Iterable[str] = (), **settings: Any) -> Proc:
+    def agent(
+        self,
+        worker_id: str = "bench",
+        servers: Iterable[str] = (),
+        runtimes: str = "process",
+        **settings: Any,
+    ) -> Proc:
         names = list(servers) or list(self.server_ports)
         address = ",".join(f"127.0.0.1:{self.server_ports[n]}" for n in names)
         env = self._env(
@@ -93,7 +99,7 @@ class HodeiStack:
             worker_id=worker_id,
             health_port=-1,
             state_dir=self.state_dir,
-            runtimes="process",
+            runtimes=runtimes,
             **settings,
         )
         return self.procs.hodei(f"agent-{worker_id}", "agent", env=env)
@@ -131,6 +137,20 @@ class HodeiStack:
             return all(states.get(i) in ("available", "running") for i in wanted)
 
         await wait_until(ready, within_s, f"workers {sorted(wanted)}")
+
+    async def wait_runtime(
+        self, session: aiohttp.ClientSession, runtime: str, within_s: float = 60.0
+    ) -> None:
+        """Until a worker offers ``runtime`` (a docker agent offers it once its engine
+        answers)."""
+
+        async def ready() -> bool:
+            try:
+                return any(runtime in w.get("runtimes", []) for w in await self.workers(session))
+            except (aiohttp.ClientError, OSError):
+                return False
+
+        await wait_until(ready, within_s, f"a worker with the {runtime} runtime")
 
     async def put_function(
         self, session: aiohttp.ClientSession, name: str, spec: dict[str, Any]

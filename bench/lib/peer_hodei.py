@@ -25,7 +25,13 @@ from redis.asyncio import Redis
 # bench/peers.py --hodei-job-slots / --hodei-clients set these before importing this module.
 JOB_SLOTS = int(os.environ.get("BENCH_HODEI_JOB_SLOTS", "16"))
 CLIENTS = int(os.environ.get("BENCH_HODEI_CLIENTS", "32"))
-CONFIG = f"gateway + server + 1 agent ({JOB_SLOTS} job slots), {CLIENTS} HTTP clients"
+# "on" (the default, as shipped: each function under a uid, cgroup and namespaces of its
+# own) or "off" (plain fork and exec, like the peers' subprocesses; root needs allow_root).
+SANDBOX = os.environ.get("BENCH_HODEI_SANDBOX", "on")
+CONFIG = (
+    f"gateway + server + 1 agent ({JOB_SLOTS} job slots, process sandbox {SANDBOX}), "
+    f"{CLIENTS} HTTP clients"
+)
 RESOURCES = {"cpu_millicores": 100, "memory_mb": 64}
 
 SPAWN_SPEC: dict[str, Any] = {
@@ -63,7 +69,12 @@ class HodeiPeer:
         procs = {
             "server": stack.server().pid,
             "agent": stack.agent(
-                "bench", job_slots=JOB_SLOTS, cpu_millicores=1_000_000, memory_mb=1_000_000
+                "bench",
+                job_slots=JOB_SLOTS,
+                cpu_millicores=1_000_000,
+                memory_mb=1_000_000,
+                process_sandbox=SANDBOX,
+                process_allow_root=SANDBOX == "off" and os.geteuid() == 0,
             ).pid,
             "gateway": stack.gateway().pid,
         }
