@@ -51,6 +51,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
             completions=Completions(data),
             hub=EventHub(data, settings.max_streams, settings.max_streams_per_caller),
             tokens=tokens,
+            callback_policy=callback_policy,
         )
         yield
         await data.close()

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
+import yarl
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver
 
@@ -64,6 +65,14 @@ def _destinations(address: Address) -> tuple[Address, ...]:
     if address in NAT64:
         return (address, ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return (address,)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def kind_of(address: Address) -> str | None:
@@ -128,7 +137,14 @@ class CallbackPolicy:
             return None
         if any(d in net for d in destinations for net in self.networks):
             return None
-        return f"{address} is {kind}"
+        carried = destinations[-1]
+        return f"{address}{f' ({carried})' if carried != address else ''} is {kind}"
+
+    def literal_refusal(self, url: str) -> str | None:
+        """Why ``url`` can never be delivered when its host is an address written in it,
+        None otherwise (a name is judged on what it resolves to, at connect time)."""
+        host = yarl.URL(url).host or ""
+        return self.refusal(host, self.allows_host(host)) if _is_address(host) else None
 
     def socket_factory(self, addr_info: AddrInfoType) -> socket.socket:
         """The connector's socket factory: the last look at an address before connecting."""

@@ -114,7 +114,7 @@ async def _enqueue(
             revision=revision,
             priority=priority(request),
             traceparent=parent,
-            callback_url=callback_url(request),
+            callback_url=callback_url(request, gw.callback_policy),
             idempotency=_idempotency(request, payload),
             invocation_id=invocation_id,
         )

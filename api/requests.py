@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from hodei import tracing
+from hodei.api.callback_guard import CallbackPolicy
 from hodei.errors import InvalidSpec, NotFound
 from hodei.plugin.models import NAME_RE, Priority, valid_name
 
@@ -79,10 +80,14 @@ def wait_s(request: web.Request, default: float, maximum: float) -> float:
     return min(wait, maximum)
 
 
-def callback_url(request: web.Request) -> str:
+def callback_url(request: web.Request, policy: CallbackPolicy) -> str:
     url = request.headers.get("X-Callback-Url", "")
-    if url and (len(url) > 2048 or not CALLBACK_RE.fullmatch(url)):
+    if not url:
+        return url
+    if len(url) > 2048 or not CALLBACK_RE.fullmatch(url):
         raise web.HTTPBadRequest(reason="X-Callback-Url must be an http(s) URL")
+    if (reason := policy.literal_refusal(url)) is not None:
+        raise web.HTTPBadRequest(reason=f"X-Callback-Url: {reason}: callbacks may not reach it")
     return url
 
 

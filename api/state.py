@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from hodei.api.auth import TokenTable
+from hodei.api.callback_guard import CallbackPolicy
 from hodei.api.settings import GatewaySettings
 from hodei.api.streams import EventHub
 from hodei.api.waiter import Completions
@@ -22,6 +23,7 @@ class Gateway:
     completions: Completions
     hub: EventHub
     tokens: TokenTable
+    callback_policy: CallbackPolicy
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

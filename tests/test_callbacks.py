@@ -184,18 +184,40 @@ async def _gateway(redis_url: str, **settings: Any) -> Client:
     return client
 
 
-async def test_a_callback_to_loopback_is_refused_and_recorded(
+async def test_a_callback_to_a_name_for_loopback_is_refused_and_recorded(
     redis_url: str, receiver: Receiver
 ) -> None:
     http = await _gateway(redis_url)
     try:
-        for host, reason in (
-            ("127.0.0.1", "127.0.0.1 is a loopback address"),
-            ("localhost", "is a loopback address"),  # a name: resolved, then refused
+        # A name: accepted, then resolved at delivery and refused there.
+        outcome, _ = await _called_back(http, f"http://localhost:{receiver.server.port}/hook")
+        assert outcome.startswith("refused: ") and "is a loopback address" in outcome, outcome
+    finally:
+        await http.close()
+    assert receiver.hits == []
+
+
+async def test_an_inside_address_written_in_the_url_is_refused_at_submit(
+    redis_url: str, receiver: Receiver
+) -> None:
+    http = await _gateway(redis_url)
+    try:
+        created = await http.put("/v1/functions/f", json={"command": ["cat"]})
+        assert created.status in (200, 201)
+        for url, reason in (
+            (f"http://127.0.0.1:{receiver.server.port}/hook", "127.0.0.1 is a loopback address"),
+            ("http://[::ffff:10.1.2.3]/hook", "(10.1.2.3) is a private address"),
+            ("https://169.254.169.254/latest", "169.254.169.254 is a cloud metadata address"),
+            ("http://[fe80::1]:8080/x", "fe80::1 is a link-local address"),
         ):
-            url = f"http://{host}:{receiver.server.port}/hook"
-            outcome, _ = await _called_back(http, url)
-            assert outcome.startswith("refused: ") and reason in outcome, outcome
+            answer = await http.post(
+                "/v1/functions/f/invoke?async=true", data=b"x", headers={"X-Callback-Url": url}
+            )
+            assert answer.status == 400, (url, answer.status)
+            message = (await answer.json())["error"]["message"]
+            assert reason in message, message
+        listed = await http.get("/v1/invocations?function=f")
+        assert (await listed.json())["invocations"] == []  # nothing was enqueued
     finally:
         await http.close()
     assert receiver.hits == []
