@@ -214,11 +214,9 @@ class Slot:
     def _refresh_ipc(self) -> None:
         """A new System V IPC namespace when the function left segments, semaphores or
         queues behind (they outlive processes); the old one goes with its last user."""
-        for kind in ("shm", "sem", "msg"):
-            with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as table:
-                if len(table.readlines()) > 1:
-                    linux.unshare(linux.CLONE_NEWIPC)
-                    return
+        if linux.sysv_ipc_in_use():
+            with contextlib.suppress(OSError):
+                linux.unshare(linux.CLONE_NEWIPC)
 
     def _report(self, job_id: int, code: int, error: str, oom: bool = False) -> None:
         wire.send(

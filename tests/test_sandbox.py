@@ -249,6 +249,18 @@ async def test_tmp_and_ipc_are_private_to_each_function(runtime: Runtime) -> Non
     assert not glob.glob(f"/tmp/left-{secret}")
 
 
+async def test_semaphores_and_queues_left_behind_are_gone_for_the_next_function(
+    runtime: Runtime,
+) -> None:
+    for kind, flag in (("s", "-S 1"), ("q", "-Q")):
+        make = f"ipcmk {flag} -p 0666 | grep -o '[0-9]*$'"
+        left, lines = await run(runtime, job("sh", "-c", make))
+        ipc_id = left.output.decode().strip()
+        assert ipc_id.isdigit(), lines
+        outcome, _ = await run(runtime, job("sh", "-c", f"ipcs -{kind} -i {ipc_id} || true"))
+        assert b"mode=" not in outcome.output, outcome.output
+
+
 async def test_the_agents_python_is_usable_and_nothing_else_of_its_home(runtime: Runtime) -> None:
     # A runtime client (awslambdaric) runs from the agent's interpreter, wherever it is.
     code = "import hodei.agent.sandbox, os; print(os.getuid())"
