@@ -39,6 +39,12 @@ _OPEN_TREE_CLONE = 1
 _AT_RECURSIVE = 0x8000
 _AT_FDCWD = -100
 _MOVE_MOUNT_F_EMPTY_PATH = 4
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_FSCONFIG_CMD_CREATE = 6
+_FS_CLOEXEC = 1  # FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC
+_MOUNT_ATTR_NOSUID_NODEV_NOEXEC = 0x2 | 0x4 | 0x8
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
@@ -115,6 +121,33 @@ def attach_tree(tree_fd: int, target: str) -> None:
         ),
         f"move_mount {target}",
     )
+
+
+def new_mount(fstype: str) -> int:
+    """A new nosuid, nodev, noexec mount of ``fstype`` (fsopen and fsmount, Linux 5.2+),
+    attached nowhere: an O_PATH fd of its root, for ``attach_tree`` or ``os.open(".",
+    dir_fd=...)``. A file opened through it keeps it alive."""
+    context = _check(
+        _libc.syscall(_SYS_FSOPEN, fstype.encode(), ctypes.c_uint(_FS_CLOEXEC)), f"fsopen {fstype}"
+    )
+    try:
+        _check(
+            _libc.syscall(
+                _SYS_FSCONFIG, context, ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None, 0
+            ),
+            f"fsconfig {fstype}",
+        )
+        return _check(
+            _libc.syscall(
+                _SYS_FSMOUNT,
+                context,
+                ctypes.c_uint(_FS_CLOEXEC),
+                ctypes.c_uint(_MOUNT_ATTR_NOSUID_NODEV_NOEXEC),
+            ),
+            f"fsmount {fstype}",
+        )
+    finally:
+        os.close(context)
 
 
 # The IPC_INFO family of shmctl, semctl and msgctl: counts of what exists in this process's

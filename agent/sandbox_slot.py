@@ -3,12 +3,19 @@ processes of one uid, one at a time, and answers the agent directly on a socket 
 
 It is forked once from the spawner and set up once: its own mount namespace (private tmpfs
 folders, masked paths, a /proc of the uid's processes, the agent's Python exposed), the
-empty network namespace, RLIMIT_NPROC, no new privileges, its slot cgroup. Every function
-it forks inherits all of that for free, so a spawn costs one fork of this small process and
-the exec, with no Python in the child. It is a child subreaper: every process a function
-starts stays its descendant, so "nothing left" is "no child left", and the function's end
-is reported only then. Leftovers are killed by a helper that becomes the uid and kills
-everything of it at once (a root process must never ``kill(-1)``).
+empty network namespace, its own IPC namespace, RLIMIT_NPROC, no new privileges, its slot
+cgroup. Every function it forks inherits all of that for free, so a spawn costs one fork of
+this small process and the exec, with no Python in the child. It is a child subreaper:
+every process a function starts stays its descendant, so "nothing left" is "no child
+left", and the function's end is reported only then. Leftovers are killed by a helper that
+becomes the uid and kills everything of it at once (a root process must never
+``kill(-1)``).
+
+IPC objects outlive processes, and a uid serves one function after another: when a
+function leaves System V objects or POSIX message queues behind (told by counts, and by
+listing the namespace's mqueue filesystem, which the slot holds open), the slot enters a
+new IPC namespace before the next one starts. That filesystem is mounted over /dev/mqueue
+where the host has one (which would show the host's queues), and nowhere otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MEMORY_SLACK_MB = 32  # this process shares its slot's cgroup
+MQUEUE = "/dev/mqueue"
 
 
 class Slot:
@@ -60,6 +68,9 @@ class Slot:
         self.last_pid = 0
         self.status: int | None = None
         self.killer = 0
+        self.mqueue = -1  # the root of this IPC namespace's POSIX message queues
+        self.cover_mqueue = os.path.isdir(MQUEUE)  # the host's would show its queues
+        self.mqueue_covered = False
 
     def serve(self) -> None:
         wakeup_read, wakeup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -212,11 +223,43 @@ class Slot:
                     )
 
     def _refresh_ipc(self) -> None:
-        """A new System V IPC namespace when the function left segments, semaphores or
-        queues behind (they outlive processes); the old one goes with its last user."""
-        if linux.sysv_ipc_in_use():
-            with contextlib.suppress(OSError):
-                linux.unshare(linux.CLONE_NEWIPC)
+        """A new IPC namespace when the function left System V segments, semaphores or
+        queues, or POSIX message queues, behind (they outlive processes); the old one goes
+        with its last user. Raises OSError when that fails: the slot must end then."""
+        if linux.sysv_ipc_in_use() or self._mqueues_in_use():
+            self.new_ipc()
+
+    def _mqueues_in_use(self) -> bool:
+        if self.mqueue < 0:
+            return True  # cannot tell
+        try:
+            return bool(os.listdir(self.mqueue))
+        except OSError:
+            return True
+
+    def new_ipc(self) -> None:
+        """Enter a new IPC namespace, and open the root of its own message queue filesystem
+        (an mqueue mount shows the queues of its mounter's namespace): mounted nowhere, or
+        on /dev/mqueue over the previous one where the host has that folder."""
+        linux.unshare(linux.CLONE_NEWIPC)
+        if self.mqueue >= 0:
+            os.close(self.mqueue)
+            self.mqueue = -1
+        try:
+            mount = linux.new_mount("mqueue")
+        except OSError:
+            if self.cover_mqueue:
+                raise
+            return  # then every function gets a new namespace
+        try:
+            self.mqueue = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=mount)
+            if self.cover_mqueue:
+                if self.mqueue_covered:
+                    linux.umount(MQUEUE)
+                linux.attach_tree(mount, MQUEUE)
+                self.mqueue_covered = True
+        finally:
+            os.close(mount)
 
     def _report(self, job_id: int, code: int, error: str, oom: bool = False) -> None:
         wire.send(
@@ -249,7 +292,7 @@ def run(slot: Slot, confinement: child.Confinement) -> None:
             signal.signal(sig, signal.SIG_DFL)
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
         child.private_mounts(confinement)
-        linux.unshare(linux.CLONE_NEWIPC)
+        slot.new_ipc()
         resource.setrlimit(resource.RLIMIT_NPROC, (slot.pids_max, slot.pids_max))
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         slot.serve()

@@ -121,6 +121,10 @@ class Spawner:
             step = "no private mounts"
             try:
                 child.private_mounts(self.confinement)
+                step = "no IPC namespace with message queues of its own"
+                linux.unshare(linux.CLONE_NEWIPC)
+                if os.path.isdir(slots.MQUEUE):
+                    os.close(linux.new_mount("mqueue"))
                 step = f"cannot become the function uid {uid}"
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)

@@ -261,6 +261,66 @@ async def test_semaphores_and_queues_left_behind_are_gone_for_the_next_function(
         assert b"mode=" not in outcome.output, outcome.output
 
 
+# POSIX message queues through the C library (librt before glibc 2.34): open ``sys.argv[1]``
+# with flags ``sys.argv[2]``, send ``sys.argv[3]`` if given, else receive without waiting;
+# prints the message, or the errno's name.
+POSIX_QUEUE = """
+import ctypes, errno, sys
+lib = ctypes.CDLL(None, use_errno=True)
+if not hasattr(lib, "mq_open"):
+    lib = ctypes.CDLL("librt.so.1", use_errno=True)
+lib.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+q = lib.mq_open(sys.argv[1].encode(), int(sys.argv[2]), 0o666, None)
+if q < 0:
+    sys.exit(print("mq_open", errno.errorcode[ctypes.get_errno()]))
+if len(sys.argv) > 3:
+    sent = lib.mq_send(q, sys.argv[3].encode(), len(sys.argv[3]), 0)
+    sys.exit(print("sent" if sent == 0 else errno.errorcode[ctypes.get_errno()]))
+buffer = ctypes.create_string_buffer(1 << 16)
+size = lib.mq_receive(q, buffer, len(buffer), None)
+print(buffer.raw[:size].decode() if size >= 0 else errno.errorcode[ctypes.get_errno()])
+"""
+O_RDONLY, O_RDWR, O_NONBLOCK, O_CREAT = os.O_RDONLY, os.O_RDWR, os.O_NONBLOCK, os.O_CREAT
+
+
+async def test_posix_message_queues_left_behind_are_gone_for_the_next_function(
+    runtime: Runtime,
+) -> None:
+    # One of the host's own queues, to check it is out of sight of functions as well.
+    host_queue = f"/hodei-host-{random_suffix()}"
+    made = await asyncio.create_subprocess_exec(
+        PY, "-c", POSIX_QUEUE, host_queue, str(O_CREAT | O_RDWR), "host"
+    )
+    assert await made.wait() == 0
+    try:
+        for _ in range(2):
+            secret = uuid.uuid4().hex
+            left, lines = await run(
+                runtime, job(PY, "-c", POSIX_QUEUE, "/hodei-leak", str(O_CREAT | O_RDWR), secret)
+            )
+            assert left.output.strip() == b"sent", (left.output, lines)
+            flags = str(O_RDONLY | O_NONBLOCK)
+            outcome, lines = await run(
+                runtime,
+                job(
+                    "sh",
+                    "-c",
+                    f"{PY} -c '{POSIX_QUEUE}' /hodei-leak {flags}; "
+                    f"{PY} -c '{POSIX_QUEUE}' {host_queue} {flags}; "
+                    "ls -a /dev/mqueue || true",
+                ),
+            )
+            assert secret.encode() not in outcome.output, outcome.output
+            assert outcome.output.splitlines()[:2] == [b"mq_open ENOENT"] * 2, (outcome, lines)
+            # Where the host mounts /dev/mqueue, the function sees its own queues there.
+            assert b"hodei-" not in outcome.output, outcome.output
+    finally:
+        unlink = (
+            POSIX_QUEUE.split("lib.mq_open.argtypes")[0] + "lib.mq_unlink(sys.argv[1].encode())"
+        )
+        await (await asyncio.create_subprocess_exec(PY, "-c", unlink, host_queue)).wait()
+
+
 async def test_the_agents_python_is_usable_and_nothing_else_of_its_home(runtime: Runtime) -> None:
     # A runtime client (awslambdaric) runs from the agent's interpreter, wherever it is.
     code = "import hodei.agent.sandbox, os; print(os.getuid())"
