@@ -32,7 +32,7 @@ from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
-from hodei.agent.sandbox import agent_sandbox
+from hodei.agent.sandbox_setup import agent_sandbox
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
 from hodei.domain import WorkerState

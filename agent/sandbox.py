@@ -34,8 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hodei.agent import sandbox_wire as wire
-from hodei.agent.identity import remember_uid, remembered_uid
-from hodei.agent.sandbox_channel import Channel
+from hodei.agent.sandbox_channel import Channel, Child
 from hodei.agent.sandbox_pipes import drain, feed
 from hodei.agent.sandbox_types import (
     Endpoint,
@@ -45,42 +44,15 @@ from hodei.agent.sandbox_types import (
     SpawnRequest,
     own_installation,
 )
-from hodei.agent.settings import AgentSettings
 from hodei.errors import ConfigError, SpawnerFailed
 
 __all__ = ["Child", "Endpoint", "Exit", "Limits", "Sandbox", "SandboxConfig", "SpawnRequest"]
-__all__ += ["agent_sandbox", "drain", "feed", "own_installation"]
+__all__ += ["drain", "feed", "own_installation"]
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 60.0
 UID_WAIT_S = 10.0  # for the uid of an instance stopped to free one
-
-
-class Child:
-    """A started function process. ``stdin``/``stdout``/``stderr`` are non-blocking pipe
-    ends the caller owns (``feed`` and ``drain`` use and close them; stdin is -1 when not
-    asked for)."""
-
-    def __init__(
-        self, channel: Channel, job_id: int, slot: int, stdin: int, stdout: int, stderr: int
-    ):
-        self.channel = channel
-        self.id = job_id
-        self.slot = slot  # the uid slot it holds (-1: unsandboxed)
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self.exited: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
-
-    async def wait(self) -> Exit:
-        """The exit, once the process and everything it started are gone."""
-        return await asyncio.shield(self.exited)
-
-    def kill(self) -> None:
-        """SIGKILL the process and everything it started; ``wait()`` then reports it."""
-        if not self.exited.done() and not self.channel.closed:
-            self.channel.send({"op": "kill", "id": self.id})
 
 
 class Sandbox:
@@ -99,6 +71,8 @@ class Sandbox:
         self.ids = itertools.count(1)
         self.main: Channel | None = None
         self.slots: list[Channel | None] = [None] * len(self.uids)
+        self.starting: dict[int, asyncio.Future[Channel]] = {}  # slot -> its start
+        self.preparing: asyncio.Task[None] | None = None
         self.idle = list(range(len(self.uids) - 1, -1, -1))  # a stack: warm slots first
         self.running: dict[int, Child] = {}  # job id -> child
         self.replies: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
@@ -256,11 +230,36 @@ class Sandbox:
                 os.close(fd)
         return child
 
+    def prepare(self, count: int) -> asyncio.Task[None] | None:
+        """Start the slot processes of the first ``count`` uids handed out, one after another
+        in the background (None when unsandboxed): a slot's set-up (namespaces, mounts) takes
+        milliseconds the kernel serialises, which a first burst of functions would wait for."""
+        if not self.sandboxed or count <= 0 or self.closed:
+            return None
+        if self.preparing is None:
+            self.preparing = asyncio.get_running_loop().create_task(self._prepare(count))
+        return self.preparing
+
+    async def _prepare(self, count: int) -> None:
+        for index in self.idle[::-1][:count]:  # the order spawns take them in
+            if self.closed:
+                return
+            with contextlib.suppress(SpawnerFailed):
+                await self._slot(index)
+
     async def _slot(self, index: int) -> Channel:
-        """Slot ``index``'s channel, its process forked by the spawner on first use."""
+        """Slot ``index``'s channel, its process forked by the spawner on first use (once,
+        whoever asks first)."""
         channel = self.slots[index]
         if channel is not None and not channel.closed:
             return channel
+        starting = self.starting.get(index)
+        if starting is None:
+            starting = self.starting[index] = asyncio.ensure_future(self._start_slot(index))
+            starting.add_done_callback(lambda _: self.starting.pop(index, None))
+        return await asyncio.shield(starting)
+
+    async def _start_slot(self, index: int) -> Channel:
         message, fds = await self._ask({"op": "slot", "slot": index})
         if message.get("error") or not fds:
             for fd in fds:
@@ -306,6 +305,8 @@ class Sandbox:
         if self.closed:
             return
         self.closed = True
+        if self.preparing is not None:
+            self.preparing.cancel()
         for channel in self.slots:
             if channel is not None:
                 channel.close()
@@ -375,40 +376,3 @@ class Sandbox:
             if not reply.done():
                 reply.set_exception(SpawnerFailed(reason))
         self.replies.clear()
-
-
-def agent_sandbox(settings: AgentSettings, mark: str, job_slots: int) -> Sandbox:
-    """The agent's spawner as its settings say. Raises ConfigError when it cannot sandbox,
-    or would run functions as root without ``process_allow_root``."""
-    mode = settings.process_sandbox
-    if mode not in ("on", "off"):
-        raise ConfigError(f"process_sandbox: {mode!r} is neither 'on' nor 'off'")
-    if mode == "off" and os.geteuid() == 0 and not settings.process_allow_root:
-        raise ConfigError(
-            "the process runtime would run functions unsandboxed as root: use "
-            "--process-sandbox on, run the agent as another user, or --process-allow-root"
-        )
-    config = SandboxConfig(
-        sandboxed=mode == "on",
-        mark=mark,
-        uid_base=settings.process_uid_base,
-        uid_count=settings.process_uid_count or 2 * job_slots,
-        uid_preferred=remembered_uid(settings.state_dir, settings.worker_id),
-        allow_root=settings.process_allow_root,
-        pids_max=settings.process_pids_max,
-        tmpfs_mb=settings.process_tmpfs_mb,
-        private_dirs=settings.process_private_dirs,
-        hidden_paths=settings.process_hidden_paths,
-        cgroup_root=settings.process_cgroup_root,
-        exposed_paths=(*own_installation(), *settings.process_exposed_paths),
-    )
-    if 0 < settings.process_uid_count < job_slots:
-        log.warning(
-            "process_uid_count %d < job slots %d: functions beyond it fail to start",
-            settings.process_uid_count,
-            job_slots,
-        )
-    sandbox = Sandbox.start(config)
-    if sandbox.uids:
-        remember_uid(settings.state_dir, settings.worker_id, sandbox.uids[0])
-    return sandbox

@@ -1,6 +1,6 @@
 """The agent's end of one socket to a spawner process (the spawner itself or one of its
 slots): ordered sends that never block the event loop, each received message handed to a
-callback, and the peer's end noticed."""
+callback, and the peer's end noticed; and a ``Child`` started through one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hodei.agent import sandbox_wire as wire
+from hodei.agent.sandbox_types import Exit
 from hodei.errors import SpawnerFailed
 
 Handler = Callable[[dict[str, Any], list[int]], None]
@@ -89,3 +90,29 @@ class Channel:
             if received is None:
                 return
             self.on_message(*received)
+
+
+class Child:
+    """A started function process. ``stdin``/``stdout``/``stderr`` are non-blocking pipe
+    ends the caller owns (``feed`` and ``drain`` use and close them; stdin is -1 when not
+    asked for)."""
+
+    def __init__(
+        self, channel: Channel, job_id: int, slot: int, stdin: int, stdout: int, stderr: int
+    ):
+        self.channel = channel
+        self.id = job_id
+        self.slot = slot  # the uid slot it holds (-1: unsandboxed)
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.exited: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> Exit:
+        """The exit, once the process and everything it started are gone."""
+        return await asyncio.shield(self.exited)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started; ``wait()`` then reports it."""
+        if not self.exited.done() and not self.channel.closed:
+            self.channel.send({"op": "kill", "id": self.id})

@@ -34,6 +34,7 @@ from conftest import (
 )
 
 from hodei.agent.agent import build_runtimes
+from hodei.agent.resources import capacity
 from hodei.agent.runtime import Outcome, Runtime
 from hodei.agent.settings import AgentSettings
 from hodei.plugin.server import ControlPlane
@@ -92,6 +93,15 @@ async def run(
         request, lambda stream, line: lines.append(line), cancel or asyncio.Event()
     )
     return outcome, lines
+
+
+async def test_the_agent_prepares_a_slot_per_job_slot(runtime: Runtime) -> None:
+    sandbox = getattr(runtime, "sandbox", None)
+    assert sandbox is not None and sandbox.preparing is not None
+    await sandbox.preparing
+    job_slots = capacity(AgentSettings.from_env({})).job_slots
+    ready = [c for c in sandbox.slots if c is not None and not c.closed]
+    assert len(ready) == min(job_slots, len(sandbox.uids))
 
 
 async def test_functions_run_as_unprivileged_uids_of_their_own(runtime: Runtime) -> None:

@@ -157,3 +157,51 @@ async def test_agent_secrets_come_from_files_and_leave_its_environment(tmp_path:
     )
     out, _ = await proc.communicate()
     assert out.decode().split() == ["from-the-file", "consul-secret", "0", "[]"]
+
+
+def _slot_processes(sandbox: Sandbox) -> int:
+    return len(psutil.Process(sandbox.process.pid).children())
+
+
+async def test_prepared_slots_serve_the_first_burst_without_setting_up() -> None:
+    """A slot costs its set-up (mount and IPC namespaces, mounts) once; an agent prepares
+    its job slots' in the background, so that a first burst of functions (64 at once took
+    3.3 s in bench/e2e.py) does not wait for it."""
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True))
+    try:
+        preparing = sandbox.prepare(4)
+        assert preparing is not None
+        await preparing
+        assert _slot_processes(sandbox) == 4
+        children = await asyncio.gather(
+            *(sandbox.spawn(SpawnRequest(["true"], {"PATH": os.environ["PATH"]})) for _ in range(4))
+        )
+        assert [(await c.wait()).code for c in children] == [0, 0, 0, 0]
+        assert _slot_processes(sandbox) == 4  # the prepared ones served: none was added
+    finally:
+        await sandbox.close()
+
+
+async def test_a_spawn_racing_the_preparation_of_its_slot_shares_it() -> None:
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    sandbox = Sandbox.start(sandbox_config(True))
+    try:
+        preparing = sandbox.prepare(8)
+        children = await asyncio.gather(
+            *(sandbox.spawn(SpawnRequest(["true"], {"PATH": os.environ["PATH"]})) for _ in range(8))
+        )
+        assert [(await c.wait()).code for c in children] == [0] * 8
+        assert preparing is not None
+        await preparing
+        assert _slot_processes(sandbox) == 8
+    finally:
+        await sandbox.close()
+
+
+async def test_an_unsandboxed_spawner_has_nothing_to_prepare() -> None:
+    sandbox = Sandbox.start(sandbox_config(False))
+    try:
+        assert sandbox.prepare(4) is None
+    finally:
+        await sandbox.close()
