@@ -125,6 +125,10 @@ def _start_with_popen(
     return process.pid
 
 
+def inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def plan_exposure(
     paths: tuple[str, ...], private_dirs: tuple[str, ...]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -132,9 +136,6 @@ def plan_exposure(
     its uid (the agent's Python under /root, say) or a private folder covers them: each
     closed ancestor is covered by an empty tmpfs its uid may cross, and the folders are
     mounted back on top of it. The rest of the closed folder stays out of sight."""
-
-    def inside(path: str, folder: str) -> bool:
-        return path == folder or path.startswith(folder.rstrip("/") + "/")
 
     covers: list[str] = []
     exposed: list[str] = []

@@ -68,11 +68,17 @@ class Slot:
         self.last_pid = 0
         self.status: int | None = None
         self.killer = 0
+        self.fresh_inodes: dict[str, int] = {}
         self.mqueue = -1  # the root of this IPC namespace's POSIX message queues
         self.cover_mqueue = os.path.isdir(MQUEUE)  # the host's would show its queues
         self.mqueue_covered = False
 
     def serve(self) -> None:
+        # What an untouched private folder holds: its root, and the way to what is exposed
+        # in it (the agent's Python in a checkout under /tmp).
+        for folder in self.private_dirs:
+            with contextlib.suppress(OSError):
+                self.fresh_inodes[folder] = _inodes_used(folder)
         wakeup_read, wakeup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wakeup_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
@@ -212,15 +218,24 @@ class Slot:
 
     def _refresh_private_dirs(self) -> None:
         """A fresh tmpfs where the function wrote anything (the next function of this uid
-        must not find it); an untouched one holds its root inode only."""
+        must not find it), with the exposed folders it holds mounted back."""
         for folder in self.private_dirs:
             with contextlib.suppress(OSError):
-                usage = os.statvfs(folder)
-                if usage.f_files - usage.f_ffree > 1:
-                    linux.umount(folder)
-                    linux.mount(
-                        "tmpfs", folder, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, self.tmpfs
-                    )
+                if _inodes_used(folder) > self.fresh_inodes.get(folder, 1):
+                    self._renew(folder)
+
+    def _renew(self, folder: str) -> None:
+        exposed = [path for path in self.exposed if child.inside(path, folder)]
+        trees = [(path, linux.clone_tree(path)) for path in exposed]
+        try:
+            linux.umount(folder)
+            linux.mount("tmpfs", folder, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, self.tmpfs)
+            for path, tree in trees:
+                os.makedirs(path, exist_ok=True)
+                linux.attach_tree(tree, path)
+        finally:
+            for _, tree in trees:
+                os.close(tree)
 
     def _refresh_ipc(self) -> None:
         """A new IPC namespace when the function left System V segments, semaphores or
@@ -273,6 +288,11 @@ class Slot:
                 "pid": self.last_pid,
             },
         )
+
+
+def _inodes_used(folder: str) -> int:
+    usage = os.statvfs(folder)
+    return usage.f_files - usage.f_ffree
 
 
 def _fork() -> int:

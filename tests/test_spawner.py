@@ -205,3 +205,35 @@ async def test_an_unsandboxed_spawner_has_nothing_to_prepare() -> None:
         assert sandbox.prepare(4) is None
     finally:
         await sandbox.close()
+
+
+def _tool_under_tmp() -> tuple[Path, Path]:
+    folder = Path(f"/tmp/hodei-exposed-{random_suffix()}")
+    tool = folder / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    folder.chmod(0o755)
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    return folder, tool
+
+
+async def test_a_folder_exposed_under_a_private_one_survives_its_refresh() -> None:
+    """The agent's Python in a checkout under /tmp (a CI runner's, say): /tmp is private to
+    each function and renewed after one writes in it, and the exposed folder must come back
+    with it (it was gone for every later function: "No such file or directory")."""
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+    folder, tool = _tool_under_tmp()
+    sandbox = Sandbox.start(sandbox_config(True, uid_count=1, exposed_paths=(str(folder),)))
+    env = {"PATH": os.environ["PATH"]}
+    try:
+        for n in range(3):  # one slot: each run follows a renewal of the one before's /tmp
+            command = ["sh", "-c", f"{tool} && echo left > /tmp/left-{n} && ls /tmp"]
+            child = await sandbox.spawn(SpawnRequest(command, env))
+            out = bytearray()
+            await asyncio.gather(drain(child.stdout, out.extend), drain(child.stderr, out.extend))
+            assert (await child.wait()).code == 0, bytes(out)
+            listing = bytes(out).decode().split()
+            assert "ran" in listing and f"left-{n - 1}" not in listing, bytes(out)
+    finally:
+        await sandbox.close()
+        shutil.rmtree(folder)
