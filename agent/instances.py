@@ -105,8 +105,8 @@ class InstancePool:
     def stop_idle(self, runtime: str) -> bool:
         """Stop the least recently used idle instance of ``runtime`` (what it holds is
         needed); False when none idles."""
-        idle = [i for i in self.instances.values() if i.runtime == runtime]
-        chosen = policy.least_recently_used_idle(idle)
+        of_runtime = [i for i in self.instances.values() if i.runtime == runtime]
+        chosen = policy.least_recently_used_idle(of_runtime)
         if chosen is None:
             return False
         self._retire([chosen], "its function uid is needed")

@@ -157,16 +157,28 @@ def plan_exposure(
     return tuple(covers), tuple(exposed)
 
 
+def private_tmpfs(folder: str, tmpfs_mb: int) -> None:
+    """An empty tmpfs over ``folder`` that every uid may write in (sticky, as /tmp)."""
+    options = f"size={tmpfs_mb}m,mode=1777"
+    linux.mount("tmpfs", folder, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
+
+
+def attach_trees(trees: list[tuple[str, int]]) -> None:
+    """Mount each cloned tree (``linux.clone_tree``) at its path, made when missing."""
+    for path, tree in trees:
+        os.makedirs(path, exist_ok=True)
+        linux.attach_tree(tree, path)
+
+
 def private_mounts(confinement: Confinement) -> None:
     linux.unshare(linux.CLONE_NEWNS)
     # Nothing mounted from here on may reach the host's namespace.
     linux.mount("none", "/", None, linux.MS_REC | linux.MS_PRIVATE)
     trees = [(path, linux.clone_tree(path)) for path in confinement.exposed]
     flags = linux.MS_NOSUID | linux.MS_NODEV
-    size = f"size={confinement.tmpfs_mb}m,mode=1777"
     for folder in confinement.private_dirs:
         if os.path.isdir(folder):
-            linux.mount("tmpfs", folder, "tmpfs", flags, size)
+            private_tmpfs(folder, confinement.tmpfs_mb)
     for path in confinement.hidden_paths:
         if os.path.isdir(path):
             linux.mount("tmpfs", path, "tmpfs", flags | linux.MS_RDONLY, "size=4k,mode=555")
@@ -174,9 +186,8 @@ def private_mounts(confinement: Confinement) -> None:
             linux.mount("/dev/null", path, None, linux.MS_BIND)
     for folder in confinement.covers:
         linux.mount("tmpfs", folder, "tmpfs", flags | linux.MS_NOEXEC, "size=1m,mode=755")
-    for path, tree in trees:
-        os.makedirs(path, exist_ok=True)
-        linux.attach_tree(tree, path)
+    attach_trees(trees)
+    for _, tree in trees:
         os.close(tree)
     if confinement.hide_processes:
         # hidepid=2: only the processes of one's own uid are visible, the agent's and other

@@ -62,7 +62,7 @@ class Slot:
         self.pids_max = pids_max
         self.private_dirs = tuple(d for d in confinement.private_dirs if os.path.isdir(d))
         self.exposed = confinement.exposed
-        self.tmpfs = f"size={confinement.tmpfs_mb}m,mode=1777"
+        self.tmpfs_mb = confinement.tmpfs_mb
         self.job_id: int | None = None
         self.pid = 0
         self.last_pid = 0
@@ -229,10 +229,8 @@ class Slot:
         trees = [(path, linux.clone_tree(path)) for path in exposed]
         try:
             linux.umount(folder)
-            linux.mount("tmpfs", folder, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, self.tmpfs)
-            for path, tree in trees:
-                os.makedirs(path, exist_ok=True)
-                linux.attach_tree(tree, path)
+            child.private_tmpfs(folder, self.tmpfs_mb)
+            child.attach_trees(trees)
         finally:
             for _, tree in trees:
                 os.close(tree)

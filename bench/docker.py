@@ -65,9 +65,7 @@ async def run(redis_url: str, pairs: int) -> dict[str, list[float]]:
     try:
         with supervised() as procs:
             stack = HodeiStack(procs, redis_url)
-            stack.server()
-            stack.agent("bench-docker", runtimes="docker")
-            stack.gateway()
+            stack.start("bench-docker", runtimes="docker")
             url = stack.url
             async with aiohttp.ClientSession() as session:
                 await stack.wait_ready(session)

@@ -60,9 +60,7 @@ async def run(redis_url: str, rounds: int) -> dict[str, list[float]]:
     try:
         with supervised() as procs:
             stack = HodeiStack(procs, redis_url)
-            stack.server()
-            stack.agent("bench", job_slots=16)
-            stack.gateway()
+            stack.start("bench", job_slots=16)
             url = stack.url
             connector = aiohttp.TCPConnector(limit=64)
             async with aiohttp.ClientSession(connector=connector) as session:

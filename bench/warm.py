@@ -109,9 +109,7 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
     try:
         with supervised() as procs:
             stack = HodeiStack(procs, redis_url)
-            stack.server()
-            stack.agent("bench-warm", runtimes="process,docker")
-            stack.gateway()
+            stack.start("bench-warm", runtimes="process,docker")
             url = stack.url
             async with aiohttp.ClientSession() as session:
                 await stack.wait_ready(session)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
@@ -52,6 +53,32 @@ async def ready(http: aiohttp.ClientSession) -> bool:
         async with http.get("/readyz") as r:
             return r.status == 200
     return False
+
+
+@contextlib.asynccontextmanager
+async def one_of_each(
+    redis_url: str, *agent_args: str
+) -> AsyncIterator[tuple[ServerProcess, AgentProcess, GatewayProcess]]:
+    """A server, an agent (``agent_args``) and a gateway on ``redis_url``, all stopped on
+    the way out."""
+    port = free_port()
+    server = ServerProcess(fast_settings(redis_url), port, "s1")
+    server.start()
+    agent = AgentProcess(port, "w1", *agent_args)
+    gateway = GatewayProcess(redis_url)
+    try:
+        yield server, agent, gateway
+    finally:
+        gateway.stop()
+        await agent.stop()
+        server.stop()
+
+
+async def echo_deployed(http: aiohttp.ClientSession) -> None:
+    """Once the gateway is ready: ``echo`` (``cat``) deployed."""
+    await wait_for(lambda: ready(http), 20)
+    async with http.put("/v1/functions/echo", json={"command": ["cat"]}) as r:
+        assert r.status == 201
 
 
 async def test_redis_killed_and_restarted_loses_no_acknowledged_invocation(
@@ -138,49 +165,32 @@ async def test_redis_killed_and_restarted_loses_no_acknowledged_invocation(
 async def test_every_process_leaves_soon_after_sigterm_whatever_it_served(
     own_redis: RedisServer,
 ) -> None:
-    settings = fast_settings(own_redis.url)
-    port = free_port()
-    server = ServerProcess(settings, port, "s1")
-    server.start()
-    agent = AgentProcess(port, "w1")
-    gateway = GatewayProcess(own_redis.url)
-    try:
-        async with aiohttp.ClientSession(gateway.url) as http:
-            await wait_for(lambda: ready(http), 20)
-            async with http.put("/v1/functions/echo", json={"command": ["cat"]}) as r:
-                assert r.status == 201
-            for _ in range(3):  # a sync invoke holds a completion waiter and a keep-alive
-                async with http.post("/v1/functions/echo/invoke?wait=30", data=b"x") as r:
-                    assert r.status == 200
-            async with http.get("/v1/events") as events:  # an open stream too
-                assert events.status == 200
-                for process in (gateway.proc, agent.proc, server.proc):
-                    assert process is not None
-                    started = time.monotonic()
-                    process.send_signal(signal.SIGTERM)
-                    await wait_for(lambda p=process: p.poll() is not None, 10)
-                    assert time.monotonic() - started < 10
-    finally:
-        gateway.stop()
-        await agent.stop()
-        server.stop()
+    async with (
+        one_of_each(own_redis.url) as (server, agent, gateway),
+        aiohttp.ClientSession(gateway.url) as http,
+    ):
+        await echo_deployed(http)
+        for _ in range(3):  # a sync invoke holds a completion waiter and a keep-alive
+            async with http.post("/v1/functions/echo/invoke?wait=30", data=b"x") as r:
+                assert r.status == 200
+        async with http.get("/v1/events") as events:  # an open stream too
+            assert events.status == 200
+            for process in (gateway.proc, agent.proc, server.proc):
+                assert process is not None
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                await wait_for(lambda p=process: p.poll() is not None, 10)
+                assert time.monotonic() - started < 10
 
 
 async def test_an_agent_whose_servers_are_gone_leaves_soon_after_sigterm(
     own_redis: RedisServer,
 ) -> None:
     """Nothing runs and no server answers: waiting out the drain budget changes nothing."""
-    settings = fast_settings(own_redis.url)
-    port = free_port()
-    server = ServerProcess(settings, port, "s1")
-    server.start()
-    agent = AgentProcess(port, "w1", "--drain-grace-s", "30", "--drain-handback-s", "8")
-    gateway = GatewayProcess(own_redis.url)
-    try:
+    drain = ("--drain-grace-s", "30", "--drain-handback-s", "8")
+    async with one_of_each(own_redis.url, *drain) as (server, agent, gateway):
         async with aiohttp.ClientSession(gateway.url) as http:
-            await wait_for(lambda: ready(http), 20)
-            async with http.put("/v1/functions/echo", json={"command": ["cat"]}) as r:
-                assert r.status == 201
+            await echo_deployed(http)
             async with http.post("/v1/functions/echo/invoke?wait=30", data=b"x") as r:
                 assert r.status == 200
         server.stop()
@@ -190,7 +200,3 @@ async def test_an_agent_whose_servers_are_gone_leaves_soon_after_sigterm(
         await wait_for(lambda: agent.proc.poll() is not None, 20)
         assert time.monotonic() - started < 8, agent.output()[-2000:]
         assert agent.proc.returncode == 0
-    finally:
-        gateway.stop()
-        await agent.stop()
-        server.stop()

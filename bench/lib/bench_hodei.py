@@ -114,6 +114,12 @@ class HodeiStack:
         )
         return self.procs.hodei(name, "gateway", env=env)
 
+    def start(self, worker_id: str, **agent_settings: Any) -> None:
+        """One server, one agent (``worker_id``) and the gateway."""
+        self.server()
+        self.agent(worker_id, **agent_settings)
+        self.gateway()
+
     async def wait_ready(self, session: aiohttp.ClientSession, within_s: float = 60.0) -> None:
         await wait_until(lambda: _status(session, f"{self.url}/readyz", 200), within_s, "gateway")
 
