@@ -115,6 +115,17 @@ async def test_queue_order_fifo_within_priority_with_ageing(cp: ControlPlane) ->
     assert 2 * 60_000 - 1000 < gap_ms < 2 * 60_000 + 1000
 
 
+async def test_the_pending_list_names_every_priority(cp: ControlPlane) -> None:
+    """A record stores its priority only when it is not normal; what reads it must say
+    normal (GET /v1/queue showed an empty priority)."""
+    fn = await deploy(cp, "f", command=["true"])
+    normal = await invoke(cp, fn, b"")
+    high = await invoke(cp, fn, b"", priority=Priority.HIGH)
+    await cp.data.queue.note_pending({normal: "no worker", high: "no worker"})
+    pending, _ = await cp.data.queue.pending()
+    assert {p.id: p.priority for p in pending} == {normal: "normal", high: "high"}
+
+
 async def test_functions_crud_and_revisions(cp: ControlPlane) -> None:
     spec = await deploy(cp, "echo", command=["cat"], max_retries=1)
     assert await cp.data.functions.put(replace(spec, max_retries=2)) is False

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from hodei.domain import Clock, now_ms
+from hodei.plugin.data import records
 from hodei.plugin.data.keys import Keys
 from hodei.plugin.data.replies import mapping, raws, text, texts
 from hodei.plugin.data.scripts import Call, Scripts
@@ -172,7 +173,7 @@ class Queue:
                     Pending(
                         i,
                         text(fn or b""),
-                        text(prio or b""),
+                        records.priority(prio).value,
                         text(reason),
                         parked == b"1",
                     )

@@ -52,6 +52,11 @@ def _text(raw: bytes | None) -> str:
     return raw.decode(errors="replace") if raw else ""
 
 
+def priority(raw: bytes | None) -> Priority:
+    """A record's priority: stored only when it is not normal."""
+    return Priority(_text(raw) or Priority.NORMAL.value)
+
+
 def invocation(invocation_id: str, values: Sequence[bytes | None]) -> Invocation | None:
     """From an HMGET of INVOCATION_FIELDS; None when there is no such record."""
     h = dict(zip(INVOCATION_FIELDS, values, strict=True))
@@ -63,7 +68,7 @@ def invocation(invocation_id: str, values: Sequence[bytes | None]) -> Invocation
         function=_text(h["function"]),
         status=Status(h["status"].decode()),
         attempt=_int(h["attempt"]) or 1,
-        priority=Priority(_text(h["priority"]) or "normal"),
+        priority=priority(h["priority"]),
         revision=_text(h["revision"]),
         worker_id=_text(h["worker_id"]),
         exit_code=_int(h["exit_code"]),
