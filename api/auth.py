@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
+from hodei.domain import bearer_token
 from hodei.errors import ConfigError
 
 SCOPES = frozenset({"admin", "invoke", "read"})
@@ -48,23 +49,16 @@ class TokenTable:
     def may_scrape(self, authorization: str, metrics_token: str) -> bool:
         """Whether an Authorization header may read /metrics: the metrics token, or an API
         token that may read."""
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if (
-            scheme.lower() == "bearer"
-            and token.isascii()
-            and metrics_token
-            and hmac.compare_digest(metrics_token.encode(), token.encode())
-        ):
+        token = bearer_token(authorization)
+        if token and metrics_token and hmac.compare_digest(metrics_token.encode(), token.encode()):
             return True
         caller = self.identify(authorization)
         return caller is not None and bool(caller.scopes & {"read", "admin"})
 
     def identify(self, authorization: str) -> Caller | None:
         """Who the bearer token of an Authorization header is, None when unknown."""
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or not token.isascii():
+        token = bearer_token(authorization)
+        if not token:
             return None
         for known, scopes in self.scopes.items():
             if hmac.compare_digest(known.encode(), token.encode()):

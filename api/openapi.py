@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from hodei import __version__, tracing
+from hodei.api.fleet import EVENT_ID_RE
 from hodei.api.invocations import LOG_PAGE_MAX
 from hodei.api.middleware import ANY, METRICS_PATH
 from hodei.api.openapi_schemas import (
@@ -42,7 +43,7 @@ QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "offset": {"type": "integer", "minimum": 0, "maximum": 10**9},
     "invocation": INVOCATION_ID,
     "worker": WORKER_ID,
-    "since": {"type": "string", "pattern": "^[0-9]{1,20}(-[0-9]{1,20})?$"},
+    "since": {"type": "string", "pattern": pattern(EVENT_ID_RE)},
 }
 QUERY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("/v1/invocations/{id}/logs", "limit"): {

@@ -25,6 +25,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` value; "" when there is none or it
+    is not ASCII (what no token can be)."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token.isascii() else ""
+
+
 # What the data layer asks the time (tests give it one they move by hand).
 Clock = Callable[[], int]
 

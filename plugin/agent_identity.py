@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from hodei.domain import WorkerState
+from hodei.domain import WorkerState, bearer_token
 from hodei.errors import ConfigError
 from hodei.plugin.data.records import WorkerRecord
 from hodei.plugin.settings import ServerSettings
@@ -129,8 +129,7 @@ class AgentIdentities:
         """The caller, from its certificate (``auth``: the peer's auth context) and its
         ``authorization``/``hodei-session`` metadata; None when its credentials are refused."""
         headers = {k: v if isinstance(v, str) else v.decode(errors="replace") for k, v in metadata}
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" and token.strip().isascii() else ""
+        token = bearer_token(headers.get("authorization", ""))
         session = headers.get(SESSION_HEADER, "")
         operator = bool(token) and _lookup(self.operator_tokens, token) is not None
         if not self.authenticated:

@@ -115,13 +115,19 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   local position = (now + PRIORITY_OFFSET[priority] * ageing_ms) * 1000 + seq
   local qt = tonumber(spec[3])
   local key = C.inv .. id
-  redis.call('HSET', key, 'function', fn, 'revision', rev, 'status', 'queued', 'attempt', 1,
-    'order', int(order), 'payload', payload)
-  if priority ~= 'normal' then
-    redis.call('HSET', key, 'priority', priority, 'position', int(position))
+  local fields = {'function', fn, 'revision', rev, 'status', 'queued', 'attempt', 1,
+    'order', int(order), 'payload', payload}
+  local function add(name, value)
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
   end
-  if traceparent ~= '' then redis.call('HSET', key, 'traceparent', traceparent) end
-  if callback ~= '' then redis.call('HSET', key, 'callback_url', callback) end
+  if priority ~= 'normal' then
+    add('priority', priority)
+    add('position', int(position))
+  end
+  if traceparent ~= '' then add('traceparent', traceparent) end
+  if callback ~= '' then add('callback_url', callback) end
+  redis.call('HSET', key, unpack(fields))
   redis.call('ZADD', C.invs, order, id)
   redis.call('ZADD', C.fn_index .. fn, order, id)
   redis.call('SADD', C.indexed, fn)
