@@ -9,6 +9,7 @@ stacks on one host never touch each other. Ctrl-C stops them all, gateway first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -19,7 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
@@ -95,11 +96,18 @@ def _redis_binary() -> str | None:
 
 
 def _say(message: str) -> None:
-    print(f"hodei dev: {message}", file=sys.stderr, flush=True)
+    _print(f"hodei dev: {message}", sys.stderr)
 
 
 def _show(message: str) -> None:
-    print(message, flush=True)
+    _print(message, sys.stdout)
+
+
+def _print(message: str, stream: TextIO) -> None:
+    # The terminal may be gone (its shell closed, the pipe read by nobody): the stack must
+    # still be stopped, not orphaned by a BrokenPipeError on the way.
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=stream, flush=True)
 
 
 def api_token(env: Mapping[str, str]) -> tuple[str, bool]:
@@ -160,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         _say("stopping…")
-        stack.stop()
+        try:
+            stack.stop()
+        except KeyboardInterrupt:  # asked again while stopping: no more patience
+            stack.kill()
         if follower is not None:
             follower.stop()
         if not interrupted:

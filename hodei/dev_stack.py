@@ -3,6 +3,7 @@ stopped in order; and their logs echoed to the terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -123,8 +124,19 @@ class Stack:
                 try:
                     process.popen.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    process.popen.kill()
-                    process.popen.wait()
+                    _kill(process)
+
+    def kill(self) -> None:
+        """SIGKILL whatever still runs, with what it started (each leads its own group)."""
+        for process in self.processes:
+            if process.popen.poll() is None:
+                _kill(process)
+
+
+def _kill(process: Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.popen.pid, signal.SIGKILL)
+    process.popen.wait()
 
 
 class LogFollower:

@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,11 @@ from hodei.agent.sandbox import Sandbox, SandboxConfig
 from hodei.plugin.models import FunctionSpec, Invocation
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
+
+# Run in the background by a non-interactive shell (`.ci/run &`), the suite inherits SIGINT
+# ignored, and so would every `hodei dev` it starts and stops with a Ctrl-C as a user does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REDIS_URL = os.environ.get("HODEI_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -22,6 +22,7 @@ from hodei.plugin.settings import ServerSettings
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -110,9 +111,10 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 
 def _wait(driver: WebDriver, what: str, check: Any, within: float = 30) -> Any:
-    return WebDriverWait(driver, within, poll_frequency=0.1).until(
-        lambda d: check(d), message=f"the console never showed {what}"
-    )
+    # The console re-renders while polling: an element found a moment ago may be gone.
+    return WebDriverWait(
+        driver, within, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: check(d), message=f"the console never showed {what}")
 
 
 def _text(driver: WebDriver, css: str) -> str:
@@ -198,8 +200,7 @@ def _as_admin(driver: WebDriver, url: str, talked: str, napping: str, parked: st
     _wait(driver, "the filtered list", lambda d: napping in _text(d, "table.invocations tbody"))
     assert talked not in _text(driver, "table.invocations tbody")
     driver.find_element(By.LINK_TEXT, napping).click()
-    cancel = _wait(driver, "the cancel button", lambda d: _button(d, "Cancel"))
-    cancel.click()
+    _click(driver, "Cancel")
     _wait(driver, "the cancelled status", lambda d: "cancelled" in _text(d, "table.record"))
 
     # Paging: two at a time, then the older ones.
@@ -218,11 +219,18 @@ def _rows(driver: WebDriver) -> int:
     return len(driver.find_elements(By.CSS_SELECTOR, "table.invocations tbody tr"))
 
 
-def _button(driver: WebDriver, label: str) -> Any:
-    for button in driver.find_elements(By.CSS_SELECTOR, "main button"):
-        if button.text == label and button.is_displayed():
-            return button
-    return None
+def _click(driver: WebDriver, label: str) -> None:
+    """Click the button once it shows; found and clicked in one look, since a re-render in
+    between leaves a stale element (retried)."""
+
+    def clicked(d: WebDriver) -> bool:
+        for button in d.find_elements(By.CSS_SELECTOR, "main button"):
+            if button.text == label and button.is_displayed():
+                button.click()
+                return True
+        return False
+
+    _wait(driver, f"the {label} button", clicked)
 
 
 def _read_only(driver: WebDriver, url: str, talked: str, napping: str) -> None:
@@ -252,6 +260,5 @@ def _drain(driver: WebDriver, url: str) -> None:
     )
     _wait(driver, "its running invocation", lambda d: "nap" in _text(d, "table.invocations tbody"))
     driver.save_screenshot(str(ARTIFACTS / "console-worker.png"))
-    drain = _wait(driver, "the drain button", lambda d: _button(d, "Drain"))
-    drain.click()
+    _click(driver, "Drain")
     _wait(driver, "the drained state", lambda d: "draining" in _text(d, "table.record"))

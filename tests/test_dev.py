@@ -4,16 +4,19 @@ side by side, API tokens, and a failing start told in one line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import psutil
 import pytest
 from conftest import ROOT, free_port
 
@@ -197,3 +200,41 @@ def test_the_token_dev_calls_with() -> None:
     assert dev.api_token({"HODEI_API_TOKENS": "a:read"}) == ("a", True)
     mine = {"HODEI_API_TOKENS": "a:read,b:admin", "HODEI_API_TOKEN": "a"}
     assert dev.api_token(mine) == ("a", True)
+
+
+async def test_a_stop_after_the_terminal_went_away_stops_every_process() -> None:
+    """The shell that started `hodei dev` is gone (its pipes closed), then a SIGTERM: the
+    stack's processes stop too instead of running on, orphaned."""
+    alive = await asyncio.to_thread(_orphans_of_a_stop_without_terminal)
+    assert alive == []
+
+
+def _orphans_of_a_stop_without_terminal() -> list[int]:
+    command = [sys.executable, "-m", "hodei.cli", "dev", "--port", "0", "--logs", "off"]
+    proc = subprocess.Popen(
+        [*command, "--agents", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    children: list[psutil.Process] = []
+    try:
+        banner = b""
+        while b"Press Ctrl-C" not in banner:
+            line = proc.stdout.readline()
+            assert line, f"hodei dev ended early: {banner.decode()}"
+            banner += line
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 4  # Redis, server, agent, gateway
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+        _, alive = psutil.wait_procs(children, 30)
+        return [child.pid for child in alive]
+    finally:
+        for child in [*children, psutil.Process(proc.pid)] if proc.poll() is None else children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
