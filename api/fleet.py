@@ -137,7 +137,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     since = request.headers.get("Last-Event-ID") or request.query.get("since") or ""
     if since and not _event_id(since):
         raise web.HTTPBadRequest(reason="since must be an event id")
-    subscriber = gw.hub.subscribe(
+    subscriber = await gw.hub.subscribe(
         request[CALLER],
         invocation=request.query.get("invocation", ""),
         worker=request.query.get("worker", ""),

@@ -85,7 +85,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             gw.completions.forget(invocation_id, waiter)
             invocation_id = enqueued.id
             waiter = gw.completions.expect(invocation_id)
-        return await _wait_for_result(gw, invocation_id, waiter, wait)
+        return await _wait_for_result(
+            gw, invocation_id, waiter, wait, just_queued=not enqueued.duplicate
+        )
     finally:
         if waiter is not None:
             gw.completions.forget(invocation_id, waiter)
@@ -160,42 +162,63 @@ async def _accepted(gw: Gateway, invocation_id: str) -> web.Response:
 
 
 async def _wait_for_result(
-    gw: Gateway, invocation_id: str, waiter: asyncio.Future[None], wait: float
+    gw: Gateway, invocation_id: str, waiter: asyncio.Future[None], wait: float, just_queued: bool
 ) -> web.Response:
+    """The final answer, or a 504/503 when waiting ends first. ``waiter`` resolves when the
+    invocation's completion is heard; each time, a new one is expected, and the last one
+    is forgotten here (the caller forgets only the first)."""
     deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        found, output = await gw.data.invocations.get_with_output(invocation_id)
-        if found.status.final:
-            return _final_response(found, output)
-        left = deadline - asyncio.get_running_loop().time()
-        if gw.completions.closing:
-            response = error(
-                503,
-                "shutting_down",
-                f"this gateway is shutting down; the invocation goes on: fetch it at "
-                f"/v1/invocations/{found.id}",
-                id=found.id,
-                status=str(found.status),
-            )
-            response.headers.update(
-                {**_headers(found), "Location": f"/v1/invocations/{found.id}", "Retry-After": "1"}
-            )
-            return response
-        if left <= 0:
-            response = error(
-                504,
-                "wait_timeout",
-                f"the invocation did not finish within {wait:g}s; "
-                f"fetch it later at /v1/invocations/{found.id}",
-                id=found.id,
-                status=str(found.status),
-            )
-            response.headers.update({**_headers(found), "Location": f"/v1/invocations/{found.id}"})
-            return response
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter), left)
-        if waiter.done():
-            waiter = gw.completions.expect(invocation_id)
+    # Recorded a moment ago: nothing to read before its completion is heard.
+    look = not just_queued or gw.completions.closing
+    try:
+        while True:
+            if look:
+                response = await _final_or_given_up(gw, invocation_id, deadline, wait)
+                if response is not None:
+                    return response
+            look = True
+            with contextlib.suppress(TimeoutError):
+                left = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(asyncio.shield(waiter), max(0.0, left))
+            if waiter.done():
+                gw.completions.forget(invocation_id, waiter)
+                waiter = gw.completions.expect(invocation_id)
+    finally:
+        gw.completions.forget(invocation_id, waiter)
+
+
+async def _final_or_given_up(
+    gw: Gateway, invocation_id: str, deadline: float, wait: float
+) -> web.Response | None:
+    """The answer if the invocation is final, or if waiting must end (shutdown, deadline)."""
+    found, output = await gw.data.invocations.get_with_output(invocation_id)
+    if found.status.final:
+        return _final_response(found, output)
+    if gw.completions.closing:
+        response = error(
+            503,
+            "shutting_down",
+            f"this gateway is shutting down; the invocation goes on: fetch it at "
+            f"/v1/invocations/{found.id}",
+            id=found.id,
+            status=str(found.status),
+        )
+        response.headers.update(
+            {**_headers(found), "Location": f"/v1/invocations/{found.id}", "Retry-After": "1"}
+        )
+        return response
+    if deadline - asyncio.get_running_loop().time() <= 0:
+        response = error(
+            504,
+            "wait_timeout",
+            f"the invocation did not finish within {wait:g}s; "
+            f"fetch it later at /v1/invocations/{found.id}",
+            id=found.id,
+            status=str(found.status),
+        )
+        response.headers.update({**_headers(found), "Location": f"/v1/invocations/{found.id}"})
+        return response
+    return None
 
 
 def _final_response(found: Invocation, output: bytes) -> web.Response:
@@ -281,7 +304,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
                 "truncated": page.truncated,
             }
         )
-    subscriber = gw.hub.subscribe(request[CALLER], invocation=invocation_id)
+    subscriber = await gw.hub.subscribe(request[CALLER], invocation=invocation_id)
     stream: EventStream | None = None
     try:
         stream = await EventStream.open(request, subscriber)

@@ -58,10 +58,12 @@ class EventHub:
         self.max_per_caller = max_per_caller
         self.subscribers: set[Subscriber] = set()
         self.per_caller: Counter[str] = Counter()
-        self.position: str | None = None
+        self.position: str | None = None  # where the reader goes on; None while it rests
+        self._wanted = asyncio.Event()  # someone subscribed
 
-    def subscribe(self, caller: str, invocation: str = "", worker: str = "") -> Subscriber:
-        """A new listener; QueueFull (429) beyond the caps on open streams."""
+    async def subscribe(self, caller: str, invocation: str = "", worker: str = "") -> Subscriber:
+        """A new listener, fed every entry from now on; QueueFull (429) beyond the caps on
+        open streams."""
         if len(self.subscribers) >= self.max_streams:
             raise QueueFull(f"this gateway has {self.max_streams} open streams already")
         if self.per_caller[caller] >= self.max_per_caller:
@@ -69,6 +71,15 @@ class EventHub:
         subscriber = Subscriber(caller, invocation, worker)
         self.subscribers.add(subscriber)
         self.per_caller[caller] += 1
+        try:
+            if self.position is None:  # the reader rests: it starts again from here
+                position = await self.data.events.last_event()
+                if self.position is None:
+                    self.position = position
+        except BaseException:
+            self.unsubscribe(subscriber)
+            raise
+        self._wanted.set()
         return subscriber
 
     def close(self) -> None:
@@ -91,12 +102,19 @@ class EventHub:
         await keep_running("event stream reader", self._read, log)
 
     async def _read(self, outage: Outage) -> None:
-        if self.position is None:
-            self.position = await self.data.events.last_event()
-        outage.recovered()
         while True:
             raise_if_cancelled()
+            if not self.subscribers:
+                # Nobody streams: read nothing (every invocation adds several events) until
+                # someone subscribes, which sets where reading starts again.
+                self.position = None
+                self._wanted.clear()
+                await self._wanted.wait()
+                continue
+            if self.position is None:
+                self.position = await self.data.events.last_event()
             entries = await self.data.events.events(self.position, READ_BLOCK_MS)
+            outage.recovered()
             for entry in entries:
                 self.position = entry.id
                 for subscriber in list(self.subscribers):

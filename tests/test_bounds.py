@@ -17,6 +17,8 @@ from conftest import AgentProcess, deploy, final, invoke, logs, start_agent
 from test_gateway import gateway_settings
 
 from hodei.api.app import create_app
+from hodei.api.streams import EventHub
+from hodei.plugin.data.events import Entry
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -126,6 +128,37 @@ async def test_three_hundred_event_streams_share_one_reader(
     await asyncio.sleep(0)
     assert fn.name == "ping"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+async def test_the_event_reader_rests_while_nobody_streams(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every invocation adds several events: a gateway with no open stream reads none of
+    them, and the first stream to open is fed from that moment."""
+    reads: list[str] = []
+    read = plane.data.events.events
+
+    async def counted(after: str, block_ms: int | None, count: int = 1000) -> list[Entry]:
+        reads.append(after)
+        return await read(after, block_ms, count)
+
+    monkeypatch.setattr(plane.data.events, "events", counted)
+    fn = await deploy(plane, "nowhere", command=["true"], labels={"zone": "nowhere"})
+    hub = EventHub(plane.data, max_streams=4, max_per_caller=4)
+    reader = asyncio.create_task(hub.run())
+    try:
+        await asyncio.sleep(0)  # the reader's first step
+        for _ in range(3):
+            await invoke(plane, fn)
+        assert reads == []
+        subscriber = await hub.subscribe("someone")
+        later = await invoke(plane, fn)
+        entry = await asyncio.wait_for(subscriber.entries.get(), 15)
+        assert entry is not None and entry.fields["invocation"] == later
+        hub.unsubscribe(subscriber)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def _until(response: aiohttp.ClientResponse, invocation_id: str) -> bool:

@@ -20,6 +20,7 @@ from conftest import (
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
+from hodei.api.state import GATEWAY
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
 
@@ -70,6 +71,7 @@ async def test_sync_and_async_invoke(
     assert response.headers["X-Hodei-Exit-Code"] == "0"
     assert response.headers["X-Hodei-Worker"] == "w1"
     inv_id = response.headers["X-Hodei-Invocation-Id"]
+    assert http.app[GATEWAY].completions.waiters == {}  # an answered call waits for nothing
     record = await (await http.get(f"/v1/invocations/{inv_id}")).json()
     assert record["status"] == "succeeded" and record["attempt"] == 1
     logs = await (await http.get(f"/v1/invocations/{inv_id}/logs")).json()
