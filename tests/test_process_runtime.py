@@ -70,6 +70,28 @@ async def test_logs_are_batched_and_results_reported(sandbox: Sandbox) -> None:
     assert results[0].outcome == pb.JOB_OUTCOME_SUCCEEDED and results[0].output == b"out\n"
 
 
+async def test_a_quick_job_reports_its_start_with_its_end(sandbox: Sandbox) -> None:
+    """One message to the server (one round trip there) for a job that ends at once; a job
+    that goes on reports its start on its own, soon."""
+    reports: list[str] = []
+    manager = ProcessManager(
+        {"process": ProcessRuntime(1 << 20, "m", sandbox)},
+        lambda m: reports.append(str(m.WhichOneof("kind"))),
+        lambda r: reports.append("result"),
+        "w",
+    )
+    manager.start(job("true"))
+    assert reports == []
+    await asyncio.wait_for(manager.idle.wait(), 10)
+    assert reports == ["accepted", "result"]
+    reports.clear()
+    manager.start(job("sleep", "30"))
+    await wait_for(lambda: reports == ["accepted"], 10)
+    manager.hand_back_all()
+    await asyncio.wait_for(manager.idle.wait(), 10)
+    assert reports == ["accepted", "result"]
+
+
 async def test_unknown_runtime_fails_the_job_and_cancel_hands_back(sandbox: Sandbox) -> None:
     results: list[pb.JobResult] = []
     manager = ProcessManager(
