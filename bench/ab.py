@@ -24,6 +24,7 @@ Prints per key `new.KEY=` and `old.KEY=` (medians, with `_spread=` min-max) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -77,8 +78,9 @@ def run_once(script: str, checkout: str, script_args: list[str], log: str) -> di
     values = {}
     for line in proc.stdout.splitlines():
         match = LINE.match(line.strip())
-        if match and not match.group(1).endswith("_spread"):
-            values[match.group(1)] = float(match.group(2))
+        if match and not match.group(1).endswith(("_spread", "_spread_ms")):
+            with contextlib.suppress(ValueError):  # a range such as 4.79-6.29
+                values[match.group(1)] = float(match.group(2))
     took = time.monotonic() - started
     inside = script.startswith(checkout + os.sep)
     name = os.path.relpath(script, checkout) if inside else script

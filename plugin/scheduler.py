@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Sequence[tuple[str, str, pb.ServerMessage]]], Awaitable[None]]
 FULL_REFRESH_S = 30.0
 PREWARM_EVERY_S = 5.0  # specs change without a wake-up (a PUT): look this often
-# Under load a pass starts at most this often: what queues and frees meanwhile is placed
-# in one pass (a few round trips) instead of one pass per invocation. A call that comes
-# alone, longer than that after the last pass, is placed at once.
+# After a pass that placed work or left the fleet full, the next starts no sooner than
+# this: under load, what queues and frees meanwhile is placed in one pass (a few round
+# trips) instead of one pass per invocation or per enqueue. A pass that found room and
+# nothing to place does not delay the next, so a call that comes alone is placed at once.
 PASS_GAP_S = 0.002
 
 
@@ -107,6 +108,7 @@ class Scheduler:
         self.deliver = deliver
         self.fleet = Fleet(settings.max_candidates, settings.max_scan)
         self._waiting: dict[str, Waiting] = {}
+        self.placements = 0  # invocations placed by this scheduler
         self.reasons = PendingReasons(data.queue)
         self._cursor = "0-0"
         # Per worker, the wake-up stream position its record was read at: capacity freed
@@ -148,12 +150,14 @@ class Scheduler:
         outage.recovered()
         while self.leader.token == token:
             raise_if_cancelled()
-            started = time.monotonic()
+            started, placed_before = time.monotonic(), self.placements
             placed_all = await self.schedule_pass(token)
             if self.leader.token != token:
                 break
             await self.reasons.publish_due()
-            if (rest := PASS_GAP_S - (time.monotonic() - started)) > 0:
+            rest = PASS_GAP_S - (time.monotonic() - started)
+            busy = self.placements > placed_before or not self.fleet.has_room
+            if busy and rest > 0:
                 await asyncio.sleep(rest)
             await self._wait(self._timeout_ms() if placed_all else None)
 
@@ -372,6 +376,7 @@ class Scheduler:
         await self.deliver(deliveries)
 
     def _placed(self, lease: Lease, now: int, waiting: Waiting | None) -> None:
+        self.placements += 1
         metrics.PLACEMENTS.inc()
         if lease.attempt == 1:
             metrics.SCHEDULING_LATENCY.observe(max(0, now - lease.created_ms) / 1000)
