@@ -64,7 +64,10 @@ async def test_binary_and_endless_logs_stay_within_their_budget(
     """30 MB of 0xFF on stderr: lines are cut after decoding (U+FFFD is three bytes for
     one), batches are bounded in bytes, the invocation keeps 1 MiB of logs and a marker,
     and the stream (and the worker) carries on."""
-    cp = ControlPlane(replace(settings, log_bytes_per_invocation=1 << 20))
+    # A second server beside the `plane` the agents fixture starts: an id of its own, or the
+    # leader of the two takes the agent's stream for its own and finds none.
+    own = replace(settings, log_bytes_per_invocation=1 << 20, server_id=f"{settings.server_id}-2")
+    cp = ControlPlane(own)
     await cp.start()
     try:
         await start_agent(cp, agents, "noisy", *SLOTS)
