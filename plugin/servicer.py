@@ -22,6 +22,7 @@ from hodei.streams import drain
 log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
+READ_AHEAD = 256  # agent messages received and not yet handled, at most
 PIN_CODES = {
     "not_queued": grpc.StatusCode.FAILED_PRECONDITION,
     "not_schedulable": grpc.StatusCode.FAILED_PRECONDITION,
@@ -140,27 +141,18 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
         failure: list[BaseException] = []
+        # Read ahead of the handling: what arrives while one report is being recorded is
+        # recorded together in the next round trip.
+        received: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue(READ_AHEAD)
 
-        async def read() -> None:
+        async def receive() -> None:
             try:
                 async for message in request_iterator:
                     if other := foreign_worker(message, session.worker_id):
                         raise Impersonation(
                             f"the stream of worker {session.worker_id} spoke for worker {other}"
                         )
-                    try:
-                        await self.sessions.handle(session, message)
-                    except ProtocolError:
-                        raise
-                    except Exception:
-                        # One message that could not be handled must not cost the worker
-                        # its stream; what it carried is recovered by leases and resends.
-                        log.exception(
-                            "worker %s: cannot handle %s",
-                            session.worker_id,
-                            message.WhichOneof("kind"),
-                            extra={"worker_id": session.worker_id},
-                        )
+                    await received.put(message)
             except ProtocolError as exc:
                 failure.append(exc)
             except asyncio.CancelledError:
@@ -172,10 +164,34 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     exc,
                     extra={"worker_id": session.worker_id},
                 )
+            await received.put(None)
+
+        async def handle() -> None:
+            try:
+                while (message := await received.get()) is not None:
+                    messages, ended = drain(message, received)
+                    try:
+                        await self.sessions.handle(session, messages)
+                    except ProtocolError:
+                        raise
+                    except Exception:
+                        # One message that could not be handled must not cost the worker
+                        # its stream; what it carried is recovered by leases and resends.
+                        log.exception(
+                            "worker %s: cannot handle %s",
+                            session.worker_id,
+                            ", ".join(sorted({str(m.WhichOneof("kind")) for m in messages})),
+                            extra={"worker_id": session.worker_id},
+                        )
+                    if ended:
+                        break
+            except ProtocolError as exc:
+                failure.append(exc)
             finally:
                 session.outbox.put_nowait(None)
 
-        reader = asyncio.create_task(read())
+        receiver = asyncio.create_task(receive())
+        handler = asyncio.create_task(handle())
         try:
             while (message := await session.outbox.get()) is not None:
                 batch, ended = drain(message, session.outbox)
@@ -186,8 +202,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 if ended:
                     break
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            for task in (receiver, handler):
+                task.cancel()
+            await asyncio.gather(receiver, handler, return_exceptions=True)
             await self.sessions.close(session)
         if failure:
             code = grpc.StatusCode.INVALID_ARGUMENT

@@ -5,8 +5,9 @@ that is another server replica it goes through that server's inbox in Redis (kep
 until read, so neither an outage nor a restart of Redis loses it).
 
 What an agent reports (acceptances, log lines, results) is recorded in batches: all the
-messages one stream message carried, in one round trip. A result the store could not
-take (Redis away) is answered with ``retry``: the agent keeps it and sends it again.
+messages that arrived while the previous batch was being recorded, in one round trip. A
+result the store could not take (Redis away) is answered with ``retry``: the agent keeps
+it and sends it again.
 """
 
 from __future__ import annotations
@@ -175,10 +176,14 @@ class Sessions:
         await keep_running("inbox", receive, log)
 
     # -- agent messages ----------------------------------------------------------------
-    async def handle(self, session: Session, message: pb.AgentMessage) -> None:
-        """One stream message (maybe a batch): reports in one round trip, the rest in
+    async def handle(self, session: Session, received: Sequence[pb.AgentMessage]) -> None:
+        """Stream messages (batches among them): reports in one round trip, the rest in
         order around them."""
-        messages = list(message.batch.messages) if message.HasField("batch") else [message]
+        messages = [
+            inner
+            for message in received
+            for inner in (message.batch.messages if message.HasField("batch") else [message])
+        ]
         reports: list[pb.AgentMessage] = []
         for m in messages:
             kind = m.WhichOneof("kind")

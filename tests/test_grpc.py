@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
@@ -178,6 +179,42 @@ async def test_unknown_jobs_on_the_stream_are_answered_not_fatal(
     status, again = await connect(stub)
     assert status.session_id
     await again.done_writing()
+
+
+async def test_reports_that_arrive_during_a_round_trip_share_the_next(
+    stub: pb_grpc.WorkerServiceStub, secured: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results that arrive while one is being recorded are recorded together, in the next
+    round trip, and each is answered in order."""
+    gate = asyncio.Event()
+    sizes: list[int] = []
+    report = secured.data.leases.report
+
+    async def held(accepted: Any = (), logs: Any = (), ends: Any = ()) -> Any:
+        sizes.append(len(ends))
+        await gate.wait()
+        return await report(accepted, logs, ends)
+
+    monkeypatch.setattr(secured.data.leases, "report", held)
+    _, call = await connect(stub)
+    ids = [f"nope-{i}" for i in range(40)]
+    for invocation_id in ids:
+        await call.write(
+            pb.AgentMessage(
+                result=pb.JobResult(
+                    invocation_id=invocation_id, attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED
+                )
+            )
+        )
+    await wait_for(lambda: sizes, 10)  # the first one is being recorded
+    gate.set()
+    acks: list[str] = []
+    while len(acks) < len(ids):
+        reply = await asyncio.wait_for(call.read(), 10)
+        acks += [m.ack.invocation_id for m in reply.batch.messages] or [reply.ack.invocation_id]
+    assert acks == ids
+    assert sum(sizes) == len(ids) and len(sizes) < 10, sizes
+    await call.done_writing()
 
 
 async def test_empty_message_is_malformed(stub: pb_grpc.WorkerServiceStub) -> None:
