@@ -195,30 +195,22 @@ async def _final_or_given_up(
     if found.status.final:
         return _final_response(found, output)
     if gw.completions.closing:
-        response = error(
-            503,
-            "shutting_down",
-            f"this gateway is shutting down; the invocation goes on: fetch it at "
-            f"/v1/invocations/{found.id}",
-            id=found.id,
-            status=str(found.status),
-        )
-        response.headers.update(
-            {**_headers(found), "Location": f"/v1/invocations/{found.id}", "Retry-After": "1"}
-        )
-        return response
+        message = "this gateway is shutting down; the invocation goes on: fetch it at"
+        return _not_final(found, 503, "shutting_down", message, {"Retry-After": "1"})
     if deadline - asyncio.get_running_loop().time() <= 0:
-        response = error(
-            504,
-            "wait_timeout",
-            f"the invocation did not finish within {wait:g}s; "
-            f"fetch it later at /v1/invocations/{found.id}",
-            id=found.id,
-            status=str(found.status),
-        )
-        response.headers.update({**_headers(found), "Location": f"/v1/invocations/{found.id}"})
-        return response
+        message = f"the invocation did not finish within {wait:g}s; fetch it later at"
+        return _not_final(found, 504, "wait_timeout", message)
     return None
+
+
+def _not_final(
+    found: Invocation, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Waiting ended before the invocation did: where to fetch it later."""
+    location = f"/v1/invocations/{found.id}"
+    response = error(status, code, f"{message} {location}", id=found.id, status=str(found.status))
+    response.headers.update({**_headers(found), "Location": location, **(headers or {})})
+    return response
 
 
 def _final_response(found: Invocation, output: bytes) -> web.Response:
