@@ -60,6 +60,7 @@ class EventHub:
         self.per_caller: Counter[str] = Counter()
         self.position: str | None = None  # where the reader goes on; None while it rests
         self._wanted = asyncio.Event()  # someone subscribed
+        self._starting = asyncio.Lock()
 
     async def subscribe(self, caller: str, invocation: str = "", worker: str = "") -> Subscriber:
         """A new listener, fed every entry from now on; QueueFull (429) beyond the caps on
@@ -73,9 +74,9 @@ class EventHub:
         self.per_caller[caller] += 1
         try:
             if self.position is None:  # the reader rests: it starts again from here
-                position = await self.data.events.last_event()
-                if self.position is None:
-                    self.position = position
+                async with self._starting:  # once for a crowd subscribing at the same time
+                    if self.position is None:
+                        self.position = await self.data.events.last_event()
         except BaseException:
             self.unsubscribe(subscriber)
             raise
