@@ -209,35 +209,54 @@ class Agent:
         return sorted(name for name, runtime in self.runtimes.items() if runtime.available)
 
     async def _heartbeats(self) -> None:
-        while True:
-            # A runtime coming or going is told at once, not at the next beat.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.beat_now.wait(), self.settings.heartbeat_interval_s)
-            self.beat_now.clear()
-            self.connection.resend_unacked(self.settings.result_resend_s)
-            cpu, memory = self.monitor.sample()
-            worker = self.settings.worker_id
-            metrics.CPU.labels(worker).set(cpu)
-            metrics.MEMORY.labels(worker).set(memory)
-            if self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING):
-                self.state = WorkerState.RUNNING if self.jobs.jobs else WorkerState.AVAILABLE
-            delivered = await self.connection.heartbeat(
-                pb.Heartbeat(
-                    worker_id=worker,
-                    session_id=self.connection.session_id,
-                    cpu_usage_percent=cpu,
-                    memory_usage_percent=memory,
-                    running_jobs=self.connection.reported_jobs(),
-                    sent_at_ms=now_ms(),
-                    runtimes=pb.RuntimeList(names=self.offered_runtimes()),
-                    pools=self.instances.pools(),
-                )
+        # Consul's TTL check is passed beside the beats, one update at a time: a Consul that
+        # answers late must not hold up the heartbeats that keep this worker's leases.
+        consul_update: asyncio.Task[None] | None = None
+        try:
+            while True:
+                consul_update = await self._beat(consul_update)
+        finally:
+            if consul_update is not None:
+                consul_update.cancel()
+                await asyncio.gather(consul_update, return_exceptions=True)
+
+    async def _beat(self, consul_update: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """One heartbeat; the Consul update in flight, if any."""
+        # A runtime coming or going is told at once, not at the next beat.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.beat_now.wait(), self.settings.heartbeat_interval_s)
+        self.beat_now.clear()
+        self.connection.resend_unacked(self.settings.result_resend_s)
+        cpu, memory = self.monitor.sample()
+        worker = self.settings.worker_id
+        metrics.CPU.labels(worker).set(cpu)
+        metrics.MEMORY.labels(worker).set(memory)
+        if self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING):
+            self.state = WorkerState.RUNNING if self.jobs.jobs else WorkerState.AVAILABLE
+        delivered = await self.connection.heartbeat(
+            pb.Heartbeat(
+                worker_id=worker,
+                session_id=self.connection.session_id,
+                cpu_usage_percent=cpu,
+                memory_usage_percent=memory,
+                running_jobs=self.connection.reported_jobs(),
+                sent_at_ms=now_ms(),
+                runtimes=pb.RuntimeList(names=self.offered_runtimes()),
+                pools=self.instances.pools(),
             )
-            metrics.HEARTBEATS.labels(worker).inc()
-            if delivered and self.consul_service and self.state is not WorkerState.DRAINING:
-                await self.consul_service.passed(
+        )
+        metrics.HEARTBEATS.labels(worker).inc()
+        passing = delivered and self.state is not WorkerState.DRAINING
+        in_flight = consul_update is not None and not consul_update.done()
+        if passing and self.consul_service and not in_flight:
+            update = asyncio.create_task(
+                self.consul_service.passed(
                     len(self.jobs.jobs), cpu, memory, self.offered_runtimes()
                 )
+            )
+            update.add_done_callback(_consul_failure)
+            return update
+        return consul_update
 
     async def run(self) -> int:
         """Run until drained; returns the process exit code."""
@@ -422,3 +441,8 @@ async def serve(settings: AgentSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stopping.set)
     return await agent.run()
+
+
+def _consul_failure(update: asyncio.Task[None]) -> None:
+    if not update.cancelled() and (exc := update.exception()) is not None:
+        log.warning("consul: cannot pass the TTL check: %s", exc)

@@ -60,6 +60,8 @@ class ConsulDouble(SessionsAndKV):
         self.leader = "127.0.0.1:8300"  # "" plays a cluster without a leader
         # Checks whose updates get lost on the way (a partition between agent and Consul).
         self.unreachable: set[str] = set()
+        # Checks whose updates Consul answers this many seconds late (an overloaded agent).
+        self.slow: dict[str, float] = {}
         self.probes: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Condition()
         self.url = ""
@@ -195,6 +197,8 @@ class ConsulDouble(SessionsAndKV):
             )
         if check_id in self.unreachable:
             return web.Response()
+        if check_id in self.slow:
+            await asyncio.sleep(self.slow[check_id])
         status = {"pass": "passing", "warn": "warning", "fail": "critical"}[
             request.match_info["op"]
         ]

@@ -137,6 +137,18 @@ async def test_agent_drains_on_its_kill_signal_warns_then_deregisters(
     assert inv.status is Status.SUCCEEDED  # finished within the drain grace
 
 
+async def test_a_slow_consul_does_not_hold_up_the_heartbeats(
+    plane: ControlPlane, agents: list[AgentProcess], consul: ConsulDouble
+) -> None:
+    """Consul answering the TTL updates seconds late must not cost the agent its leases:
+    its heartbeats to the servers go on beside them."""
+    await consul_agent(plane, agents, consul, "w1")
+    consul.slow["hodei-agent-w1-ttl"] = 3 * plane.settings.lease_ttl_s
+    fn = await deploy(plane, "nap", command=["sleep", "3"], max_retries=0)
+    inv = await final(plane, await invoke(plane, fn, b""), 30)
+    assert inv.status is Status.SUCCEEDED and inv.attempt == 1, inv
+
+
 async def test_work_goes_only_to_passing_workers(
     consul_plane: ControlPlane, consul_agents: list[AgentProcess], consul: ConsulDouble
 ) -> None:
