@@ -111,11 +111,24 @@ async def test_agent_registers_with_a_ttl_check_that_heartbeats_pass(
     await final(plane, inv_id)
 
 
+@pytest.fixture
+async def drain_plane(settings: ServerSettings) -> AsyncIterator[ControlPlane]:
+    """Leases closer to production's 20 s than the fast settings' 1.5 s, which a busy CI
+    machine outlasted now and then while the agent drained (no heartbeat for 1.9 s: the
+    job's lease expired under it); this test is about the drain, not lease expiry."""
+    cp = ControlPlane(replace(settings, lease_ttl_s=10))
+    await cp.start()
+    await wait_for(lambda: cp.leader.is_leader, 10)
+    yield cp
+    await cp.stop(0.5)
+
+
 async def test_agent_drains_on_its_kill_signal_warns_then_deregisters(
-    plane: ControlPlane, agents: list[AgentProcess], consul: ConsulDouble
+    drain_plane: ControlPlane, consul_agents: list[AgentProcess], consul: ConsulDouble
 ) -> None:
     from test_hcl import agent_kill_signal
 
+    plane, agents = drain_plane, consul_agents
     agent = await consul_agent(plane, agents, consul, "w1")
     fn = await deploy(plane, "nap", command=["sleep", "0.8"])  # within the 1 s grace
     inv_id = await invoke(plane, fn, b"")
