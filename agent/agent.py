@@ -98,6 +98,9 @@ class Agent:
         self.settings = settings
         self.consul: Any = None
         self.consul_service: AgentService | None = None
+        # Consul's TTL check is passed beside the heartbeats, one update at a time: a Consul
+        # that answers late must not hold up the beats that keep this worker's leases.
+        self._consul_update: asyncio.Task[None] | None = None
         self.state = WorkerState.CREATING
         self.mark = agent_mark(settings.state_dir, settings.worker_id)
         self.runtimes = runtimes if runtimes is not None else build_runtimes(settings, self.mark)
@@ -209,19 +212,15 @@ class Agent:
         return sorted(name for name, runtime in self.runtimes.items() if runtime.available)
 
     async def _heartbeats(self) -> None:
-        # Consul's TTL check is passed beside the beats, one update at a time: a Consul that
-        # answers late must not hold up the heartbeats that keep this worker's leases.
-        consul_update: asyncio.Task[None] | None = None
         try:
             while True:
-                consul_update = await self._beat(consul_update)
+                await self._beat()
         finally:
-            if consul_update is not None:
-                consul_update.cancel()
-                await asyncio.gather(consul_update, return_exceptions=True)
+            if self._consul_update is not None:
+                self._consul_update.cancel()
+                await asyncio.gather(self._consul_update, return_exceptions=True)
 
-    async def _beat(self, consul_update: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
-        """One heartbeat; the Consul update in flight, if any."""
+    async def _beat(self) -> None:
         # A runtime coming or going is told at once, not at the next beat.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.beat_now.wait(), self.settings.heartbeat_interval_s)
@@ -247,16 +246,14 @@ class Agent:
         )
         metrics.HEARTBEATS.labels(worker).inc()
         passing = delivered and self.state is not WorkerState.DRAINING
-        in_flight = consul_update is not None and not consul_update.done()
+        in_flight = self._consul_update is not None and not self._consul_update.done()
         if passing and self.consul_service and not in_flight:
-            update = asyncio.create_task(
+            self._consul_update = asyncio.create_task(
                 self.consul_service.passed(
                     len(self.jobs.jobs), cpu, memory, self.offered_runtimes()
                 )
             )
-            update.add_done_callback(_consul_failure)
-            return update
-        return consul_update
+            self._consul_update.add_done_callback(_consul_failure)
 
     async def run(self) -> int:
         """Run until drained; returns the process exit code."""

@@ -180,8 +180,7 @@ async def _wait_for_result(
             with contextlib.suppress(TimeoutError):
                 left = deadline - asyncio.get_running_loop().time()
                 await asyncio.wait_for(asyncio.shield(waiter), max(0.0, left))
-            if waiter.done():
-                gw.completions.forget(invocation_id, waiter)
+            if waiter.done():  # heard (and so no longer held by completions)
                 waiter = gw.completions.expect(invocation_id)
     finally:
         gw.completions.forget(invocation_id, waiter)
