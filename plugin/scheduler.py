@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Sequence[tuple[str, str, pb.ServerMessage]]], Awaitable[None]]
 FULL_REFRESH_S = 30.0
 PREWARM_EVERY_S = 5.0  # specs change without a wake-up (a PUT): look this often
-# After a pass that placed work or left the fleet full, the next starts no sooner than
-# this: under load, what queues and frees meanwhile is placed in one pass (a few round
-# trips) instead of one pass per invocation or per enqueue. A pass that found room and
-# nothing to place does not delay the next, so a call that comes alone is placed at once.
+# After a pass that placed several invocations or left the fleet full, the next starts no
+# sooner than this: under load, what queues and frees meanwhile is placed in one pass (a
+# few round trips) instead of one pass per invocation or per enqueue. A pass that placed
+# one call alone (a serial caller) or nothing does not delay the next: the caller's next
+# call is placed at once.
 PASS_GAP_S = 0.002
 
 
@@ -156,7 +157,7 @@ class Scheduler:
                 break
             await self.reasons.publish_due()
             rest = PASS_GAP_S - (time.monotonic() - started)
-            busy = self.placements > placed_before or not self.fleet.has_room
+            busy = self.placements - placed_before > 1 or not self.fleet.has_room
             if busy and rest > 0:
                 await asyncio.sleep(rest)
             await self._wait(self._timeout_ms() if placed_all else None)

@@ -18,6 +18,7 @@ from conftest import (
 )
 
 from hodei.errors import Conflict
+from hodei.plugin import scheduler
 from hodei.plugin.data.invocations import CancelOutcome
 from hodei.plugin.models import Priority, Status
 from hodei.plugin.server import ControlPlane
@@ -342,3 +343,18 @@ async def test_parked_invocations_run_when_a_fitting_worker_joins(
     await start_agent(plane, agents, "w2", "--labels", "disk=ssd")
     inv = await final(plane, inv_id, 10)
     assert inv.status is Status.SUCCEEDED and inv.worker_id == "w2"
+
+
+async def test_a_call_that_comes_alone_after_a_placed_one_is_placed_at_once(
+    plane: ControlPlane, agents: list[AgentProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause after a busy pass (what queues meanwhile is placed together) is for a
+    busy queue: serial calls, each placed alone, never wait for it."""
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(plane, "serial", command=["cat"])
+    await wait_for(lambda: plane.scheduler.fleet.has_room, 10)
+    # Long enough to fail the test whenever a lone call waits for it.
+    monkeypatch.setattr(scheduler, "PASS_GAP_S", 60.0)
+    for n in range(3):
+        inv_id = await invoke(plane, fn, str(n).encode())
+        assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED
