@@ -30,6 +30,7 @@ from hodei.api.requests import (
 )
 from hodei.api.state import Gateway, error, gateway
 from hodei.api.streams import EventStream
+from hodei.api.waiter import Waiter
 from hodei.errors import NotFound, QueueFull, StreamLagging
 from hodei.logs import inv
 from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency
@@ -76,7 +77,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     waiter = None if asynchronous else gw.completions.expect(invocation_id)
     mode = "async" if asynchronous else "sync"
     try:
-        enqueued = await _enqueue(gw, request, name, payload, mode, invocation_id=invocation_id)
+        enqueued = await _enqueue(
+            gw, request, name, payload, mode, invocation_id=invocation_id, awaited=not asynchronous
+        )
         if waiter is None:
             if not enqueued.duplicate:  # just recorded: no need to read it back
                 return _accepted_new(enqueued.id)
@@ -103,6 +106,7 @@ async def _enqueue(
     *,
     invocation_id: str | None = None,
     revision: str = "",
+    awaited: bool = False,
 ) -> Enqueued:
     """Record and enqueue one invocation under its submit span."""
     attributes = {"hodei.function": function}
@@ -119,6 +123,7 @@ async def _enqueue(
             callback_url=callback_url(request, gw.callback_policy),
             idempotency=_idempotency(request, payload),
             invocation_id=invocation_id,
+            awaited=awaited,
         )
     except QueueFull:
         metrics.REJECTED.labels("backpressure").inc()
@@ -162,11 +167,12 @@ async def _accepted(gw: Gateway, invocation_id: str) -> web.Response:
 
 
 async def _wait_for_result(
-    gw: Gateway, invocation_id: str, waiter: asyncio.Future[None], wait: float, just_queued: bool
+    gw: Gateway, invocation_id: str, waiter: Waiter, wait: float, just_queued: bool
 ) -> web.Response:
     """The final answer, or a 504/503 when waiting ends first. ``waiter`` resolves when the
-    invocation's completion is heard; each time, a new one is expected, and the last one
-    is forgotten here (the caller forgets only the first)."""
+    invocation's completion is heard, with its answer when the notice brought it; each
+    time, a new one is expected, and the last one is forgotten here (the caller forgets
+    only the first)."""
     deadline = asyncio.get_running_loop().time() + wait
     # Recorded a moment ago: nothing to read before its completion is heard.
     look = not just_queued or gw.completions.closing
@@ -181,6 +187,9 @@ async def _wait_for_result(
                 left = deadline - asyncio.get_running_loop().time()
                 await asyncio.wait_for(asyncio.shield(waiter), max(0.0, left))
             if waiter.done():  # heard (and so no longer held by completions)
+                answer = waiter.result()
+                if answer is not None and answer.invocation.status.final:
+                    return _final_response(answer.invocation, answer.output)
                 waiter = gw.completions.expect(invocation_id)
     finally:
         gw.completions.forget(invocation_id, waiter)

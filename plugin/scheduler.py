@@ -116,6 +116,10 @@ class Scheduler:
         # before it is already in the record.
         self._synced: dict[str, str] = {}
         self._next_due: int | None = None
+        # The last pass left the ready queue empty; the wake-ups read since then name all
+        # that joined it: a pass needs no read of its head then (``_known_head``).
+        self._drained = False
+        self._known_head: list[str] | None = None
         self._refreshed_at = 0.0
         self._heartbeat_ms = int(settings.heartbeat_interval_s * 1000)
         # The instance numbers sent to workers (pre-warming), and when to look again.
@@ -172,6 +176,7 @@ class Scheduler:
         for w in snapshot.workers:
             self.fleet.upsert(self._view(w, now))
         self._synced = dict.fromkeys(self.fleet.workers, snapshot.position)
+        self._drained = False
         self._waiting.clear()
         self.reasons.clear()
         self._floors = {}  # a new leadership tells every worker again
@@ -203,6 +208,7 @@ class Scheduler:
         for entry in entries:
             self._cursor = entry.id
             self._take(entry, dirty)
+        self._known_head = self._head_from(entries)
         if time.monotonic() - self._refreshed_at > FULL_REFRESH_S:
             await self._load()
             return
@@ -211,6 +217,18 @@ class Scheduler:
             await self.unpark()
         if dirty or time.monotonic() >= self._prewarm_due:
             await self.prewarm()
+
+    def _head_from(self, entries: list[Entry]) -> list[str] | None:
+        """The ready queue's head when the wake-ups tell it: the queue was left empty and
+        at most one invocation joined it since (more would need the queue's order). A
+        quiet timeout reads the queue all the same: what no wake-up told (none is lost
+        but to a trim of the stream) waits a second at most."""
+        if not self._drained or not entries:
+            return None
+        joined = [e.fields["invocation"] for e in entries if e.type == "queued"]
+        if len(joined) > 1 or any(e.type == "unparked" for e in entries):
+            return None
+        return joined
 
     def _take(self, entry: Entry, dirty: set[str]) -> None:
         f = entry.fields
@@ -257,6 +275,7 @@ class Scheduler:
                 continue
             if not self.fleet.why_not(demand_of(spec, revision)).structural:
                 moved = await self.data.queue.unpark(function, revision)
+                self._known_head = None
                 log.info("%d parked invocations of %s back in line", moved, function)
 
     async def prewarm(self) -> None:
@@ -287,9 +306,11 @@ class Scheduler:
 
     async def schedule_pass(self, token: str) -> bool:
         """Place what can be placed now. True when the queue head was worked through."""
+        known, self._known_head, self._drained = self._known_head, None, False
         if self._next_due is not None and self._next_due <= now_ms():
             await self.data.queue.promote_due()
             self._next_due = await self.data.queue.next_due_ms()
+            known = None
         # A few free slots need no long look at the head: the window grows with the number
         # of workers with room, up to the batch.
         batch = min(self.settings.scheduler_batch, max(32, 4 * self.fleet.open_workers))
@@ -297,13 +318,16 @@ class Scheduler:
         # Unplaceable invocations (too big, waiting for capacity) never hide placeable ones
         # behind them: the scan goes on until the queue ends or no worker has room left.
         while True:
-            ids = await self.data.queue.head(offset, batch)
+            ids = known if known is not None else await self.data.queue.head(offset, batch)
+            known = None
             if not ids:
+                self._drained = offset == 0
                 return True
             await self._describe(ids)
             plan = self._plan(ids)
-            await self._commit(plan, token)
+            leased = await self._commit(plan, token)
             await self._note_pending(ids)
+            self._drained = offset == 0 and len(ids) < batch and leased == len(ids)
             if len(ids) < batch or self.leader.token != token or not self.fleet.has_room:
                 return True
             if plan:
@@ -348,9 +372,11 @@ class Scheduler:
             plan.append((i, choice.id))
         return plan
 
-    async def _commit(self, plan: list[tuple[str, str]], token: str) -> None:
+    async def _commit(self, plan: list[tuple[str, str]], token: str) -> int:
+        """Lease what the plan placed and deliver it; how many were leased."""
         if not plan:
-            return
+            return 0
+        leased = 0
         results = await self.data.leases.assign_many(plan, token)
         now = now_ms()
         deliveries: list[tuple[str, str, pb.ServerMessage]] = []
@@ -361,6 +387,7 @@ class Scheduler:
                 spec = await self.data.functions.spec(result.function, result.revision)
                 message = pb.ServerMessage(assign=assignment.request(result, spec))
                 self._placed(result, now, waiting)
+                leased += 1
                 deliveries.append((worker_id, self.fleet.workers[worker_id].server_id, message))
                 continue
             if waiting is not None and waiting.demand is not None:
@@ -375,6 +402,7 @@ class Scheduler:
                     self._waiting[invocation_id] = waiting
                 await self._refresh({worker_id})
         await self.deliver(deliveries)
+        return leased
 
     def _placed(self, lease: Lease, now: int, waiting: Waiting | None) -> None:
         self.placements += 1

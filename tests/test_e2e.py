@@ -358,3 +358,26 @@ async def test_a_call_that_comes_alone_after_a_placed_one_is_placed_at_once(
     for n in range(3):
         inv_id = await invoke(plane, fn, str(n).encode())
         assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED
+
+
+async def test_serial_calls_are_placed_without_reading_the_queue_back(
+    plane: ControlPlane, agents: list[AgentProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a pass emptied the ready queue, the wake-ups say all that joins it: a call
+    that comes alone is placed from its wake-up, and a freed slot with nothing queued
+    costs no read either."""
+    await start_agent(plane, agents, "w1", *SMALL)
+    fn = await deploy(plane, "serial", command=["cat"])
+    await wait_for(lambda: plane.scheduler.fleet.has_room, 10)
+    head_reads: list[int] = []
+    head = plane.data.queue.head
+
+    async def counted(start: int, count: int) -> list[str]:
+        head_reads.append(start)
+        return await head(start, count)
+
+    monkeypatch.setattr(plane.data.queue, "head", counted)
+    for n in range(5):
+        inv_id = await invoke(plane, fn, str(n).encode())
+        assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED
+    assert len(head_reads) <= 1  # (a pass under way when the count began)

@@ -93,6 +93,41 @@ async def test_sync_and_async_invoke(
     assert await wait_for(result, 10) == b"LATER"
 
 
+async def test_a_sync_call_is_answered_from_its_completion_notice(
+    http: TestClient[Any, Any],
+    plane: ControlPlane,
+    agents: list[AgentProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A waited-on call's final record comes with its completion notice: the gateway
+    answers without reading it back, unless the output is too large to travel that way."""
+    await start_agent(plane, agents, "w1")
+    await deploy(http, "echo", command=["cat"])
+    await deploy(http, "fails", command=["sh", "-c", "echo bad >&2; exit 3"])
+    await deploy(http, "large", command=["head", "-c", "300000", "/dev/zero"])
+    invocations = http.app[GATEWAY].data.invocations
+    read_back: list[str] = []
+    get_with_output = invocations.get_with_output
+
+    async def counted(invocation_id: str) -> Any:
+        read_back.append(invocation_id)
+        return await get_with_output(invocation_id)
+
+    monkeypatch.setattr(invocations, "get_with_output", counted)
+    echoed = await http.post("/v1/functions/echo/invoke", data=b"\x00\xffbinary")
+    assert echoed.status == 200 and await echoed.read() == b"\x00\xffbinary"
+    assert echoed.headers["X-Hodei-Status"] == "succeeded"
+    assert echoed.headers["X-Hodei-Worker"] == "w1" and "X-Hodei-Duration-Ms" in echoed.headers
+    failed = await http.post("/v1/functions/fails/invoke")
+    assert failed.status == 500 and failed.headers["X-Hodei-Exit-Code"] == "3"
+    assert (await failed.json())["error"]["code"] == "function_failed"
+    assert read_back == []
+    large = await http.post("/v1/functions/large/invoke")
+    assert large.status == 200 and await large.read() == bytes(300000)
+    assert read_back == [large.headers["X-Hodei-Invocation-Id"]]
+    assert http.app[GATEWAY].completions.waiters == {}
+
+
 async def test_function_crud_and_validation(http: TestClient[Any, Any]) -> None:
     created = await http.put("/v1/functions/echo", json={"command": ["cat"]})
     assert created.status == 201

@@ -114,8 +114,11 @@ class Invocations:
         callback_url: str = "",
         idempotency: Idempotency | None = None,
         invocation_id: str | None = None,
+        awaited: bool = False,
     ) -> Enqueued:
-        """Record an invocation and put it in line, atomically and within the limits."""
+        """Record an invocation and put it in line, atomically and within the limits;
+        ``awaited`` when the caller waits for it (its answer is published on the answer
+        channel when it ends: ``records.answer`` reads it)."""
         invocation_id = invocation_id or uuid.uuid4().hex
         s = self.settings
         idem_key = (
@@ -141,6 +144,7 @@ class Invocations:
                     s.max_queue_bytes,
                     int(s.ageing_s * 1000),
                     callback_url,
+                    "1" if awaited else "",
                 ],
             )
         )

@@ -210,6 +210,11 @@ class Keys:
     def callback_channel(self) -> str:
         return f"{self.prefix}:{self.database}:callbacks"
 
+    @property
+    def answer_channel(self) -> str:
+        """A waited-on call's final record and output, for the gateway waiting on it."""
+        return f"{self.prefix}:{self.database}:answers"
+
     # -- what every script gets as ARGV[1] (lua/lib.lua reads it in this order) ---------
     CONTEXT_FIELDS = (
         "invocation_prefix",
@@ -236,6 +241,7 @@ class Keys:
         "callback_channel",
         "leader",
         "sequence",
+        "answer_channel",
     )
 
     def context(self, limits: tuple[int, ...]) -> bytes:

@@ -90,6 +90,37 @@ def invocation(invocation_id: str, values: Sequence[bytes | None]) -> Invocation
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A waited-on call as its end was announced: its final record and its output."""
+
+    invocation: Invocation
+    output: bytes
+
+
+_FIELD_NAMES = tuple(f.encode() for f in INVOCATION_FIELDS)
+
+
+def answer_id(message: bytes) -> str:
+    """Whose answer a message of the answer channel is."""
+    return message[: message.find(b"\n")].decode()
+
+
+def answer(message: bytes) -> Answer | None:
+    """A message of the answer channel (``publish_answer`` in lib.lua): the id, a newline,
+    then each field name and value of the record as ``<length>:<bytes>``."""
+    cut = message.find(b"\n")
+    at, end = cut + 1, len(message)
+    parts: list[bytes] = []
+    while at < end:
+        colon = message.index(b":", at)
+        at = colon + 1 + int(message[at:colon])
+        parts.append(message[colon + 1 : at])
+    h = dict(zip(parts[::2], parts[1::2], strict=True))
+    found = invocation(message[:cut].decode(), [h.get(name) for name in _FIELD_NAMES])
+    return None if found is None else Answer(found, h.get(b"result", b""))
+
+
 # -- function revisions ------------------------------------------------------------------
 def revision_fields(spec: FunctionSpec) -> dict[FieldT, EncodableT]:
     """A revision hash: the spec as JSON, and what the scripts read of it (the demand a

@@ -10,7 +10,7 @@
 -- ARGV[9] idempotency ttl s (0 = no key)   ARGV[10] payload digest (idempotency)
 -- ARGV[11] max queue (0 = unbounded)       ARGV[12] max queued payload bytes (0 = unbounded)
 -- ARGV[13] ageing ms (one priority level is worth this much waiting)
--- ARGV[14] callback url ('' = none)
+-- ARGV[14] callback url ('' = none)   ARGV[15] '1' when the caller waits for the answer
 -- Returns {'ok', id}; {'duplicate', earlier id}; {'idempotency_mismatch', earlier id} (the
 -- key was used with another payload); {'queue_full'}; {'queue_bytes_full'};
 -- {'concurrency'}; {'exists'} (the id is taken); {'no_function'}.
@@ -37,6 +37,7 @@ if not spec[1] then return {'no_function'} end
 local verdict = admit(fn, tonumber(spec[2]), #payload, tonumber(ARGV[11]), tonumber(ARGV[12]))
 if verdict ~= 'ok' then return {verdict} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
-create(id, fn, rev, spec, ARGV[6], payload, now, tonumber(ARGV[13]), ARGV[7], ARGV[14])
+create(id, fn, rev, spec, ARGV[6], payload, now, tonumber(ARGV[13]), ARGV[7], ARGV[14],
+  ARGV[15])
 if idem_ttl > 0 then redis.call('SET', KEYS[3], id .. ':' .. ARGV[10], 'EX', idem_ttl) end
 return {'ok', id}

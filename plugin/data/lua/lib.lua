@@ -13,8 +13,8 @@ do
   local names = {'inv', 'queue', 'parked', 'parked_revs', 'delayed', 'waiting', 'depth',
     'leases', 'dead', 'inflight', 'callbacks', 'events', 'wakeups', 'invs', 'fn_index',
     'indexed', 'st_index', 'rev', 'worker', 'inbox', 'completed', 'callback_channel',
-    'leader', 'sequence', 'logs_suffix', 'jobs_suffix', 'events_maxlen', 'wakeups_maxlen',
-    'retention', 'revision_ttl'}
+    'leader', 'sequence', 'answers', 'logs_suffix', 'jobs_suffix', 'events_maxlen',
+    'wakeups_maxlen', 'retention', 'revision_ttl'}
   local i = 1
   for part in string.gmatch(ARGV[1], '[^\n]+') do
     C[names[i]] = part
@@ -106,9 +106,10 @@ local function admit(fn, concurrency, bytes, max_queue, max_bytes)
 end
 
 -- Record a new invocation and put it in line. ``spec`` is the revision's
--- {priority, concurrency, queue timeout ms, max retries}; ``priority`` '' = the spec's.
+-- {priority, concurrency, queue timeout ms, max retries}; ``priority`` '' = the spec's;
+-- ``awaited`` '1' when a caller waits for the answer (finalize publishes it).
 local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, traceparent,
-    callback)
+    callback, awaited)
   if priority == '' then priority = spec[1] end
   local seq = redis.call('INCR', C.sequence) % 1000
   local order = now * 1000 + seq
@@ -127,6 +128,7 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   end
   if traceparent ~= '' then add('traceparent', traceparent) end
   if callback ~= '' then add('callback_url', callback) end
+  if awaited == '1' then add('awaited', '1') end
   redis.call('HSET', key, unpack(fields))
   redis.call('ZADD', C.invs, order, id)
   redis.call('ZADD', C.fn_index .. fn, order, id)
@@ -137,13 +139,31 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   event('type', 'queued', 'invocation', id, 'function', fn)
 end
 
+-- A waited-on call's answer, so that the gateway waiting need not read it back: "id\n",
+-- then every field of the final record but the payload, name and value each as
+-- "<length>:<bytes>" (records.py reads it). An output above this travels only by a read.
+local ANSWER_MAX_OUTPUT = 65536
+local function publish_answer(id, key)
+  if redis.call('HSTRLEN', key, 'result') > ANSWER_MAX_OUTPUT then return end
+  local flat = redis.call('HGETALL', key)
+  local parts = {id, '\n'}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= 'payload' then
+      parts[#parts + 1] = #flat[i] .. ':' .. flat[i] .. #flat[i + 1] .. ':' .. flat[i + 1]
+    end
+  end
+  redis.call('PUBLISH', C.answers, table.concat(parts))
+end
+
 -- Record the final status of an invocation that has left the queue or its lease: its
 -- fields, the status index, the dead letters (failed and timed out ones, whose payload
 -- is kept for a replay; everyone else's is dropped), the function's in-flight count,
--- the callback, the retention, and the announcement.
+-- the callback, the retention, and the announcements (the answer first, for a waited-on
+-- call: one connection hears both, in order).
 local function finalize(id, status, fields, now, worker)
   local key = C.inv .. id
-  local h = redis.call('HMGET', key, 'function', 'revision', 'callback_url', 'attempt', 'order')
+  local h = redis.call('HMGET', key, 'function', 'revision', 'callback_url', 'attempt', 'order',
+    'awaited')
   redis.call('HSET', key, 'status', status, 'finished_at', int(now), 'pending_reason', '',
     'parked', '', unpack(fields))
   redis.call('ZADD', C.st_index .. status, h[5], id)
@@ -166,6 +186,7 @@ local function finalize(id, status, fields, now, worker)
   keep_revision(h[1], h[2])
   event('type', 'finished', 'invocation', id, 'worker', worker, 'attempt', h[4],
     'status', status)
+  if h[6] == '1' then publish_answer(id, key) end
   redis.call('PUBLISH', C.completed, id)
 end
 

@@ -19,7 +19,7 @@ local verdict = admit(h[2], tonumber(spec[2]), #payload, tonumber(ARGV[5]), tonu
 if verdict ~= 'ok' then return {verdict} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'exists'} end
 create(new, h[2], h[3], spec, priority_of(h[4]), payload, now, tonumber(ARGV[7]), h[5] or '',
-  h[6] or '')
+  h[6] or '', '')
 redis.call('ZREM', C.dead, old)
 redis.call('HSET', KEYS[1], 'replayed_as', new)
 return {'ok', new}
