@@ -23,71 +23,22 @@ from hodei.agent.client import ServerConnection
 from hodei.agent.consul_service import AgentService, discover_servers
 from hodei.agent.docker_instances import DockerLauncher
 from hodei.agent.docker_runtime import DockerRuntime
-from hodei.agent.docker_spec import DockerOptions
 from hodei.agent.identity import agent_mark
-from hodei.agent.instance import Launcher
 from hodei.agent.instances import InstancePool
-from hodei.agent.process_instances import ProcessLauncher, share_uids
+from hodei.agent.process_instances import share_uids
 from hodei.agent.process_manager import ProcessManager
 from hodei.agent.process_runtime import ProcessRuntime, reap_leftovers
 from hodei.agent.resources import ResourceMonitor, capacity
 from hodei.agent.runtime import Runtime, now_ms
-from hodei.agent.sandbox_setup import agent_sandbox
+from hodei.agent.runtime_setup import build_launchers, build_runtimes
 from hodei.agent.settings import AgentSettings
 from hodei.consul import connect, consul_address
 from hodei.domain import WorkerState
-from hodei.errors import AgentRejected, ConfigError
+from hodei.errors import AgentRejected
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-def build_runtimes(settings: AgentSettings, mark: str) -> dict[str, Runtime]:
-    runtimes: dict[str, Runtime] = {}
-    for name in settings.runtimes:
-        if name == "process":
-            sandbox = agent_sandbox(settings, mark, capacity(settings).job_slots)
-            if sandbox.sandboxed:
-                log.info("process runtime: %s", sandbox.description)
-            else:
-                log.warning("process runtime: %s", sandbox.description)
-            if sandbox.reaped:
-                log.warning("killed %d function processes left by an earlier run", sandbox.reaped)
-            runtimes[name] = ProcessRuntime(settings.output_cap_bytes, mark, sandbox)
-        elif name == "docker":
-            options = DockerOptions(
-                host=settings.docker_host,
-                user=settings.docker_user,
-                tmpfs_mb=settings.docker_tmpfs_mb,
-                pids_limit=settings.docker_pids_limit,
-                ping_interval_s=settings.docker_ping_interval_s,
-                pull_failure_ttl_s=settings.docker_pull_failure_ttl_s,
-            )
-            runtimes[name] = DockerRuntime(
-                settings.worker_id, mark, settings.output_cap_bytes, options
-            )
-        else:
-            raise ConfigError(f"unknown runtime {name!r} (process, docker)")
-    return runtimes
-
-
-def build_launchers(
-    settings: AgentSettings, mark: str, runtimes: dict[str, Runtime]
-) -> dict[str, Launcher]:
-    """Lambda instances for each runtime the agent runs (docker's share its engine)."""
-    launchers: dict[str, Launcher] = {}
-    process = runtimes.get("process")
-    if isinstance(process, ProcessRuntime):
-        launchers["process"] = ProcessLauncher(
-            process.sandbox, mark, settings.output_cap_bytes, settings.lambda_region
-        )
-    docker = runtimes.get("docker")
-    if isinstance(docker, DockerRuntime):
-        launchers["docker"] = DockerLauncher(
-            docker, settings.output_cap_bytes, settings.lambda_region
-        )
-    return launchers
 
 
 class Agent:

@@ -33,9 +33,9 @@ from conftest import (
     wait_for,
 )
 
-from hodei.agent.agent import build_runtimes
 from hodei.agent.resources import capacity
 from hodei.agent.runtime import Outcome, Runtime
+from hodei.agent.runtime_setup import build_runtimes
 from hodei.agent.settings import AgentSettings
 from hodei.plugin.server import ControlPlane
 from hodei.proto import hodei_pb2 as pb
