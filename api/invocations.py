@@ -78,7 +78,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     mode = "async" if asynchronous else "sync"
     try:
         enqueued = await _enqueue(
-            gw, request, name, payload, mode, invocation_id=invocation_id, awaited=not asynchronous
+            gw,
+            request,
+            name,
+            payload,
+            mode,
+            invocation_id=invocation_id,
+            awaited_by="" if asynchronous else gw.completions.gateway_id,
         )
         if waiter is None:
             if not enqueued.duplicate:  # just recorded: no need to read it back
@@ -106,7 +112,7 @@ async def _enqueue(
     *,
     invocation_id: str | None = None,
     revision: str = "",
-    awaited: bool = False,
+    awaited_by: str = "",
 ) -> Enqueued:
     """Record and enqueue one invocation under its submit span."""
     attributes = {"hodei.function": function}
@@ -123,7 +129,7 @@ async def _enqueue(
             callback_url=callback_url(request, gw.callback_policy),
             idempotency=_idempotency(request, payload),
             invocation_id=invocation_id,
-            awaited=awaited,
+            awaited_by=awaited_by,
         )
     except QueueFull:
         metrics.REJECTED.labels("backpressure").inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from hodei.plugin.data import DataLayer, records
 from hodei.plugin.data.messages import Subscription
@@ -24,12 +25,14 @@ class Completions:
         self.waiters: dict[str, list[Waiter]] = {}
         self.callbacks_due = asyncio.Event()
         self.closing = False
+        # Answers come only to the gateway their caller waits on.
+        self.gateway_id = uuid.uuid4().hex
         keys = data.keys
         self._completed = keys.completed_channel
-        self._answers = keys.answer_channel
+        self._answers = keys.answer_channel(self.gateway_id)
         self.subscription = Subscription(
             data.blocking,
-            [keys.answer_channel, keys.completed_channel, keys.callback_channel],
+            [self._answers, keys.completed_channel, keys.callback_channel],
             self._on_message,
             self._resubscribed,
             log,
@@ -57,7 +60,12 @@ class Completions:
         if channel == self._answers:
             invocation_id = records.answer_id(data)
             if invocation_id in self.waiters:
-                self._notify(invocation_id, records.answer(data))
+                try:
+                    answer = records.answer(data)
+                except ValueError:  # let its waiters read the record instead
+                    log.warning("invocation %s: unreadable answer", invocation_id)
+                    answer = None
+                self._notify(invocation_id, answer)
         elif channel == self._completed:
             self._notify(data.decode())
         else:

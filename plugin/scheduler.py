@@ -4,8 +4,10 @@ bin-packing.
 There is no polling interval. The scheduler blocks on the wake-up stream, which enqueues,
 freed capacity and worker changes write to (log lines and the other domain events never
 wake it), so it wakes on exactly the things that can make a placement possible; a timeout
-only serves due retries. Its view of the fleet is kept in memory: capacity freed is
-applied from the wake-ups themselves, and a worker is read again only when it changed.
+serves due retries (and reads the queue once more). Its view of the fleet is kept in
+memory: capacity freed is applied from the wake-ups themselves, and a worker is read again
+only when it changed; once a pass emptied the ready queue, what joins it is known from the
+wake-ups too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ PREWARM_EVERY_S = 5.0  # specs change without a wake-up (a PUT): look this often
 # one call alone (a serial caller) or nothing does not delay the next: the caller's next
 # call is placed at once.
 PASS_GAP_S = 0.002
+# Wake-ups taken in per read; a full read may have left some (a queued one among them).
+WAKEUPS_PER_READ = 1000
 
 
 class Scheduler:
@@ -125,7 +129,9 @@ class Scheduler:
         for w in snapshot.workers:
             self.fleet.upsert(self._view(w, now))
         self._synced = dict.fromkeys(self.fleet.workers, snapshot.position)
-        self._drained = False
+        # What the wake-ups told of the queue ends with the view: the position just taken
+        # skips the entries between, so the next pass reads the queue.
+        self._drained, self._known_head = False, None
         self._waiting.clear()
         self.reasons.clear()
         self._floors = {}  # a new leadership tells every worker again
@@ -152,7 +158,7 @@ class Scheduler:
     async def _wait(self, block_ms: int | None) -> None:
         """Take in what happened since the last look (waiting up to ``block_ms`` for
         something when there is nothing to do)."""
-        entries = await self.data.events.wakeups(self._cursor, block_ms)
+        entries = await self.data.events.wakeups(self._cursor, block_ms, WAKEUPS_PER_READ)
         dirty: set[str] = set()
         for entry in entries:
             self._cursor = entry.id
@@ -172,7 +178,7 @@ class Scheduler:
         at most one invocation joined it since (more would need the queue's order). A
         quiet timeout reads the queue all the same: what no wake-up told (none is lost
         but to a trim of the stream) waits a second at most."""
-        if not self._drained or not entries:
+        if not self._drained or not entries or len(entries) >= WAKEUPS_PER_READ:
             return None
         joined = [e.fields["invocation"] for e in entries if e.type == "queued"]
         if len(joined) > 1 or any(e.type == "unparked" for e in entries):

@@ -476,3 +476,17 @@ async def test_cancel_of_a_running_invocation_goes_to_its_servers_inbox(cp: Cont
     assert await cp.data.invocations.cancel(inv_id) is CancelOutcome.RUNNING
     [message] = await cp.data.inboxes.receive("s1", 1.0)
     assert (message.worker_id, message.invocation_id, message.attempt) == ("w1", inv_id, 1)
+
+
+async def test_what_the_wake_ups_told_does_not_outlive_a_leadership(cp: ControlPlane) -> None:
+    """A leader that knew the ready queue's head from its wake-ups (empty, then what joined)
+    forgets it with its view: leading again, or refreshing its view, it reads the queue, so
+    what another leader left queued is placed (or parked), not stranded."""
+    fn = await deploy(cp, "f", command=["true"])
+    scheduler = cp.scheduler
+    scheduler._known_head = []  # a freed slot, nothing joined: heard just before losing
+    inv_id = await invoke(cp, fn, b"")  # queued under another leader
+    await scheduler._load()  # leading again
+    await scheduler.schedule_pass("token")
+    inv = await cp.data.invocations.get(inv_id)
+    assert inv.parked and inv.pending_reason  # looked at: no worker can take it

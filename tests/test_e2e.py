@@ -377,6 +377,8 @@ async def test_serial_calls_are_placed_without_reading_the_queue_back(
         return await head(start, count)
 
     monkeypatch.setattr(plane.data.queue, "head", counted)
+    # A quiet second reads the queue on purpose: a slow spawn on a loaded machine must not.
+    monkeypatch.setattr(plane.scheduler, "_timeout_ms", lambda: 60_000)
     for n in range(5):
         inv_id = await invoke(plane, fn, str(n).encode())
         assert (await final(plane, inv_id, 10)).status is Status.SUCCEEDED

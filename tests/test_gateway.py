@@ -97,10 +97,23 @@ async def test_a_sync_call_is_answered_from_its_completion_notice(
     http: TestClient[Any, Any],
     plane: ControlPlane,
     agents: list[AgentProcess],
+    settings: ServerSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A waited-on call's final record comes with its completion notice: the gateway
-    answers without reading it back, unless the output is too large to travel that way."""
+    """A waited-on call's final record comes with its completion notice, to the gateway
+    waiting alone: it answers without reading the record back, unless the output is too
+    large to travel that way."""
+    other = TestClient(TestServer(create_app(gateway_settings(settings))))
+    await other.start_server()
+    heard_by_other: list[str] = []
+    other_completions = other.app[GATEWAY].completions
+    on_message = other_completions._on_message
+
+    def heard(channel: str, data: bytes) -> None:
+        heard_by_other.append(channel)
+        on_message(channel, data)
+
+    monkeypatch.setattr(other_completions.subscription, "on_message", heard)
     await start_agent(plane, agents, "w1")
     await deploy(http, "echo", command=["cat"])
     await deploy(http, "fails", command=["sh", "-c", "echo bad >&2; exit 3"])
@@ -126,6 +139,9 @@ async def test_a_sync_call_is_answered_from_its_completion_notice(
     assert large.status == 200 and await large.read() == bytes(300000)
     assert read_back == [large.headers["X-Hodei-Invocation-Id"]]
     assert http.app[GATEWAY].completions.waiters == {}
+    await other.close()
+    # The other gateway heard the completions, and no answer.
+    assert set(heard_by_other) == {plane.data.keys.completed_channel}
 
 
 async def test_function_crud_and_validation(http: TestClient[Any, Any]) -> None:

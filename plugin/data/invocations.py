@@ -114,11 +114,11 @@ class Invocations:
         callback_url: str = "",
         idempotency: Idempotency | None = None,
         invocation_id: str | None = None,
-        awaited: bool = False,
+        awaited_by: str = "",
     ) -> Enqueued:
         """Record an invocation and put it in line, atomically and within the limits;
-        ``awaited`` when the caller waits for it (its answer is published on the answer
-        channel when it ends: ``records.answer`` reads it)."""
+        ``awaited_by``: the gateway whose caller waits for it (its answer is published on
+        that gateway's answer channel when it ends: ``records.answer`` reads it)."""
         invocation_id = invocation_id or uuid.uuid4().hex
         s = self.settings
         idem_key = (
@@ -144,7 +144,7 @@ class Invocations:
                     s.max_queue_bytes,
                     int(s.ageing_s * 1000),
                     callback_url,
-                    "1" if awaited else "",
+                    awaited_by,
                 ],
             )
         )

@@ -211,9 +211,12 @@ class Keys:
         return f"{self.prefix}:{self.database}:callbacks"
 
     @property
-    def answer_channel(self) -> str:
-        """A waited-on call's final record and output, for the gateway waiting on it."""
-        return f"{self.prefix}:{self.database}:answers"
+    def answer_channel_prefix(self) -> str:
+        return f"{self.prefix}:{self.database}:answers:"
+
+    def answer_channel(self, gateway_id: str) -> str:
+        """The final records and outputs of the calls the gateway ``gateway_id`` waits on."""
+        return f"{self.answer_channel_prefix}{gateway_id}"
 
     # -- what every script gets as ARGV[1] (lua/lib.lua reads it in this order) ---------
     CONTEXT_FIELDS = (
@@ -241,7 +244,7 @@ class Keys:
         "callback_channel",
         "leader",
         "sequence",
-        "answer_channel",
+        "answer_channel_prefix",
     )
 
     def context(self, limits: tuple[int, ...]) -> bytes:

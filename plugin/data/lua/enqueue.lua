@@ -10,7 +10,7 @@
 -- ARGV[9] idempotency ttl s (0 = no key)   ARGV[10] payload digest (idempotency)
 -- ARGV[11] max queue (0 = unbounded)       ARGV[12] max queued payload bytes (0 = unbounded)
 -- ARGV[13] ageing ms (one priority level is worth this much waiting)
--- ARGV[14] callback url ('' = none)   ARGV[15] '1' when the caller waits for the answer
+-- ARGV[14] callback url ('' = none)   ARGV[15] the gateway waiting for the answer ('' = none)
 -- Returns {'ok', id}; {'duplicate', earlier id}; {'idempotency_mismatch', earlier id} (the
 -- key was used with another payload); {'queue_full'}; {'queue_bytes_full'};
 -- {'concurrency'}; {'exists'} (the id is taken); {'no_function'}.

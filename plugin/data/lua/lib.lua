@@ -107,7 +107,7 @@ end
 
 -- Record a new invocation and put it in line. ``spec`` is the revision's
 -- {priority, concurrency, queue timeout ms, max retries}; ``priority`` '' = the spec's;
--- ``awaited`` '1' when a caller waits for the answer (finalize publishes it).
+-- ``awaited`` names the gateway waiting for the answer, '' none (finalize publishes it).
 local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, traceparent,
     callback, awaited)
   if priority == '' then priority = spec[1] end
@@ -128,7 +128,7 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   end
   if traceparent ~= '' then add('traceparent', traceparent) end
   if callback ~= '' then add('callback_url', callback) end
-  if awaited == '1' then add('awaited', '1') end
+  if awaited and awaited ~= '' then add('awaited', awaited) end
   redis.call('HSET', key, unpack(fields))
   redis.call('ZADD', C.invs, order, id)
   redis.call('ZADD', C.fn_index .. fn, order, id)
@@ -139,20 +139,24 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   event('type', 'queued', 'invocation', id, 'function', fn)
 end
 
--- A waited-on call's answer, so that the gateway waiting need not read it back: "id\n",
--- then every field of the final record but the payload, name and value each as
--- "<length>:<bytes>" (records.py reads it). An output above this travels only by a read.
+-- A waited-on call's answer, to the gateway waiting on it (which need not read it back):
+-- "id\n", then every field of the final record but the payload (never copied here), name
+-- and value each as "<length>:<bytes>" (records.py reads it). An output above this
+-- travels only by a read.
 local ANSWER_MAX_OUTPUT = 65536
-local function publish_answer(id, key)
+local function publish_answer(id, key, gateway)
   if redis.call('HSTRLEN', key, 'result') > ANSWER_MAX_OUTPUT then return end
-  local flat = redis.call('HGETALL', key)
-  local parts = {id, '\n'}
-  for i = 1, #flat, 2 do
-    if flat[i] ~= 'payload' then
-      parts[#parts + 1] = #flat[i] .. ':' .. flat[i] .. #flat[i + 1] .. ':' .. flat[i + 1]
-    end
+  local names = {}
+  for _, name in ipairs(redis.call('HKEYS', key)) do
+    if name ~= 'payload' then names[#names + 1] = name end
   end
-  redis.call('PUBLISH', C.answers, table.concat(parts))
+  local values = redis.call('HMGET', key, unpack(names))
+  local parts = {id, '\n'}
+  for i, name in ipairs(names) do
+    local value = values[i] or ''
+    parts[#parts + 1] = #name .. ':' .. name .. #value .. ':' .. value
+  end
+  redis.call('PUBLISH', C.answers .. gateway, table.concat(parts))
 end
 
 -- Record the final status of an invocation that has left the queue or its lease: its
@@ -186,7 +190,7 @@ local function finalize(id, status, fields, now, worker)
   keep_revision(h[1], h[2])
   event('type', 'finished', 'invocation', id, 'worker', worker, 'attempt', h[4],
     'status', status)
-  if h[6] == '1' then publish_answer(id, key) end
+  if h[6] then publish_answer(id, key, h[6]) end
   redis.call('PUBLISH', C.completed, id)
 end
 
