@@ -7,7 +7,9 @@ that all see the same machine:
 - ``warm-sh``: a busybox shell Runtime API loop in a container (docker, lambda interface)
 - ``cold-sh``: ``cat`` in a busybox container per invocation (docker, stdio)
 
-then the throughput of the warm Python path with several clients at once.
+then warm-py alone: back to back (``serial``), and one call every 50 ms (``sporadic``: the
+machine idles between calls, as under light traffic), and the throughput of the warm Python
+path with several clients at once.
 
 Needs a Docker engine, the test image (``.ci/test-image``) and awslambdaric.
 Run: python bench/warm.py [--redis-url URL] [--rounds N] [--clients N] [--seconds S]
@@ -51,6 +53,7 @@ while wget -q -S -O /tmp/event "$base/invocation/next" 2>/tmp/headers; do
 done
 """
 FUNCTIONS = ("warm-py", "stdio-py", "warm-sh", "cold-sh")
+SPORADIC_GAP_S = 0.05
 
 
 def specs() -> dict[str, dict[str, object]]:
@@ -108,6 +111,7 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
     await redis.flushdb()
     samples: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
     rng = random.Random(14)  # the same orders in every run
+    alone: dict[str, list[float]] = {"serial": [], "sporadic": []}
     try:
         with supervised() as procs:
             stack = HodeiStack(procs, redis_url)
@@ -129,11 +133,16 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
                     order = rng.sample(FUNCTIONS, len(FUNCTIONS))
                     for name in order:
                         samples[name].append(await invoke(session, url, name))
+                for phase, gap_s in (("serial", 0.0), ("sporadic", SPORADIC_GAP_S)):
+                    for _ in range(rounds):
+                        if gap_s:
+                            await asyncio.sleep(gap_s)
+                        alone[phase].append(await invoke(session, url, "warm-py"))
             rate = await throughput(url, clients, seconds)
     finally:
         await redis.flushdb()
         await redis.aclose()
-    return {"samples": samples, "rate": rate}
+    return {"samples": samples, "alone": alone, "rate": rate}
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -158,6 +167,11 @@ def main() -> int:
         print(f"{key}_p50_ms={p50[name]:.2f}")
         print(f"{key}_p99_ms={percentile(ordered, 0.99):.2f}")
         print(f"{key}_spread_ms={percentile(ordered, 0.25):.2f}-{percentile(ordered, 0.75):.2f}")
+    alone: dict[str, list[float]] = result["alone"]  # type: ignore[assignment]
+    for phase, values in alone.items():
+        ordered = sorted(values)
+        print(f"warm_py_{phase}_p50_ms={statistics.median(ordered):.2f}")
+        print(f"warm_py_{phase}_p99_ms={percentile(ordered, 0.99):.2f}")
     print(f"warm_process_jobs_per_s={result['rate']:.0f}  # {args.clients} clients")
     print(f"warm_process_p50_ms={p50['warm-py']:.2f}")
     print(f"warm_docker_speedup={p50['cold-sh'] / p50['warm-sh']:.1f}")
