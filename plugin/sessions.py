@@ -252,11 +252,7 @@ class Sessions:
         if not messages:
             return
         worker = session.worker_id
-        accepted = [
-            Accept(m.accepted.invocation_id, m.accepted.attempt, worker)
-            for m in messages
-            if m.HasField("accepted")
-        ]
+        results = [m.result for m in messages if m.HasField("result")]
         logs = [
             LogBatch(
                 m.log.invocation_id,
@@ -267,8 +263,22 @@ class Sessions:
             for m in messages
             if m.HasField("log")
         ]
-        results = [m.result for m in messages if m.HasField("result")]
-        ends = [self._end(worker, r) for r in results]
+        # A quick job's acceptance comes with its end, which announces the start itself
+        # (unless log lines come between: the start is told before them).
+        ending = {(r.invocation_id, r.attempt) for r in results}
+        ending -= {(b.invocation_id, b.attempt) for b in logs}
+        started_with_end: set[tuple[str, int]] = set()
+        accepted: list[Accept] = []
+        for m in messages:
+            if m.HasField("accepted"):
+                job = (m.accepted.invocation_id, m.accepted.attempt)
+                if job in ending:
+                    started_with_end.add(job)
+                else:
+                    accepted.append(Accept(*job, worker))
+        ends = [
+            self._end(worker, r, (r.invocation_id, r.attempt) in started_with_end) for r in results
+        ]
         try:
             reports = await self.data.leases.report(accepted, logs, ends)
         except REDIS_DOWN as exc:
@@ -303,7 +313,7 @@ class Sessions:
             self._acknowledge(session, result, ended)
 
     @staticmethod
-    def _end(worker: str, result: pb.JobResult) -> AttemptEnd:
+    def _end(worker: str, result: pb.JobResult, announce_start: bool = False) -> AttemptEnd:
         outcome = OUTCOMES.get(result.outcome)
         if outcome is None:
             raise ProtocolError(f"JobResult for {result.invocation_id} has no outcome")
@@ -321,6 +331,7 @@ class Sessions:
             final=result.final,
             cold_start=result.cold_start if result.HasField("cold_start") else None,
             init_ms=result.init_ms or None,
+            announce_start=announce_start,
         )
 
     def _refuse(self, session: Session, a: Accept) -> None:

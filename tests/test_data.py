@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from conftest import FakeClock, dead_ids, deploy, invoke, logs, wait_for
@@ -14,11 +15,14 @@ from hodei.errors import Conflict, IdempotencyMismatch, NotFound, QueueFull
 from hodei.plugin.data.invocations import CancelOutcome, Idempotency
 from hodei.plugin.data.leases import AttemptEnd, EndKind, Lease, LogAppend, LogBatch, Refusal
 from hodei.plugin.data.records import Amounts
+from hodei.plugin.data.scripts import Call
 from hodei.plugin.leader import RedisLeaderLock
 from hodei.plugin.models import Priority, Status
 from hodei.plugin.monitor import HealthMonitor
 from hodei.plugin.server import ControlPlane
+from hodei.plugin.sessions import Session
 from hodei.plugin.settings import ServerSettings
+from hodei.proto import hodei_pb2 as pb
 
 
 @pytest.fixture
@@ -490,3 +494,46 @@ async def test_what_the_wake_ups_told_does_not_outlive_a_leadership(cp: ControlP
     await scheduler.schedule_pass("token")
     inv = await cp.data.invocations.get(inv_id)
     assert inv.parked and inv.pending_reason  # looked at: no worker can take it
+
+
+async def test_a_quick_jobs_start_and_end_are_recorded_by_one_script(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent holds a quick job's acceptance back until its result: both arrive in one
+    batch, and the end announces the start (one script, not two)."""
+    session_id = await register(cp, "w1")
+    fn = await deploy(cp, "f", command=["true"])
+    inv_id = await invoke(cp, fn, b"")
+    assert isinstance(await cp.data.leases.assign(inv_id, "w1", ""), Lease)
+    ran: list[str] = []
+    run_many = cp.data.scripts.run_many
+
+    async def counted(calls: Sequence[Call]) -> list[Any]:
+        ran.extend(call.script for call in calls)
+        return await run_many(calls)
+
+    monkeypatch.setattr(cp.data.scripts, "run_many", counted)
+    now = int(time.time() * 1000)
+    accepted = pb.JobAccepted(invocation_id=inv_id, attempt=1, worker_id="w1", started_at_ms=now)
+    result = pb.JobResult(
+        invocation_id=inv_id,
+        attempt=1,
+        outcome=pb.JOB_OUTCOME_SUCCEEDED,
+        exit_code=0,
+        started_at_ms=now,
+        finished_at_ms=now + 1,
+    )
+    batch = pb.AgentMessages(
+        messages=[pb.AgentMessage(accepted=accepted), pb.AgentMessage(result=result)]
+    )
+    session = Session("w1", session_id)
+    await cp.sessions.handle(session, [pb.AgentMessage(batch=batch)])
+    assert ran == ["finish"]
+    assert session.outbox.get_nowait().ack.recorded  # type: ignore[union-attr]
+    assert (await cp.data.invocations.get(inv_id)).status is Status.SUCCEEDED
+    told = [
+        e.type
+        for e in await cp.data.events.events("0-0", None)
+        if e.fields.get("invocation") == inv_id
+    ]
+    assert told.count("started") == 1 and told.index("started") < told.index("finished")

@@ -87,6 +87,7 @@ class AttemptEnd:
     final: bool = False  # retrying cannot help
     cold_start: bool | None = None
     init_ms: int | None = None
+    announce_start: bool = False  # its acceptance came with it (no accept call of its own)
 
 
 class EndKind(enum.StrEnum):
@@ -220,6 +221,7 @@ class Leases:
                 delays,
                 "" if end.cold_start is None else int(end.cold_start),
                 _opt(end.init_ms),
+                int(end.announce_start),
             ],
         )
 

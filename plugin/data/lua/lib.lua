@@ -212,7 +212,8 @@ end
 -- worker's reservation and the lease, then requeue it (handed back: no failure counted),
 -- retry it after a backoff, or record its final status.
 -- r = {exit_code, error, output, truncated, started ('' = keep), final ('1': retrying
--- cannot help), delays, cold_start, init_ms}
+-- cannot help), delays, cold_start, init_ms, '1' to announce the start first (its
+-- acceptance came with the end: accept.lua's event, once the attempt is known to be held)}
 -- Returns {'recorded', status, function}, {'retry' | 'requeued', function} or
 -- {'stale', reason}.
 local function end_attempt(id, attempt, worker, outcome, now, r)
@@ -225,6 +226,9 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
   if outcome == 'lease_expired' then
     local deadline = redis.call('ZSCORE', C.leases, id)
     if deadline and tonumber(deadline) > now then return {'stale', 'lease_renewed'} end
+  end
+  if r[10] == '1' then
+    event('type', 'started', 'invocation', id, 'worker', worker, 'attempt', attempt)
   end
   local fn, rev = h[8], h[9]
   local limits = redis.call('HMGET', C.rev .. fn .. ':' .. rev, 'max_retries', 'qt')
