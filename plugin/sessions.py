@@ -267,18 +267,14 @@ class Sessions:
         # (unless log lines come between: the start is told before them).
         ending = {(r.invocation_id, r.attempt) for r in results}
         ending -= {(b.invocation_id, b.attempt) for b in logs}
-        started_with_end: set[tuple[str, int]] = set()
-        accepted: list[Accept] = []
-        for m in messages:
-            if m.HasField("accepted"):
-                job = (m.accepted.invocation_id, m.accepted.attempt)
-                if job in ending:
-                    started_with_end.add(job)
-                else:
-                    accepted.append(Accept(*job, worker))
-        ends = [
-            self._end(worker, r, (r.invocation_id, r.attempt) in started_with_end) for r in results
+        acceptances = [
+            (m.accepted.invocation_id, m.accepted.attempt)
+            for m in messages
+            if m.HasField("accepted")
         ]
+        accepted = [Accept(*job, worker) for job in acceptances if job not in ending]
+        folded = ending.intersection(acceptances)
+        ends = [self._end(worker, r, (r.invocation_id, r.attempt) in folded) for r in results]
         try:
             reports = await self.data.leases.report(accepted, logs, ends)
         except REDIS_DOWN as exc:

@@ -128,7 +128,7 @@ local function create(id, fn, rev, spec, priority, payload, now, ageing_ms, trac
   end
   if traceparent ~= '' then add('traceparent', traceparent) end
   if callback ~= '' then add('callback_url', callback) end
-  if awaited and awaited ~= '' then add('awaited', awaited) end
+  if awaited ~= '' then add('awaited', awaited) end
   redis.call('HSET', key, unpack(fields))
   redis.call('ZADD', C.invs, order, id)
   redis.call('ZADD', C.fn_index .. fn, order, id)
