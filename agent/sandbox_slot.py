@@ -143,6 +143,7 @@ class Slot:
         env: dict[str, str] = message["env"]
         cwd = message.get("cwd") or "/tmp"
         uid = self.uid
+        executables = child.executables(argv[0], env)
         error_read, error_write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = _fork()
@@ -161,7 +162,7 @@ class Slot:
                     for target, fd in enumerate(stdio):
                         os.dup2(fd, target)  # the copies are inheritable
                     os.chdir(cwd)
-                    os.execvpe(argv[0], argv, env)
+                    child.exec_first(executables, argv, env)
                 except BaseException as exc:
                     os.write(error_write, str(exc).encode(errors="replace")[:4000])
                 finally:

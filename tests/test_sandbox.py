@@ -128,6 +128,70 @@ async def test_functions_run_as_unprivileged_uids_of_their_own(runtime: Runtime)
     )
 
 
+async def test_a_function_holds_no_privilege_and_cannot_signal_its_slot(
+    runtime: Runtime,
+) -> None:
+    """Every id of the function is its uid (real, effective, saved, filesystem), it has no
+    supplementary group and no capability, and its slot (its parent, root) is out of its
+    reach: the slot serves the next function."""
+    status = "grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Amb)):' /proc/self/status"
+    attack = f"{status}; kill -STOP $PPID && echo STOPPED; kill -KILL $PPID && echo KILLED"
+    outcome, _ = await run(runtime, job("sh", "-c", attack))
+    rows = outcome.output.decode().splitlines()
+    fields = dict(row.split(":", 1) for row in rows if ":" in row)
+    uids, gids = fields["Uid"].split(), fields["Gid"].split()
+    assert len(set(uids)) == 1 and int(uids[0]) != 0, fields
+    assert len(set(gids)) == 1 and int(gids[0]) != 0, fields
+    assert fields["Groups"].split() == [], fields
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(fields[cap], 16) == 0, fields
+    assert b"STOPPED" not in outcome.output and b"KILLED" not in outcome.output
+    again, _ = await run(runtime, job("true"))
+    assert again.outcome == pb.JOB_OUTCOME_SUCCEEDED
+
+
+def data_limit(pid: int) -> tuple[int, int]:
+    """RLIMIT_DATA of ``pid`` (soft, hard), as /proc shows it to root without
+    CAP_SYS_RESOURCE (prlimit would need it for another uid's process)."""
+    with open(f"/proc/{pid}/limits") as limits:
+        row = next(line for line in limits if line.startswith("Max data size"))
+    soft, hard = row.split()[3:5]
+    return int(soft), int(hard)
+
+
+async def test_a_function_gets_its_limits_and_a_session_of_its_own(runtime: Runtime) -> None:
+    lines: list[str] = []
+    request = job(
+        "sh",
+        "-c",
+        "echo $$ >&2; ps -o sid= -p $$ >&2; sleep 30",
+        resources=pb.Resources(memory_mb=96),
+    )
+    running = asyncio.ensure_future(
+        runtime.run(request, lambda stream, line: lines.append(line), asyncio.Event())
+    )
+    await wait_for(lambda: len(lines) >= 2, 10)
+    pid = int(lines[0])
+    assert int(lines[1]) == pid  # a session leader
+    data = 96 * 1024 * 1024
+    assert data_limit(pid) == (data, data)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def test_a_command_is_looked_up_on_the_functions_path(runtime: Runtime) -> None:
+    """As execvpe does: the function's PATH, in order, past missing entries; a command
+    found nowhere fails to start."""
+    path = "/nonexistent:/usr/bin:/bin"
+    found, _ = await run(runtime, job("id", "-u", env={"PATH": path}))
+    assert found.outcome == pb.JOB_OUTCOME_SUCCEEDED and int(found.output) != 0
+    name = f"hodei-missing-{random_suffix()}"
+    missing, _ = await run(runtime, job(name, env={"PATH": path}))
+    assert missing.outcome == pb.JOB_OUTCOME_FAILED and missing.exit_code == 127
+    assert name in missing.error or "No such file" in missing.error
+
+
 async def test_no_network_means_redis_is_out_of_reach(runtime: Runtime) -> None:
     code = (
         "import socket\n"
