@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from typing import Any
 
@@ -49,19 +50,24 @@ class ControlPlane:
             clock,
         )
         self.consul: Any = connect_consul(address, s.consul_token) if address else None
+        # This process's name wherever two processes must never pass for one (who leads;
+        # the inbox for its agents' streams): two servers may be given one id by mistake,
+        # and a server restarted under its id must not lead in place of a previous life
+        # that is frozen, not dead.
+        self.instance_id = f"{s.server_id}#{secrets.token_hex(4)}"
         self.leader: LeaderLock
         if self.consul is not None:
             self.leader = ConsulLeaderLock(
                 self.consul,
                 self.data.leadership,
-                s.server_id,
+                self.instance_id,
                 s.consul_leader_key,
                 s.consul_session_ttl_s,
                 s.consul_lock_delay_s,
             )
         else:
-            self.leader = RedisLeaderLock(self.data.leadership, s.server_id, s.leader_ttl_s)
-        self.sessions = Sessions(self.data, s.server_id)
+            self.leader = RedisLeaderLock(self.data.leadership, self.instance_id, s.leader_ttl_s)
+        self.sessions = Sessions(self.data, self.instance_id)
         self.scheduler = Scheduler(self.data, s, self.leader, self.sessions.deliver)
         self.monitor = HealthMonitor(s, self.data, self.leader)
         self.registration: ServiceRegistration | None = None
@@ -120,7 +126,7 @@ class ControlPlane:
             )
         log.info(
             "server %s listening for agents on %s:%d",
-            self.settings.server_id,
+            self.instance_id,
             self.settings.grpc_host,
             self.port,
             extra={"grpc_port": self.port, "server_id": self.settings.server_id},

@@ -61,9 +61,9 @@ def pools_of(beat: pb.Heartbeat) -> list[Pool] | None:
 
 
 class Sessions:
-    def __init__(self, data: DataLayer, server_id: str) -> None:
+    def __init__(self, data: DataLayer, instance_id: str) -> None:
         self.data = data
-        self.server_id = server_id
+        self.instance_id = instance_id  # the route to this process: a worker's server_id
         self.by_worker: dict[str, Session] = {}
         self.outage = Outage("agent reports", log)
 
@@ -72,7 +72,7 @@ class Sessions:
         record = await self.data.workers.get(worker_id)
         if record is None:
             raise NotFound(f"worker {worker_id} is not registered")
-        if record.session_id != session_id or record.server_id != self.server_id:
+        if record.session_id != session_id or record.server_id != self.instance_id:
             raise ProtocolError(f"session {session_id[:8]}… of worker {worker_id} is stale")
         if await self.data.workers.transition(worker_id, WorkerState.AVAILABLE, session_id) is None:
             raise ProtocolError(f"worker {worker_id} is {record.state}, cannot connect")
@@ -125,7 +125,7 @@ class Sessions:
             session = self.by_worker.get(worker_id)
             if session is not None:
                 session.send(message)
-            elif server_id and server_id != self.server_id:
+            elif server_id and server_id != self.instance_id:
                 remote.append((server_id, worker_id, message.SerializeToString()))
             elif message.HasField("assign"):
                 request = message.assign
@@ -168,7 +168,7 @@ class Sessions:
         async def receive(outage: Outage) -> None:
             while True:
                 raise_if_cancelled()
-                messages = await self.data.inboxes.receive(self.server_id, INBOX_WAIT_S)
+                messages = await self.data.inboxes.receive(self.instance_id, INBOX_WAIT_S)
                 outage.recovered()
                 for message in messages:
                     self.on_inbox(message)

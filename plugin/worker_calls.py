@@ -32,7 +32,7 @@ async def register(
     running = {j.invocation_id: j.attempt for j in req.running_jobs}
     reg = await data.workers.register(
         req.worker_id,
-        sessions.server_id,
+        sessions.instance_id,
         hostname=req.hostname,
         version=req.version or version,
         capacity=_amounts(req.capacity),

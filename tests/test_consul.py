@@ -277,8 +277,11 @@ async def test_leader_session_expiry_hands_over_without_double_assignment(
 
         first.leader.renew_session = frozen  # type: ignore[method-assign]
         paused_at = time.monotonic()
-        [session] = [s for s in consul.sessions.values() if s["Name"] == "hodei-leader-s1"]
-        standby_attempts = [a for a in consul.acquires if a[0] == "hodei-leader-s2"]
+        # A leader's session is named after its server process: the id, "#", a suffix.
+        [session] = [
+            s for s in consul.sessions.values() if s["Name"].startswith("hodei-leader-s1#")
+        ]
+        standby_attempts = [a for a in consul.acquires if a[0].startswith("hodei-leader-s2#")]
         assert not standby_attempts, "the standby tried to acquire a held lock"
         limit = 2 * ttl + delay + 2.5
         submitted = []

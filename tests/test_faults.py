@@ -158,7 +158,7 @@ async def test_leader_dies_standby_takes_over_and_remote_delivery_works(
 
     async def led_by(server_id: str) -> bool:
         value = await view.data.redis.get(view.data.keys.leader)
-        return bool(value and value.decode().startswith(server_id + ":"))
+        return bool(value and value.decode().startswith(server_id + "#"))  # the process's id
 
     await wait_for(lambda: led_by("leader"), 10)
     standby.start()

@@ -258,7 +258,8 @@ async def probe(session: aiohttp.ClientSession, url: str, since: float, within_s
 
 
 async def leader(redis_url: str, prefix: str) -> str:
-    """The server id holding the Redis leader lock ("" when none or unreadable)."""
+    """The server id holding the Redis leader lock ("" when none or unreadable). The lock
+    names a server process: its id, "#" and a suffix of that process's own."""
     from hodei.plugin.data.keys import Keys
 
     redis = Redis.from_url(redis_url)
@@ -268,7 +269,7 @@ async def leader(redis_url: str, prefix: str) -> str:
         return ""
     finally:
         await redis.aclose()
-    return value.decode().rsplit(":", 1)[0] if value else ""
+    return value.decode().rsplit(":", 1)[0].split("#", 1)[0] if value else ""
 
 
 def new_stack(procs: Procs, redis: RedisServer, prefix: str, state_dir: str) -> HodeiStack:
