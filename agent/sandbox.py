@@ -280,7 +280,11 @@ class Sandbox:
             asyncio.get_running_loop().create_future()
         )
         self.replies[request_id] = reply
-        self._channel().send({**message, "id": request_id})
+        try:
+            self._channel().send({**message, "id": request_id})
+        except BaseException:
+            del self.replies[request_id]  # no answer will come, nor a failure to tell
+            raise
         return await reply
 
     async def endpoint(self, port: int = 9001, network: bool = False) -> Endpoint:

@@ -4,6 +4,7 @@ process lost from outside."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -197,6 +198,38 @@ async def test_a_spawn_racing_the_preparation_of_its_slot_shares_it() -> None:
         assert _slot_processes(sandbox) == 8
     finally:
         await sandbox.close()
+
+
+async def test_an_agent_closing_while_it_prepares_slots_leaves_no_stray_error() -> None:
+    """A slot being started when the sandbox closes fails with it, and says so to no one:
+    no "Task exception was never retrieved" in the agent's log."""
+    require("root (the process sandbox needs it)", os.geteuid() == 0)
+
+    async def close_while_preparing() -> list[asyncio.Future[object]]:
+        sandbox = Sandbox.start(sandbox_config(True))
+        sandbox.prepare(8)
+        for _ in range(10):  # the preparation's first step asks for slot 0
+            if sandbox.starting:
+                break
+            await asyncio.sleep(0)
+        starting = list(sandbox.starting.values())
+        assert starting
+        await sandbox.close()
+        return starting
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        starting = await close_while_preparing()
+        await asyncio.wait(starting)
+        await asyncio.sleep(0)  # their done callbacks
+        del starting
+        gc.collect()  # a task is told of when it is collected
+        assert errors == []
+    finally:
+        loop.set_exception_handler(previous)
 
 
 async def test_an_unsandboxed_spawner_has_nothing_to_prepare() -> None:
