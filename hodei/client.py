@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 
 from multidict import CIMultiDict
 
-from hodei.calls import Answer, Call, Calls, Endpoint, InvocationPage, InvokeResult, LogEvents
+from hodei.answers import Answer, InvocationPage, InvokeResult, LogEvents
+from hodei.calls import Call, Calls, Endpoint
 from hodei.calls import Stream as _Stream
 from hodei.errors import ApiError, GatewayUnreachable
 
