@@ -98,15 +98,21 @@ def start_process(
     return pid
 
 
-def executables(name: str, env: dict[str, str]) -> list[str]:
-    """Where ``name`` may be, in the order execvpe would try: the files of that name on
-    ``env``'s PATH (or ``name`` itself when it has a folder). Looked up by the parent of a
-    forked child, whose every Python step costs it copied pages: execvpe in the child, which
-    tries each folder with an exception per miss, cost a third of its CPU. Raises
-    FileNotFoundError when there is none."""
+def executables(name: str, env: dict[str, str], cwd: str, uid: int) -> list[str]:
+    """Where ``name`` may be, in the order execvpe would try for ``uid`` started in ``cwd``:
+    on ``env``'s PATH, each file of that name, and each place the uid may not look into
+    (its exec then fails as it would have); ``name`` itself when it has a folder. Raises
+    FileNotFoundError when there is none.
+
+    Looked up by the parent of a forked child, whose every Python step costs it copied
+    pages (execvpe in the child, with an exception per folder missed, cost a third of its
+    CPU), with the uid's file-system ids for the lookup only: what the uid cannot reach
+    must look to it as it would from the child, never as it does to root."""
     if os.path.dirname(name):
         return [name]
-    found = [p for p in (os.path.join(d, name) for d in os.get_exec_path(env)) if _exists(p)]
+    folders = [os.path.join(cwd, folder) for folder in os.get_exec_path(env)]
+    with linux.file_system_ids(uid):
+        found = [path for path in (os.path.join(d, name) for d in folders) if _may_run(path)]
     if not found:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
     return found
@@ -125,11 +131,14 @@ def exec_first(paths: list[str], argv: list[str], env: dict[str, str]) -> None:
     raise failure
 
 
-def _exists(path: str) -> bool:
+def _may_run(path: str) -> bool:
+    """A file there, or no telling (execve will say why not); not a folder, nor nothing."""
     try:
         return not stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return False
+    except OSError:
+        return True
 
 
 def _exec_error(failure: bytes, executable: str, cwd: str) -> OSError:

@@ -1,17 +1,24 @@
 """The Linux calls the sandbox needs and Python 3.11 lacks (``unshare``, ``setns``, ``mount``,
-``clone3``, ``prctl``), through ctypes on the C library.
+``clone3``, ``prctl``, ``setfsuid``), through ctypes on the C library.
 
 Imported by the spawner process, so it stays stdlib-only and cheap to import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
 import signal
 import socket
 import struct
+
+# typing stays unimported at run time (see sandbox_spawner); mypy takes any TYPE_CHECKING
+# as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -76,6 +83,20 @@ def _check(result: int, what: str) -> int:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+@contextlib.contextmanager
+def file_system_ids(uid: int) -> Iterator[None]:
+    """File permissions checked as ``uid`` (group ``uid``, and no supplementary group: the
+    caller, root, has none) by this thread, inside the block; root's again after. Root's
+    file capabilities are off meanwhile (the kernel drops them with the file-system uid)."""
+    _libc.setfsgid(uid)
+    _libc.setfsuid(uid)
+    try:
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
 
 
 def setns(fd: int, nstype: int) -> None:

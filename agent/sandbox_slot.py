@@ -143,7 +143,7 @@ class Slot:
         env: dict[str, str] = message["env"]
         cwd = message.get("cwd") or "/tmp"
         uid = self.uid
-        executables = child.executables(argv[0], env)
+        executables = child.executables(argv[0], env, cwd, uid)
         error_read, error_write = os.pipe2(os.O_CLOEXEC)
         try:
             pid = _fork()
@@ -310,6 +310,7 @@ def run(slot: Slot, confinement: child.Confinement) -> None:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        os.setgroups([])  # its lookups as a function's uid must not use root's groups
         child.private_mounts(confinement)
         slot.new_ipc()
         resource.setrlimit(resource.RLIMIT_NPROC, (slot.pids_max, slot.pids_max))

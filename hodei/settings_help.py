@@ -32,7 +32,8 @@ HELP: dict[str, str] = {
     # Server
     "grpc_host": "address the gRPC WorkerService listens on",
     "grpc_port": "port of the gRPC WorkerService the agents connect to",
-    "server_id": "this server's name in logs and leader election (default: host + random)",
+    "server_id": "this server's name in logs and Consul; who leads and the route to its agents "
+    "are named by its process: this id, '#', a suffix new at each start (default: host + random)",
     "agent_tokens": "a token:worker-id entry binding an agent's token to its worker (token:* = a "
     "fleet token; repeatable); none and no TLS = agents are not authenticated",
     "agent_tokens_file": "a file with one token:worker-id entry per line",

@@ -186,5 +186,5 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("server %s stopping", settings.server_id)
+    log.info("server %s stopping", plane.instance_id)
     await plane.stop()
