@@ -428,8 +428,8 @@ class RedisServer:
     (``appendfsync always``: what was acknowledged survives a kill -9), so it can be
     killed and started again on the same data."""
 
-    def __init__(self, folder: Path, fsync: str = "always") -> None:
-        binary = shutil.which("redis-server")
+    def __init__(self, folder: Path, fsync: str = "always", binary: str | None = None) -> None:
+        binary = binary or shutil.which("redis-server")
         require("a redis-server binary", binary is not None)
         self.binary = str(binary)
         self.folder = folder

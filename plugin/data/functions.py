@@ -52,9 +52,9 @@ class Functions:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping=records.revision_fields(spec))
         if self.revision_ttl_s:
-            pipe.expire(key, self.revision_ttl_s, gt=True)
-            # A key without expiry counts as infinite for GT: give a new one its first.
-            pipe.expire(key, self.revision_ttl_s, nx=True)
+            # Every expiry a job's revision gets is this one, from now: a new one never
+            # shortens the last (without EXPIRE's GT and NX, which need Redis 7.0).
+            pipe.expire(key, self.revision_ttl_s)
         await pipe.execute()
         return revision
 

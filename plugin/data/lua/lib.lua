@@ -47,10 +47,15 @@ local function position_of(position, order) return position or order end
 
 -- A revision lives as long as something may still need it (a queued or running
 -- invocation, a record kept for its retention, a replay); the current revision of a
--- function has no expiry, and GT never shortens one.
+-- function has no expiry (TTL -1), and none is shortened. (EXPIRE's GT would say it in
+-- one call, from Redis 7.0 on: 6.2 is supported.)
 local function keep_revision(fn, rev)
   if C.revision_ttl > 0 then
-    redis.call('EXPIRE', C.rev .. fn .. ':' .. rev, C.revision_ttl, 'GT')
+    local key = C.rev .. fn .. ':' .. rev
+    local left = redis.call('TTL', key)
+    if left >= 0 and left < C.revision_ttl then
+      redis.call('EXPIRE', key, C.revision_ttl)
+    end
   end
 end
 
