@@ -77,11 +77,22 @@ def record(inv: dict[str, Any]) -> str:
         ("started", clock(inv.get("started_at"))),
         ("finished", clock(inv.get("finished_at"))),
         ("duration", duration(inv.get("duration_ms"))),
+        ("instance", instance(inv)),
         ("trace", inv.get("trace_id")),
     ]
     lines = [f"invocation {inv.get('id')}"]
     lines += [f"  {k:<10} {v}" for k, v in rows if v not in (None, "", "-")]
     return "\n".join(lines)
+
+
+def instance(inv: dict[str, Any]) -> str:
+    """How a lambda-interface function's instance served it ("" for a stdio function)."""
+    if inv.get("cold_start") is None:
+        return ""
+    if not inv["cold_start"]:
+        return "warm"
+    init = inv.get("init_ms")
+    return f"cold start (init {duration(init)})" if init is not None else "cold start"
 
 
 def invocations(items: list[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import ROOT, AgentProcess, free_port, start_agent, wait_for
 from test_gateway import gateway_settings
 
+from hodei import views
 from hodei.agent.settings import AgentSettings
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
@@ -332,3 +333,13 @@ def test_the_user_commands_stay_light() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_a_records_view_says_how_an_instance_served_it() -> None:
+    """`hodei status` of a lambda-interface invocation: a cold start and its init, or warm
+    (a newcomer saw them only with --json)."""
+    base = {"id": "i1", "function": "f", "status": "succeeded", "attempt": 1, "priority": "normal"}
+    assert "instance" not in views.record(base)  # a stdio function's
+    cold = views.record({**base, "cold_start": True, "init_ms": 85})
+    assert "  instance   cold start (init 85 ms)" in cold.splitlines()
+    assert "  instance   warm" in views.record({**base, "cold_start": False}).splitlines()
