@@ -52,6 +52,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except REDIS_DOWN as exc:
         log.warning("Redis unavailable: %s", exc)
         return error(503, "redis_unavailable", "the queue store (Redis) is unavailable")
+    except Exception:
+        # A bug, or data no Hodei wrote: the contract's body all the same, and the log.
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "internal_error", "the gateway failed to answer (see its log)")
 
 
 def _unauthorized() -> web.Response:

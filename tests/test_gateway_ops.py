@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import IN_CI, AgentProcess, free_port, start_agent, wait_for
+from redis.asyncio import Redis
 from test_gateway import gateway_settings
 
 from hodei.api.app import create_app
 from hodei.api.openapi import document
 from hodei.client import HodeiClient
 from hodei.errors import GatewayUnreachable
+from hodei.plugin.data.keys import Keys
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
 
@@ -91,6 +93,25 @@ async def test_redis_outage_is_503_then_recovers(tmp_path: Path) -> None:
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+async def test_an_unexpected_failure_is_a_500_with_the_error_body(
+    settings: ServerSettings,
+) -> None:
+    """Whatever breaks (here a key of the wrong type, as a hand-edited Redis gives), the
+    client gets the contract's error body, not aiohttp's bare page (the CLI called that
+    "not a Hodei gateway"), and the gateway logs what happened."""
+    async with TestClient(TestServer(create_app(gateway_settings(settings)))) as http:
+        assert (await http.put("/v1/functions/f", json={"command": ["true"]})).status == 201
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            await redis.delete(Keys(settings.key_prefix).function("f"))
+            await redis.hset(Keys(settings.key_prefix).function("f"), "not", "a string")
+            broken = await http.post("/v1/functions/f/invoke?async=true")
+            assert broken.status == 500
+            assert (await broken.json())["error"]["code"] == "internal_error"
+        finally:
+            await redis.aclose()
 
 
 async def _ready(http: Any) -> bool:
