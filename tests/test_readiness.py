@@ -19,8 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
+from hodei.plugin.data.connection import unsupported_version
 from hodei.plugin.server import SERVICE_NAME, ControlPlane
 from hodei.plugin.settings import ServerSettings
+from hodei.readiness import Readiness
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -126,3 +128,24 @@ async def test_gateway_readyz_waits_for_consul_when_configured(
     without = GatewaySettings(redis_url=redis_url)
     async with TestClient(TestServer(create_app(without))) as http:
         assert (await http.get("/readyz")).status == 200  # Consul not configured: not needed
+
+
+class _DataLayerOf:
+    """What readiness asks of the data layer, for a Redis of ``version`` (no Redis older
+    than 6.2 can be installed here; the rule itself is tested in test_dev)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    async def ping(self) -> bool:
+        return True
+
+    async def unsupported(self) -> str:
+        return unsupported_version(self.version)
+
+
+async def test_a_redis_too_old_for_hodei_is_not_ready() -> None:
+    problems = await Readiness(_DataLayerOf("6.0.16")).check()
+    assert [p.code for p in problems] == ["redis_unsupported"]
+    assert "needs Redis 6.2 or later" in problems[0].message
+    assert await Readiness(_DataLayerOf("7.0.15")).check() == []

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from hodei.domain import Clock, now_ms
 from hodei.plugin.data.callbacks import Callbacks
-from hodei.plugin.data.connection import connect
+from hodei.plugin.data.connection import connect, unsupported_version
 from hodei.plugin.data.events import WAKEUPS_MAXLEN, Events
 from hodei.plugin.data.functions import Functions
 from hodei.plugin.data.invocations import Invocations
@@ -76,6 +76,10 @@ class DataLayer:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    async def unsupported(self) -> str:
+        """Why this Redis cannot serve Hodei ("" when it can): its version."""
+        return unsupported_version(str((await self.redis.info("server"))["redis_version"]))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -54,9 +54,27 @@ def connect(url: str, name: str, *, blocking: bool = False) -> Redis:
     )
 
 
-def unreachable(url: str, timeout_s: float = 2.0) -> str:
-    """Why the Redis at ``url`` does not answer ("" when it does): a one-off check for
-    tools that start processes against it."""
+OLDEST_REDIS = (6, 2)  # the scripts use ZADD GT, LPOP with a count...
+
+
+def unsupported_version(version: str) -> str:
+    """Why a Redis of ``version`` ("7.0.15", as INFO and --version say) cannot serve Hodei;
+    "" when it can."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        found = ()
+    oldest = ".".join(map(str, OLDEST_REDIS))
+    if len(found) != 2:
+        return f"cannot tell the version of this Redis ({version!r}): Hodei needs {oldest} or later"
+    if found < OLDEST_REDIS:
+        return f"Redis {version} is too old: Hodei needs Redis {oldest} or later"
+    return ""
+
+
+def redis_problem(url: str, timeout_s: float = 2.0) -> str:
+    """Why the Redis at ``url`` cannot serve Hodei: it does not answer, or it is too old
+    ("" when it can). A one-off check for tools that start processes against it."""
     import redis
 
     try:
@@ -64,9 +82,10 @@ def unreachable(url: str, timeout_s: float = 2.0) -> str:
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         ) as client:
             client.ping()
+            version = str(client.info("server")["redis_version"])
     except (redis.RedisError, OSError, ValueError) as exc:
-        return str(exc) or type(exc).__name__
-    return ""
+        return f"it does not answer ({str(exc) or type(exc).__name__})"
+    return unsupported_version(version)
 
 
 class Outage:
