@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from hodei import views
 from hodei.client import HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
@@ -378,10 +379,7 @@ def _warm_demo(client: HodeiClient) -> bool:
         if result.status_code != 200:
             _say(f"demo: invocation {result.invocation_id} {result.status}: {result.error}")
             return False
-        record = client.invocation(result.invocation_id)
-        start = "cold start" if record.get("cold_start") else "warm"
-        if record.get("init_ms") is not None:
-            start += f", init {record['init_ms']} ms"
+        start = views.instance(client.invocation(result.invocation_id))
         answers.append(f"{result.output.decode().strip()} ({start})")
     _show(f"demo: a warm lambda, hello-warm, twice -> {answers[0]}")
     _show(f"                                     -> {answers[1]}")

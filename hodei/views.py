@@ -92,7 +92,7 @@ def instance(inv: dict[str, Any]) -> str:
     if not inv["cold_start"]:
         return "warm"
     init = inv.get("init_ms")
-    return f"cold start (init {duration(init)})" if init is not None else "cold start"
+    return f"cold start, init {duration(init)}" if init is not None else "cold start"
 
 
 def invocations(items: list[dict[str, Any]]) -> str:

@@ -341,5 +341,5 @@ def test_a_records_view_says_how_an_instance_served_it() -> None:
     base = {"id": "i1", "function": "f", "status": "succeeded", "attempt": 1, "priority": "normal"}
     assert "instance" not in views.record(base)  # a stdio function's
     cold = views.record({**base, "cold_start": True, "init_ms": 85})
-    assert "  instance   cold start (init 85 ms)" in cold.splitlines()
+    assert "  instance   cold start, init 85 ms" in cold.splitlines()
     assert "  instance   warm" in views.record({**base, "cold_start": False}).splitlines()
