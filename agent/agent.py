@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from hodei import loops
 from hodei.agent import metrics
 from hodei.agent.client import ServerConnection
 from hodei.agent.consul_service import AgentService, discover_servers
@@ -370,11 +371,15 @@ class Agent:
 
 def _watch_children_with_pidfd() -> None:
     """One pidfd per function process instead of one waiting thread each (asyncio's
-    default watcher on 3.11); 3.12+ picks pidfd by itself."""
+    default watcher on 3.11); 3.12+ picks pidfd by itself, and uvloop watches its children
+    itself."""
+    loop = asyncio.get_running_loop()
+    if loops.is_uvloop(loop):
+        return
     if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
         with contextlib.suppress(OSError):
             watcher = asyncio.PidfdChildWatcher()
-            watcher.attach_loop(asyncio.get_running_loop())
+            watcher.attach_loop(loop)
             asyncio.set_child_watcher(watcher)
 
 

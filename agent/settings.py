@@ -99,6 +99,8 @@ class AgentSettings(EnvSettings):
     # A result the server has not acknowledged is sent again this often.
     result_resend_s: float = 5.0
     log_level: str = "info"
+    # "auto" (uvloop when installed), "uvloop" or "asyncio".
+    event_loop: str = "auto"
     # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR.
     consul_addr: str = ""
     consul_token: str = ""  # "" = CONSUL_HTTP_TOKEN

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hodei import loops
 from hodei.api import middleware
 from hodei.api.auth import TokenTable
 from hodei.api.callback_guard import CallbackPolicy
@@ -189,6 +190,7 @@ def serve(settings: GatewaySettings) -> None:
     )
     web.run_app(
         create_app(settings),
+        loop=loops.factory(settings.event_loop)(),
         host=settings.host,
         port=settings.port,
         ssl_context=context,

@@ -43,6 +43,8 @@ class GatewaySettings(DataSettings):
     callback_base_s: float = 1.0
     callback_cap_s: float = 300.0
     log_level: str = "info"
+    # "auto" (uvloop when installed), "uvloop" or "asyncio".
+    event_loop: str = "auto"
     # Consul (optional): registers hodei-gateway with an HTTP check on /readyz when an
     # address is set here or in CONSUL_HTTP_ADDR.
     consul_addr: str = ""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hodei import __version__, logs, tracing
+from hodei import __version__, logs, loops, tracing
 from hodei.errors import ConfigError
 from hodei.exits import EXIT_CODES
 from hodei.settings_help import help_for
@@ -116,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_settings = ServerSettings.from_env(**_overrides(args, ServerSettings))
             logs.setup("server", server_settings.log_level)
             tracing.setup("server")
-            asyncio.run(serve_server(server_settings))
+            loops.run(serve_server(server_settings), server_settings.event_loop)
             return 0
         if args.command == "agent":
             # The agent forks a child per job while gRPC threads run; gRPC's fork handlers
@@ -130,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.setup("agent", agent_settings.log_level)
             agent_settings = protect_agent(agent_settings)
             tracing.setup("agent")
-            return asyncio.run(serve_agent(agent_settings))
+            return loops.run(serve_agent(agent_settings), agent_settings.event_loop)
         if args.command == "gateway":
             from hodei.api.app import serve as serve_gateway
             from hodei.api.settings import GatewaySettings

@@ -17,16 +17,21 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+# As in the agent (hodei/cli.py): the processes this one starts never use gRPC, and gRPC's
+# at-fork handlers crash a child forked while gRPC threads run, as uvloop's spawn does.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import psutil
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
+from hodei import loops
 from hodei.agent.sandbox import Sandbox, SandboxConfig
 from hodei.plugin.models import FunctionSpec, Invocation
 from hodei.plugin.server import ControlPlane
@@ -45,6 +50,13 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(tempfile.mkdtemp(prefix="hodei-test-state-"))
 GATES = ROOT / ".test-gates"
 SESSION_MARK = secrets.token_hex(16)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on the event loop the processes run on (uvloop where installed)."""
+    return {loops.default_name(): loops.factory("auto")}
 
 
 def require(service: str, available: bool) -> None:
