@@ -77,7 +77,14 @@ def add_command(sub: Any) -> None:
         choices=("auto", "human", "json", "off"),
         default="auto",
         help="echo the processes' logs here: human lines, raw JSON, or not at all "
-        "(auto: human on a terminal, else off); they are always kept as JSON in the log folder",
+        "(auto: human on a terminal, else off); they are always written as JSON to the log "
+        "folder",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the log folder (logs, Redis's data) after stopping; without it, it goes "
+        "with the stack, unless a process failed",
     )
     parser.add_argument(
         "--once",
@@ -191,13 +198,13 @@ def run(args: argparse.Namespace) -> int:
     follower = LogFollower(stack.workdir, style) if style != "off" else None
     if follower is not None:
         follower.start()
+    code = 1
     try:
-        return _run(args, stack)
+        code = _run(args, stack)
     except KeyboardInterrupt:
-        return 0
+        code = 0
     except (StartFailed, ApiError, GatewayUnreachable) as exc:
         _say(str(exc))
-        return 1
     finally:
         _say("stopping…")
         try:
@@ -206,8 +213,11 @@ def run(args: argparse.Namespace) -> int:
             stack.kill()
         if follower is not None:
             follower.stop()
+        if (code == 0 and not args.keep) or not stack.processes:
+            stack.remove_workdir()
         if not interrupted:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return code
 
 
 def _run(args: argparse.Namespace, stack: Stack) -> int:

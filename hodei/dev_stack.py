@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,6 +126,10 @@ class Stack:
                     process.popen.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     _kill(process)
+
+    def remove_workdir(self) -> None:
+        """Once every process has stopped: nothing in the folder serves another stack."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL whatever still runs, with what it started (each leads its own group)."""

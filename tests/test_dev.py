@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,9 @@ async def test_a_normal_start_is_quiet_and_prints_every_address() -> None:
         r"^\d\d:\d\d:\d\d\.\d{3} INFO +agent +invocation \w+ attempt 1 started", started[0]
     )
     assert "[invocation_id=" in started[0] and "attempt=1" in started[0]
+    # What the stack kept (logs, Redis's data, the agents' marks) goes with it.
+    logs = re.search(r"logs      (\S+)", out)
+    assert logs and not await asyncio.to_thread(os.path.exists, logs[1])
 
 
 @dataclass
@@ -135,7 +139,7 @@ def _finished(client: HodeiClient, invocation_id: str) -> dict[str, object]:
 
 async def test_with_api_tokens_dev_calls_with_one_and_says_how() -> None:
     env = _env(HODEI_API_TOKENS="viewer:read,boss:admin+invoke+read")
-    proc = await _dev("--demo", "--once", "--port", "0", env=env)
+    proc = await _dev("--demo", "--once", "--keep", "--port", "0", env=env)
     out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
     out, err = out_b.decode(), err_b.decode()
     assert proc.returncode == 0, err
@@ -143,6 +147,12 @@ async def test_with_api_tokens_dev_calls_with_one_and_says_how() -> None:
     assert "export HODEI_API_TOKEN=boss" in out
     assert "Authorization: Bearer $HODEI_API_TOKEN" in out
     assert "/ui?token=boss" in out
+    # --keep leaves the processes' logs behind.
+    logs = re.search(r"logs      (\S+)", out)
+    assert logs
+    kept = await asyncio.to_thread((Path(logs[1]) / "agent-1.log").read_text)
+    assert "hello" in kept
+    await asyncio.to_thread(shutil.rmtree, logs[1])
 
     async with running_stack(
         env=_env(HODEI_API_TOKENS="viewer:read,boss:admin+invoke+read", HODEI_API_TOKEN="viewer")
