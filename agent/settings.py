@@ -99,7 +99,7 @@ class AgentSettings(EnvSettings):
     # A result the server has not acknowledged is sent again this often.
     result_resend_s: float = 5.0
     log_level: str = "info"
-    # "auto" (uvloop when installed), "uvloop" or "asyncio".
+    # "auto" (uvloop where it can be imported), "uvloop" or "asyncio" (hodei/loops.py).
     event_loop: str = "auto"
     # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR.
     consul_addr: str = ""

@@ -179,6 +179,7 @@ def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
 
 
 def serve(settings: GatewaySettings) -> None:
+    new_loop = loops.factory(settings.event_loop) or asyncio.new_event_loop
     check_exposure(settings)
     context = tls_context(settings)
     log.info(
@@ -190,7 +191,7 @@ def serve(settings: GatewaySettings) -> None:
     )
     web.run_app(
         create_app(settings),
-        loop=loops.factory(settings.event_loop)(),
+        loop=new_loop(),
         host=settings.host,
         port=settings.port,
         ssl_context=context,

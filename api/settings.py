@@ -43,7 +43,7 @@ class GatewaySettings(DataSettings):
     callback_base_s: float = 1.0
     callback_cap_s: float = 300.0
     log_level: str = "info"
-    # "auto" (uvloop when installed), "uvloop" or "asyncio".
+    # "auto" (uvloop where it can be imported), "uvloop" or "asyncio" (hodei/loops.py).
     event_loop: str = "auto"
     # Consul (optional): registers hodei-gateway with an HTTP check on /readyz when an
     # address is set here or in CONSUL_HTTP_ADDR.

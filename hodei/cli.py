@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hodei.plugin.settings import ServerSettings
 
             server_settings = ServerSettings.from_env(**_overrides(args, ServerSettings))
+            new_loop = loops.factory(server_settings.event_loop)
             logs.setup("server", server_settings.log_level)
             tracing.setup("server")
-            loops.run(serve_server(server_settings), server_settings.event_loop)
+            loops.run(serve_server(server_settings), new_loop)
             return 0
         if args.command == "agent":
             # The agent forks a child per job while gRPC threads run; gRPC's fork handlers
@@ -126,10 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from hodei.agent.settings import AgentSettings
 
             agent_settings = AgentSettings.from_env(**_overrides(args, AgentSettings))
+            new_loop = loops.factory(agent_settings.event_loop)
             logs.setup("agent", agent_settings.log_level)
             agent_settings = protect_agent(agent_settings)
             tracing.setup("agent")
-            return loops.run(serve_agent(agent_settings), agent_settings.event_loop)
+            return loops.run(serve_agent(agent_settings), new_loop)
         if args.command == "gateway":
             from hodei.api.app import serve as serve_gateway
             from hodei.api.settings import GatewaySettings

@@ -208,12 +208,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _say("stopping…")
         try:
-            stack.stop()
+            for wrong in stack.stop():
+                _say(wrong)
+                code = 1
         except KeyboardInterrupt:  # asked again while stopping: no more patience
             stack.kill()
-        if follower is not None:
-            follower.stop()
-        if (code == 0 and not args.keep) or not stack.processes:
+        echoed = follower.stop() if follower is not None else True
+        if (code == 0 and echoed and not args.keep) or not stack.processes:
             stack.remove_workdir()
         if not interrupted:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -304,6 +305,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     if args.demo and not _demo(client):
         return 1
     if args.once:
+        stack.check()  # nothing died unnoticed while the demo ran
         return 0
     _show("Press Ctrl-C to stop.")
     while True:

@@ -111,10 +111,13 @@ class Stack:
                     f"{process.name} exited with code {code}: {said} (its log: {process.log})"
                 )
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
         """SIGTERM in order: gateway, agents (together), server, Redis; SIGKILL stragglers
-        (agents have their drain grace to finish what runs)."""
+        (agents have their drain grace to finish what runs). Returns what went wrong: a
+        process that had to be killed, or that exited with an error (each exits 0 on
+        SIGTERM)."""
         patience = {"gateway": 5.0, "agent": 35.0, "server": 15.0, "redis": 15.0}
+        wrong = []
         for kind, seconds in patience.items():
             group = [p for p in self.processes if p.name.split("-")[0] == kind]
             for process in group:
@@ -123,9 +126,17 @@ class Stack:
             deadline = time.monotonic() + seconds
             for process in group:
                 try:
-                    process.popen.wait(max(0.1, deadline - time.monotonic()))
+                    code = process.popen.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     _kill(process)
+                    wrong.append(
+                        f"{process.name} did not stop within {seconds:g}s and was killed "
+                        f"(its log: {process.log})"
+                    )
+                    continue
+                if code != 0:
+                    wrong.append(f"{process.name} exited with code {code} (its log: {process.log})")
+        return wrong
 
     def remove_workdir(self) -> None:
         """Once every process has stopped: nothing in the folder serves another stack."""
@@ -158,10 +169,14 @@ class LogFollower:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """False when the echoing thread is still at work (a slow terminal)."""
         self.stopping.set()
         self.thread.join(5)
+        if self.thread.is_alive():
+            return False
         self.drain()
+        return True
 
     def _run(self) -> None:
         while not self.stopping.wait(0.2):

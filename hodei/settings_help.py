@@ -13,7 +13,8 @@ HELP: dict[str, str] = {
     "redis_url": "the Redis every server and gateway shares (redis://[:password@]host:port/db)",
     "key_prefix": "prefix of every Redis key (several Hodeis can share one Redis)",
     "log_level": "debug, info, warning or error",
-    "event_loop": "auto (uvloop when installed), uvloop or asyncio (the standard library's)",
+    "event_loop": "auto (uvloop where it can be imported), uvloop or asyncio (the standard "
+    "library's)",
     "metrics_port": "port of the Prometheus /metrics endpoint (-1 = off)",
     "heartbeat_interval_s": "seconds between an agent's heartbeats (servers and agents agree)",
     "max_queue": "queued invocations at most; beyond, submits get 429 (servers and gateways agree)",

@@ -50,7 +50,7 @@ class ServerSettings(DataSettings):
     # Queue-depth and fleet gauges are refreshed this often.
     gauge_interval_s: float = 5.0
     log_level: str = "info"
-    # "auto" (uvloop when installed), "uvloop" or "asyncio".
+    # "auto" (uvloop where it can be imported), "uvloop" or "asyncio" (hodei/loops.py).
     event_loop: str = "auto"
     # Consul (optional): on when an address is set here or in CONSUL_HTTP_ADDR. Then the
     # server registers hodei-server, places work only on passing agents, and elects its

@@ -55,8 +55,10 @@ SESSION_MARK = secrets.token_hex(16)
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Tests run on the event loop the processes run on (uvloop where installed)."""
-    return {loops.default_name(): loops.factory("auto")}
+    """Tests run on the event loop the processes run on: HODEI_EVENT_LOOP's, uvloop where
+    installed unless it says otherwise."""
+    new_loop = loops.factory(os.environ.get("HODEI_EVENT_LOOP", "auto"))
+    return {"uvloop": new_loop} if new_loop else {"asyncio": asyncio.new_event_loop}
 
 
 def require(service: str, available: bool) -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from conftest import ROOT, free_port
 
 from hodei import dev
 from hodei.client import HodeiClient
+from hodei.dev_stack import Stack
 from hodei.plugin.data.connection import unsupported_version
 
 
@@ -286,3 +288,24 @@ def test_the_oldest_redis_hodei_runs_on() -> None:
     assert "6.2 or later" in unsupported_version("6.0.16")
     assert "6.2 or later" in unsupported_version("5.0.7")
     assert unsupported_version("unstable") != ""
+
+
+def test_stopping_tells_a_process_that_failed_or_had_to_be_killed() -> None:
+    stack = Stack()
+    try:
+        trap = "trap 'exit 3' TERM; echo up; while :; do sleep 0.05; done"
+        stack.spawn("server", ["sh", "-c", trap], {})
+        stack.spawn("gateway", ["sh", "-c", "trap '' TERM; echo up; sleep 60"], {})
+        stack.spawn("redis", ["sh", "-c", trap.replace("exit 3", "exit 0")], {})
+        for process in stack.processes:  # each has set its traps
+            while "up" not in process.log.read_text():
+                time.sleep(0.02)
+        wrong = stack.stop()
+        assert wrong == [
+            f"gateway did not stop within 5s and was killed (its log: {stack.workdir}/gateway.log)",
+            f"server exited with code 3 (its log: {stack.workdir}/server.log)",
+        ]
+        assert all(p.popen.returncode is not None for p in stack.processes)
+    finally:
+        stack.kill()
+        stack.remove_workdir()

@@ -17,25 +17,28 @@ async def _loop_module() -> str:
     return type(asyncio.get_running_loop()).__module__
 
 
+def _run(choice: str) -> str:
+    return loops.run(_loop_module(), loops.factory(choice))
+
+
 def test_asyncio_is_the_standard_library_loop() -> None:
-    assert loops.run(_loop_module(), "asyncio") == "asyncio.unix_events"
+    assert _run("asyncio") == "asyncio.unix_events"
 
 
 def test_auto_and_uvloop_run_on_uvloop_when_installed() -> None:
-    if not loops.uvloop_installed():
+    if loops.default_name() != "uvloop":
         if IN_CI:
             pytest.fail("uvloop is a dependency: CI must have it")
         pytest.skip("uvloop is not installed")
-    assert loops.run(_loop_module(), "auto").startswith("uvloop")
-    assert loops.run(_loop_module(), "uvloop").startswith("uvloop")
-    assert loops.default_name() == "uvloop"
+    assert _run("auto").startswith("uvloop")
+    assert _run("uvloop").startswith("uvloop")
 
 
-def test_auto_falls_back_when_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loops, "uvloop_installed", lambda: False)
+def test_auto_falls_back_when_uvloop_cannot_be_imported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop then fails
-    assert loops.run(_loop_module(), "auto") == "asyncio.unix_events"
-    with pytest.raises(ConfigError, match="uvloop is not installed"):
+    assert loops.default_name() == "asyncio"
+    assert _run("auto") == "asyncio.unix_events"
+    with pytest.raises(ConfigError, match="uvloop cannot be imported"):
         loops.factory("uvloop")
 
 
@@ -45,7 +48,7 @@ def test_an_unknown_choice_is_a_configuration_error() -> None:
 
 
 @pytest.mark.parametrize("process", ["server", "agent", "gateway"])
-def test_each_process_refuses_an_unknown_loop(process: str) -> None:
+def test_each_process_refuses_an_unknown_loop_before_anything_else(process: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hodei.cli", process, "--event-loop", "trio"],
         capture_output=True,
@@ -53,4 +56,7 @@ def test_each_process_refuses_an_unknown_loop(process: str) -> None:
         timeout=60,
     )
     assert result.returncode == 2, result.stderr
-    assert "event_loop: 'trio' is not one of auto, uvloop, asyncio" in result.stderr
+    # One line: nothing started, logged or left unawaited before the refusal.
+    assert result.stderr.strip().splitlines() == [
+        "hodei: event_loop: 'trio' is not one of auto, uvloop, asyncio"
+    ]
