@@ -77,6 +77,7 @@ class Process:
         self.name = name
         self.popen = popen
         self.log = log
+        self.told = False  # its end was reported
 
 
 class Stack:
@@ -106,6 +107,7 @@ class Stack:
         for process in self.processes:
             code = process.popen.poll()
             if code is not None:
+                process.told = True
                 said = _last_words(process.log.read_text(errors="replace"))
                 raise StartFailed(
                     f"{process.name} exited with code {code}: {said} (its log: {process.log})"
@@ -134,7 +136,7 @@ class Stack:
                         f"(its log: {process.log})"
                     )
                     continue
-                if code != 0:
+                if code != 0 and not process.told:
                     wrong.append(f"{process.name} exited with code {code} (its log: {process.log})")
         return wrong
 

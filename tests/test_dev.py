@@ -152,8 +152,9 @@ async def test_with_api_tokens_dev_calls_with_one_and_says_how() -> None:
     # --keep leaves the processes' logs behind.
     logs = re.search(r"logs      (\S+)", out)
     assert logs
-    kept = await asyncio.to_thread((Path(logs[1]) / "agent-1.log").read_text)
-    assert "hello" in kept
+    folder = Path(logs[1])
+    kept = [await asyncio.to_thread(folder.joinpath(name).read_text) for name in _LOGS]
+    assert " started (hello)" in "".join(kept)  # on one of the two agents
     await asyncio.to_thread(shutil.rmtree, logs[1])
 
     async with running_stack(
@@ -164,6 +165,9 @@ async def test_with_api_tokens_dev_calls_with_one_and_says_how() -> None:
         with pytest.raises(Exception, match="401"):
             await asyncio.to_thread(anonymous.functions)
         assert await asyncio.to_thread(HodeiClient(stack.url, token="viewer").functions) == []
+
+
+_LOGS = ("server.log", "agent-1.log", "agent-2.log", "gateway.log")
 
 
 async def _one_line_failure(*args: str, env: dict[str, str] | None = None) -> str:
