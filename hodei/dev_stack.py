@@ -118,7 +118,8 @@ class Stack:
         (agents have their drain grace to finish what runs). Returns what went wrong: a
         process that had to be killed, or that exited with an error (each exits 0 on
         SIGTERM)."""
-        patience = {"gateway": 5.0, "agent": 35.0, "server": 15.0, "redis": 15.0}
+        # An agent exits within its drain grace + hand-back + 2 s: 40 s by default.
+        patience = {"gateway": 5.0, "agent": 45.0, "server": 15.0, "redis": 15.0}
         wrong = []
         for kind, seconds in patience.items():
             group = [p for p in self.processes if p.name.split("-")[0] == kind]
