@@ -11,8 +11,10 @@ its servers publish on. Worker configurations (for 2 cores) are printed in the h
 
 Run: python bench/peers.py [--jobs 3000] [--rounds 3] [--systems hodei,celery,…]
 Prints per system and variant `…jobs_per_s=` (median) with `_spread=` (min-max) and
-`cpu_ms_per_job` per process, then `hodei_vs_best_peer_spawn=`, `hodei_vs_best_peer_noop=`
-and `redis_bytes_per_queued_invocation=` (key=value lines).
+`cpu_ms_per_job` per process (Hodei's agent apart from ``agent_children``: the functions'
+processes it runs, the lambda instances' runtime client among them), then
+`hodei_vs_best_peer_spawn=`, `hodei_vs_best_peer_noop=` and
+`redis_bytes_per_queued_invocation=` (key=value lines).
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench_hodei import lib_dir, redis_cpu_s
-from bench_procs import Procs, clean_env, python_path, self_cpu_s, supervised, tree_cpu_s
+from bench_procs import (
+    Procs,
+    clean_env,
+    own_cpu_s,
+    python_path,
+    self_cpu_s,
+    supervised,
+    tree_cpu_s,
+)
 from redis.asyncio import Redis
 
 SYSTEMS = ("hodei", "celery", "dramatiq", "rq", "arq", "taskiq")
@@ -177,14 +187,31 @@ class PeerRun:
             await closing
 
 
+# Processes whose descendants are counted apart, under this name: Hodei's agent runs the
+# functions' processes (sandbox spawner and slots, function processes, lambda instances
+# with their runtime client), which the peers' workers have no counterpart of.
+CHILDREN_APART = {"agent": "agent_children"}
+
+
+def cpu_by_process(pids: dict[str, int]) -> dict[str, float]:
+    cpu = {}
+    for name, pid in pids.items():
+        cpu[name] = tree_cpu_s(pid)
+        if name in CHILDREN_APART:
+            own = own_cpu_s(pid)
+            cpu[CHILDREN_APART[name]] = cpu[name] - own
+            cpu[name] = own
+    return cpu
+
+
 async def measure(
     run: Any, variant: str, pids: dict[str, int], redis: Redis, jobs: int, quiet_s: float
 ) -> Sample:
-    cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    cpu_before = cpu_by_process(pids)
     producer_before, redis_before = self_cpu_s(), await redis_cpu_s(redis)
     elapsed, refused = await run.run(variant, jobs, quiet_s)
     done = jobs - refused
-    cpu = {name: tree_cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu = {name: v - cpu_before[name] for name, v in cpu_by_process(pids).items()}
     cpu["producer"] = self_cpu_s() - producer_before
     cpu["redis"] = await redis_cpu_s(redis) - redis_before
     return Sample(done / elapsed, {k: v * 1000 / done for k, v in cpu.items()})

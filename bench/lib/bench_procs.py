@@ -192,6 +192,14 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def own_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process alone: none of its children's."""
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    return 0.0
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its live descendants, in MiB."""
     try:
