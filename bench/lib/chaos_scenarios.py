@@ -257,20 +257,7 @@ async def gateway_kill(world: World, args: argparse.Namespace) -> dict[str, str]
     await world.stack.wait_workers(world.session, ["a1"])
     keys = [f"chaos-{uuid.uuid4().hex}" for _ in range(args.sync_calls)]
     first = Ledger()
-    calls = [
-        asyncio.create_task(
-            post_invoke(
-                world.session,
-                world.stack.url,
-                "chaos-long",
-                first,
-                asynchronous=False,
-                headers={"Idempotency-Key": key},
-                timeout_s=60,
-            )
-        )
-        for key in keys
-    ]
+    calls = [asyncio.create_task(_keyed_call(world, key, first, 60)) for key in keys]
     deadline = time.monotonic() + 30
     while (await audit(world.redis.url, PREFIX)).queued < len(keys):
         if time.monotonic() > deadline:
@@ -286,20 +273,7 @@ async def gateway_kill(world: World, args: argparse.Namespace) -> dict[str, str]
     recovery = await probe(world.session, world.stack.url, killed_at, 60)
     originals = await _ids_of(world, "chaos-long")
     again = Ledger()
-    replies = await asyncio.gather(
-        *(
-            post_invoke(
-                world.session,
-                world.stack.url,
-                "chaos-long",
-                again,
-                asynchronous=False,
-                headers={"Idempotency-Key": key},
-                timeout_s=90,
-            )
-            for key in keys
-        )
-    )
+    replies = await asyncio.gather(*(_keyed_call(world, key, again, 90) for key in keys))
     out = await world.verdict(again, killed_at, recovery)
     answered = {i for status, i in replies if status == 200}
     not_original = {i for _, i in replies if i and i not in originals}
@@ -313,6 +287,19 @@ async def gateway_kill(world: World, args: argparse.Namespace) -> dict[str, str]
         "violations": str(len(keys) - len(answered & originals)),
         **out,
     }
+
+
+async def _keyed_call(world: World, key: str, ledger: Ledger, timeout_s: float) -> tuple[int, str]:
+    """A synchronous call of chaos-long with ``key`` as its Idempotency-Key."""
+    return await post_invoke(
+        world.session,
+        world.stack.url,
+        "chaos-long",
+        ledger,
+        asynchronous=False,
+        headers={"Idempotency-Key": key},
+        timeout_s=timeout_s,
+    )
 
 
 async def _ids_of(world: World, function: str) -> set[str]:
