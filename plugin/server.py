@@ -153,7 +153,7 @@ class ControlPlane:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # Streams never end by themselves: close them, so agents move to another server
         # now rather than after the grace period.
-        self.sessions.close_all()
+        self.sessions.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace_s)
         if self.health_server is not None:

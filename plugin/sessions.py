@@ -66,6 +66,7 @@ class Sessions:
         self.instance_id = instance_id  # the route to this process: a worker's server_id
         self.by_worker: dict[str, Session] = {}
         self.outage = Outage("agent reports", log)
+        self.closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self, worker_id: str, session_id: str) -> Session:
@@ -80,6 +81,8 @@ class Sessions:
         if previous is not None:
             previous.outbox.put_nowait(None)
         session = Session(worker_id, session_id)
+        if self.closing:  # it was opening when the others were closed: it ends with them
+            session.outbox.put_nowait(None)
         self.by_worker[worker_id] = session
         metrics.STREAMS.set(len(self.by_worker))
         log.info(
@@ -90,8 +93,13 @@ class Sessions:
         )
         return session
 
+    def stop(self) -> None:
+        """The server is stopping: end every stream, and those that open from now on."""
+        self.closing = True
+        self.close_all()
+
     def close_all(self) -> None:
-        """End every stream (the server is stopping)."""
+        """End every open stream (its agent connects again)."""
         for session in self.by_worker.values():
             session.outbox.put_nowait(None)
 

@@ -352,3 +352,40 @@ async def test_assign_job_pins_an_invocation_on_a_worker(
     assert await code_of(stub.AssignJob(too_big, metadata=OPERATOR)) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
+
+
+async def test_a_stream_that_opens_while_the_server_stops_ends_with_the_others(
+    settings: ServerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping ends every stream at once, so that agents move to another server: one that
+    was still opening (its session being recorded) when the stop began too, not after the
+    whole grace period."""
+    cp = ControlPlane(replace(settings, agent_tokens=(f"{TOKEN}:fake",)))
+    await cp.start()
+    opening, go_on = asyncio.Event(), asyncio.Event()
+    transition = cp.data.workers.transition
+
+    async def held_transition(*args: Any, **kwargs: Any) -> Any:
+        opening.set()
+        await go_on.wait()
+        return await transition(*args, **kwargs)
+
+    closed = asyncio.Event()
+    stop_sessions = cp.sessions.stop
+
+    def stop_then_tell() -> None:
+        stop_sessions()
+        closed.set()
+
+    monkeypatch.setattr(cp.data.workers, "transition", held_transition)
+    monkeypatch.setattr(cp.sessions, "stop", stop_then_tell)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
+        _, call = await connect(pb_grpc.WorkerServiceStub(channel))
+        await asyncio.wait_for(opening.wait(), 10)
+        stopping = asyncio.create_task(cp.stop(grace_s=60))
+        await asyncio.wait_for(closed.wait(), 10)
+        go_on.set()
+        # Before the fix the stream stayed open until the grace period ran out.
+        await asyncio.wait_for(stopping, 20)
+        while await call.read() != grpc.aio.EOF:
+            pass
