@@ -190,11 +190,14 @@ async def test_a_start_that_fails_says_why_in_one_line(tmp_path: object) -> None
         said = await _one_line_failure("--port", str(port))
     assert f"port {port} is already in use" in said and "--port" in said
 
-    said = await _one_line_failure(env=_env(PATH="/nonexistent"))
+    # Port 0 in what is not about the port: another Hodei may hold the default one.
+    said = await _one_line_failure("--port", "0", env=_env(PATH="/nonexistent"))
     assert "no redis-server on PATH" in said
 
     closed = free_port()
-    said = await _one_line_failure(env=_env(HODEI_REDIS_URL=f"redis://127.0.0.1:{closed}/0"))
+    said = await _one_line_failure(
+        "--port", "0", env=_env(HODEI_REDIS_URL=f"redis://127.0.0.1:{closed}/0")
+    )
     assert f"127.0.0.1:{closed}" in said and "does not answer" in said
 
     said = await _one_line_failure("--port", "0", env=_env(HODEI_LEASE_TTL_S="soon"))
