@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hodei import tracing
 from hodei.agent import metrics
 from hodei.agent.runtime import LogSink, Outcome, Runtime
-from hodei.domain import OUTCOMES, now_ms
+from hodei.domain import OUTCOMES, function_label, now_ms
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
@@ -185,7 +185,8 @@ class ProcessManager:
             outcome.outcome = pb.JOB_OUTCOME_HANDED_BACK
             outcome.error = "handed back: the worker is shutting down"
         status = OUTCOMES[outcome.outcome]
-        metrics.JOB_DURATION.labels(request.function, status).observe(time.perf_counter() - started)
+        label = function_label(request.function, request.revision)
+        metrics.JOB_DURATION.labels(label, status).observe(time.perf_counter() - started)
         if tracing.active():
             self._trace(request, outcome, status, started_ns)
         self._finish(job, outcome)

@@ -31,6 +31,7 @@ from hodei.api.requests import (
 from hodei.api.state import Gateway, error, gateway
 from hodei.api.streams import EventStream
 from hodei.api.waiter import Waiter
+from hodei.domain import function_label
 from hodei.errors import NotFound, QueueFull, StreamLagging
 from hodei.logs import inv
 from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency
@@ -139,7 +140,7 @@ async def _enqueue(
         end_submit(type(exc).__name__)
         raise
     end_submit()
-    metrics.INVOCATIONS.labels(metrics.function_label(function, mode), "accepted").inc()
+    metrics.INVOCATIONS.labels(function_label(function, revision), "accepted").inc()
     log.info(
         "invocation %s of %s accepted (%s, trace %s)",
         enqueued.id,
@@ -228,7 +229,8 @@ def _not_final(
 
 
 def _final_response(found: Invocation, output: bytes) -> web.Response:
-    metrics.INVOCATIONS.labels(metrics.function_label(found.function), str(found.status)).inc()
+    label = function_label(found.function, found.revision)
+    metrics.INVOCATIONS.labels(label, str(found.status)).inc()
     headers = _headers(found)
     if found.status is Status.SUCCEEDED:
         return web.Response(body=output, headers=headers, content_type="application/octet-stream")

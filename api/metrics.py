@@ -19,9 +19,3 @@ IN_FLIGHT = Gauge("hodei_gateway_requests_in_flight", "HTTP requests being serve
 REJECTED = Counter(
     "hodei_gateway_rejected_total", "Invocations refused by backpressure", ["reason"]
 )
-
-
-def function_label(function: str, mode: str = "") -> str:
-    """The function label of a series: one-off jobs carry any name their caller chose, so
-    they share one label (registered function names are bounded by their admins)."""
-    return "(job)" if mode == "job" else function

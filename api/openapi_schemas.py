@@ -113,6 +113,10 @@ NULLABLE_NUMBER = {"type": ["number", "null"]}
 INVOCATION_FIELDS: dict[str, Any] = {
     "id": {"type": "string"},
     "function": {"type": "string"},
+    "job": {
+        "type": "boolean",
+        "description": "a one-off job (POST /v1/jobs), not an invocation of a registered function",
+    },
     "status": STATUS,
     "attempt": {"type": "integer"},
     "priority": PRIORITY,

@@ -33,6 +33,23 @@ def bearer_token(authorization: str) -> str:
     return token if scheme.lower() == "bearer" and token.isascii() else ""
 
 
+# A one-off job's spec is stored as a revision of its own, whose name starts with this
+# (a function's revisions are hex digits): what tells a job's invocation from a function's.
+JOB_REVISION_PREFIX = "j"
+# One-off jobs carry any name their caller chose: in metrics they share this one label
+# (registered function names are bounded by their admins).
+JOB_LABEL = "(job)"
+
+
+def is_job(revision: str) -> bool:
+    return revision.startswith(JOB_REVISION_PREFIX)
+
+
+def function_label(function: str, revision: str) -> str:
+    """The ``function`` label of a metric series about an invocation of this revision."""
+    return JOB_LABEL if is_job(revision) else function
+
+
 # What the data layer asks the time (tests give it one they move by hand).
 Clock = Callable[[], int]
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hodei.domain import is_job
 from hodei.errors import InvalidSpec
 from hodei.tracing import trace_id
 
@@ -295,6 +296,7 @@ class Invocation:
         return {
             "id": self.id,
             "function": self.function,
+            "job": is_job(self.revision),
             "status": str(self.status),
             "attempt": self.attempt,
             "priority": str(self.priority),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hodei.domain import WorkerState, now_ms
+from hodei.domain import WorkerState, function_label, now_ms
 from hodei.logs import inv
 from hodei.plugin import metrics
 from hodei.plugin.data import DataLayer
@@ -102,7 +102,8 @@ class HealthMonitor:
             if ended.kind is EndKind.RETRY:
                 metrics.RETRIES.inc()
             else:
-                metrics.INVOCATIONS.labels(ended.function, ended.status).inc()
+                label = function_label(ended.function, ended.revision)
+                metrics.INVOCATIONS.labels(label, ended.status).inc()
             log.warning(
                 "invocation %s: lease expired, %s",
                 ended.invocation_id,
@@ -113,7 +114,9 @@ class HealthMonitor:
     async def expire_queued(self) -> None:
         """Fail queued invocations past their queue timeout (the one place that does)."""
         for expired in await self.data.queue.expire_due():
-            metrics.INVOCATIONS.labels(expired.function, "failed").inc()
+            metrics.INVOCATIONS.labels(
+                function_label(expired.function, expired.revision), "failed"
+            ).inc()
             log.info(
                 "invocation %s failed after its queue timeout",
                 expired.id,

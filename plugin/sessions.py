@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hodei.domain import OUTCOMES, WorkerState, now_ms
+from hodei.domain import OUTCOMES, WorkerState, function_label, now_ms
 from hodei.errors import NotFound, ProtocolError, StaleSession
 from hodei.logs import inv
 from hodei.plugin import metrics
@@ -357,10 +357,12 @@ class Sessions:
     @staticmethod
     def _acknowledge(session: Session, result: pb.JobResult, ended: Ended) -> None:
         if ended.kind is EndKind.RECORDED:
-            metrics.INVOCATIONS.labels(ended.function, ended.status).inc()
+            metrics.INVOCATIONS.labels(
+                function_label(ended.function, ended.revision), ended.status
+            ).inc()
         if ended.taken and result.HasField("cold_start"):
             start = "cold" if result.cold_start else "warm"
-            metrics.STARTS.labels(ended.function or "", start).inc()
+            metrics.STARTS.labels(function_label(ended.function, ended.revision), start).inc()
         elif ended.kind is EndKind.RETRY:
             metrics.RETRIES.inc()
         elif ended.kind is EndKind.STALE:

@@ -224,3 +224,30 @@ async def test_job_names_make_no_metric_series(http: Client) -> None:
     text = await (await http.get("/metrics")).text()
     assert not any(name in text for name in names)
     assert await accepted_jobs() == before + len(names)
+
+
+async def test_a_job_cannot_take_a_registered_functions_name(redis_url: str) -> None:
+    """The audit: an invoke token's job named like a registered function counted against the
+    function's concurrency (its callers got 429), showed in its history as one of its
+    invocations, and replaced its warm instances with the job's revision."""
+    app = create_app(settings_for(redis_url, job_images=("hodei-test/*",)))
+    async with TestClient(TestServer(app)) as http:
+        spec = {"command": ["cat"], "concurrency": 1}
+        assert (await http.put("/v1/functions/limited", json=spec, headers=ADMIN)).status == 201
+        job = {"name": "limited", "runtime": "docker", "image": "hodei-test/busybox:latest"}
+        for caller in (APP, ADMIN):
+            refused = await http.post("/v1/jobs", json=job, headers=caller)
+            assert refused.status == 409, await refused.text()
+            assert "limited" in (await refused.json())["error"]["message"]
+        # Nothing was recorded, so the function's one slot is still free.
+        listed = await (await http.get("/v1/invocations", headers=ADMIN)).json()
+        assert listed["invocations"] == []
+        invoked = await http.post("/v1/functions/limited/invoke?async=true", headers=APP)
+        assert invoked.status == 202, await invoked.text()
+        # Under a name of its own, the job runs; the record says it is a job.
+        accepted = await http.post("/v1/jobs", json={**job, "name": "adhoc"}, headers=APP)
+        assert accepted.status == 202, await accepted.text()
+        record = await (await http.get(accepted.headers["Location"], headers=ADMIN)).json()
+        assert record["function"] == "adhoc" and record["job"] is True
+        function_call = await (await http.get(invoked.headers["Location"], headers=ADMIN)).json()
+        assert function_call["job"] is False

@@ -19,7 +19,7 @@ from conftest import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hodei.plugin.models import Status
+from hodei.plugin.models import FunctionSpec, Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
 
@@ -68,7 +68,11 @@ async def test_metrics_logs_and_health_across_processes(
 
         await wait_for(queue_seen, 10)
         failed = await invoke(view, bad, b"")
-        for inv_id in [blocker, *queued]:
+        # A one-off job: its name is its caller's choice, so it never names a series.
+        job = FunctionSpec.from_dict("card-7f3a", {"command": ["true"]})
+        revision = await view.data.functions.store_revision(job)
+        one_off = (await view.data.invocations.enqueue(job.name, b"", revision=revision)).id
+        for inv_id in [blocker, *queued, one_off]:
             assert (await final(view, inv_id)).status is Status.SUCCEEDED
         assert (await final(view, failed)).status is Status.FAILED
 
@@ -81,6 +85,7 @@ async def test_metrics_logs_and_health_across_processes(
         m = await wait_for(settled, 10)
         assert m['hodei_invocations_total{function="ok",status="succeeded"}'] == 3
         assert m['hodei_invocations_total{function="bad",status="failed"}'] == 1
+        assert m['hodei_invocations_total{function="(job)",status="succeeded"}'] == 1
         beats = m['hodei_worker_heartbeats_total{worker="w1"}']
         assert beats > 0 and 'hodei_worker_cpu_usage_percent{worker="w1"}' in m
         assert m["hodei_scheduler_leader"] == 1 and m["hodei_grpc_streams"] == 1
@@ -94,6 +99,11 @@ async def test_metrics_logs_and_health_across_processes(
             a['hodei_job_execution_duration_seconds_count{function="ok",status="succeeded"}'] == 3
         )
         assert a['hodei_job_execution_duration_seconds_count{function="bad",status="failed"}'] == 1
+        assert (
+            a['hodei_job_execution_duration_seconds_count{function="(job)",status="succeeded"}']
+            == 1
+        )
+        assert not [name for name in (*m, *a) if job.name in name]
         assert a['hodei_worker_heartbeats_total{worker="w1"}'] > 0
         assert 'hodei_worker_cpu_usage_percent{worker="w1"}' in a
 

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 from redis.asyncio import Redis
 
+from hodei.domain import JOB_REVISION_PREFIX
 from hodei.errors import NotFound
 from hodei.plugin.data import records
 from hodei.plugin.data.keys import Keys
@@ -44,10 +45,9 @@ class Functions:
         return bool(added)
 
     async def store_revision(self, spec: FunctionSpec) -> str:
-        """Store the spec of a one-off job as a revision of its own (not a function's:
-        job revisions start with "j", function revisions are hex, so a job named like a
-        function never touches the function's revisions). Returns the revision."""
-        revision = f"j{spec.revision}"
+        """Store the spec of a one-off job as a revision of its own (never a function's:
+        see ``JOB_REVISION_PREFIX``). Returns the revision."""
+        revision = JOB_REVISION_PREFIX + spec.revision
         key = self.keys.revision(spec.name, revision)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, mapping=records.revision_fields(spec))

@@ -39,6 +39,7 @@ class Admission(enum.StrEnum):
     CONCURRENCY = "concurrency"
     EXISTS = "exists"
     NO_FUNCTION = "no_function"
+    NAME_TAKEN = "name_taken"
     UNKNOWN = "unknown"
     NOT_DEAD = "not_dead"
     GONE = "gone"
@@ -84,6 +85,8 @@ def _refused(verdict: Admission, subject: str) -> Exception:
         return QueueFull(f"{subject} is at its concurrency limit")
     if verdict is Admission.EXISTS:
         return Conflict(f"invocation {subject} already exists")
+    if verdict is Admission.NAME_TAKEN:
+        return Conflict(f"{subject} is registered: a one-off job needs a name of its own")
     return NotFound(f"{subject} does not exist")
 
 

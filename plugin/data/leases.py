@@ -104,6 +104,7 @@ class Ended:
     status: str = ""  # RECORDED: the final status
     function: str = ""
     reason: str = ""  # STALE: why
+    revision: str = ""
 
     @property
     def taken(self) -> bool:
@@ -325,8 +326,8 @@ class Leases:
             await self.scripts.run(Call("reclaim", (), [self.clock(), limit, self._delays()]))
         )
         return [
-            Ended(flat[i], EndKind(flat[i + 1]), flat[i + 2], flat[i + 3])
-            for i in range(0, len(flat), 4)
+            Ended(flat[i], EndKind(flat[i + 1]), flat[i + 2], flat[i + 3], revision=flat[i + 4])
+            for i in range(0, len(flat), 5)
         ]
 
     async def extend_all(self) -> None:
@@ -346,7 +347,7 @@ class Leases:
 def _ended(invocation_id: str, reply: list[str]) -> Ended:
     kind = EndKind(reply[0])
     if kind is EndKind.RECORDED:
-        return Ended(invocation_id, kind, reply[1], reply[2])
+        return Ended(invocation_id, kind, reply[1], reply[2], revision=reply[3])
     if kind is EndKind.STALE:
         return Ended(invocation_id, kind, reason=reply[1])
-    return Ended(invocation_id, kind, function=reply[1])
+    return Ended(invocation_id, kind, function=reply[1], revision=reply[2])

@@ -56,6 +56,7 @@ class Pending:
 class Expired:
     id: str
     function: str
+    revision: str
 
 
 class Queue:
@@ -137,7 +138,7 @@ class Queue:
         """Fail the queued invocations past their queue deadline (the one place)."""
         flat = await self.scripts.run(Call("expire_due", (), [self.clock(), limit]))
         found = texts(flat)
-        return [Expired(found[i], found[i + 1]) for i in range(0, len(found), 2)]
+        return [Expired(*found[i : i + 3]) for i in range(0, len(found), 3)]
 
     async def depth(self) -> Depth:
         pipe = self.redis.pipeline(transaction=True)

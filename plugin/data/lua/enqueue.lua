@@ -2,7 +2,8 @@
 -- Record an invocation and put it in line, in one step, within the limits: the queue's
 -- length and byte budget (ready, parked and delayed work all count), the function's
 -- concurrency, and at most once per idempotency key (scoped to the caller).
--- KEYS[1] the function's current-revision key (unused when ARGV[8] names a revision)
+-- KEYS[1] the function's current-revision key (when ARGV[8] names a revision, a one-off
+--   job's: the job is refused if this exists)
 -- KEYS[2] the new invocation's hash   KEYS[3] the idempotency key (ignored when ARGV[9] is 0)
 -- ARGV[1] context (lib.lua)   ARGV[2] invocation id   ARGV[3] function name   ARGV[4] now ms
 -- ARGV[5] payload             ARGV[6] priority ('' = the function's)
@@ -13,7 +14,8 @@
 -- ARGV[14] callback url ('' = none)   ARGV[15] the gateway waiting for the answer ('' = none)
 -- Returns {'ok', id}; {'duplicate', earlier id}; {'idempotency_mismatch', earlier id} (the
 -- key was used with another payload); {'queue_full'}; {'queue_bytes_full'};
--- {'concurrency'}; {'exists'} (the id is taken); {'no_function'}.
+-- {'concurrency'}; {'exists'} (the id is taken); {'no_function'}; {'name_taken'} (a job
+-- named like a registered function).
 local id, fn, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local payload = ARGV[5]
 local idem_ttl = tonumber(ARGV[9])
@@ -30,6 +32,10 @@ local rev = ARGV[8]
 if rev == '' then
   rev = redis.call('GET', KEYS[1])
   if not rev then return {'no_function'} end
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A job under a registered function's name would share its concurrency, its history
+  -- and its warm instances.
+  return {'name_taken'}
 end
 local spec = redis.call('HMGET', C.rev .. fn .. ':' .. rev, 'priority', 'concurrency', 'qt',
   'max_retries')

@@ -3,7 +3,7 @@
 -- deadline has passed: they never found a worker in time. The one place queue timeouts
 -- are enforced.
 -- ARGV[1] context (lib.lua)   ARGV[2] now ms   ARGV[3] at most this many
--- Returns a flat list of id, function per invocation failed.
+-- Returns a flat list of id, function, revision per invocation failed.
 local now = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', C.waiting, '-inf', int(now * 1000 + 999), 'LIMIT', 0,
   tonumber(ARGV[3]))
@@ -19,6 +19,7 @@ for _, id in ipairs(due) do
     finalize(id, 'failed', {'error', reason}, now, '')
     out[#out + 1] = id
     out[#out + 1] = h[2]
+    out[#out + 1] = h[3]
   else
     redis.call('ZREM', C.waiting, id)
   end

@@ -8,8 +8,8 @@
 -- ARGV[12] '1' when retrying cannot help   ARGV[13] backoff delays (ms, comma-separated,
 --   one per failure count)   ARGV[14] cold start ('' | '0' | '1')   ARGV[15] init ms ('')
 -- ARGV[16] '1' when the acceptance came with the end: announce the start first
--- Returns {'recorded', status, function}, {'retry' | 'requeued', function} or
--- {'stale', reason}.
+-- Returns {'recorded', status, function, revision}, {'retry' | 'requeued', function,
+-- revision} or {'stale', reason}.
 return end_attempt(ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[11]),
   {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
     ARGV[16]})

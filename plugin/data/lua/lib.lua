@@ -219,8 +219,8 @@ end
 -- r = {exit_code, error, output, truncated, started ('' = keep), final ('1': retrying
 -- cannot help), delays, cold_start, init_ms, '1' to announce the start first (its
 -- acceptance came with the end: accept.lua's event, once the attempt is known to be held)}
--- Returns {'recorded', status, function}, {'retry' | 'requeued', function} or
--- {'stale', reason}.
+-- Returns {'recorded', status, function, revision}, {'retry' | 'requeued', function,
+-- revision} or {'stale', reason}.
 local function end_attempt(id, attempt, worker, outcome, now, r)
   local key = C.inv .. id
   local h = redis.call('HMGET', key, 'status', 'attempt', 'worker_id', 'failures', 'order',
@@ -274,7 +274,7 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
     join_queue(id, fn, rev, priority_of(h[10]), redis.call('HSTRLEN', key, 'payload'),
       position_of(h[11], h[5]), (due or now) + (tonumber(limits[2]) or 0), due)
     event('type', kind, 'invocation', id, 'worker', worker, 'attempt', h[2], 'outcome', outcome)
-    return {kind, fn}
+    return {kind, fn, rev}
   end
 
   local status = outcome
@@ -286,5 +286,5 @@ local function end_attempt(id, attempt, worker, outcome, now, r)
   finalize(id, status, {'failures', failures, 'exit_code', r[1], 'error', r[2], 'result', r[3],
     'result_truncated', r[4], 'started_at', started, 'duration_ms', int(duration),
     'cold_start', r[8], 'init_ms', r[9]}, now, worker)
-  return {'recorded', status, fn}
+  return {'recorded', status, fn, rev}
 end

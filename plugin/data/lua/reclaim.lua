@@ -3,8 +3,8 @@
 -- 'lease_expired', a failure (lib.lua: end_attempt), so it runs again or fails for good.
 -- ARGV[1] context (lib.lua)   ARGV[2] now ms   ARGV[3] at most this many
 -- ARGV[4] backoff delays (ms, comma-separated, one per failure count)
--- Returns a flat list of id, outcome ('retry' | 'recorded'), status, function per reclaimed
--- attempt (status is '' for a retry).
+-- Returns a flat list of id, outcome ('retry' | 'recorded'), status, function, revision per
+-- reclaimed attempt (status is '' for a retry).
 local now = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', C.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
@@ -16,9 +16,9 @@ for _, id in ipairs(due) do
     local r = end_attempt(id, h[2], h[1], 'lease_expired', now,
       {'', 'lease_expired: the worker stopped renewing it', '', '0', '', '0', ARGV[4], '', ''})
     if r[1] == 'recorded' then
-      out[#out + 1] = id; out[#out + 1] = 'recorded'; out[#out + 1] = r[2]; out[#out + 1] = r[3]
+      for _, v in ipairs({id, 'recorded', r[2], r[3], r[4]}) do out[#out + 1] = v end
     elseif r[1] ~= 'stale' then
-      out[#out + 1] = id; out[#out + 1] = r[1]; out[#out + 1] = ''; out[#out + 1] = r[2]
+      for _, v in ipairs({id, r[1], '', r[2], r[3]}) do out[#out + 1] = v end
     end
   end
 end
