@@ -31,6 +31,12 @@ METADATA = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
 )
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-compatible
+# (deprecated) and IPv4-translated (SIIT).
+EMBEDDED_IPV4 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
+# Networks Python's ipaddress calls global that are not public: NAT64 for local use
+# (RFC 8215) and the deprecated site-local addresses.
+NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
 HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
@@ -62,7 +68,7 @@ def _destinations(address: Address) -> tuple[Address, ...]:
         return (address.ipv4_mapped,)
     if address.sixtofour is not None:
         return (address, address.sixtofour)
-    if address in NAT64:
+    if address in NAT64 or any(address in net for net in EMBEDDED_IPV4):
         return (address, ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return (address,)
 
@@ -90,7 +96,7 @@ def kind_of(address: Address) -> str | None:
             return "a multicast address"
         if candidate.is_private:
             return "a private address"
-        if not candidate.is_global:
+        if not candidate.is_global or any(candidate in net for net in NOT_PUBLIC):
             return "not a public address"
     return None
 

@@ -3,6 +3,7 @@ loopback and private addresses were accepted and redirects followed, the body re
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import wait_for
 
 from hodei.api.app import create_app
-from hodei.api.callback_guard import DELIVERY, CallbackPolicy, Delivery
+from hodei.api.callback_guard import DELIVERY, CallbackPolicy, Delivery, kind_of
 from hodei.api.settings import GatewaySettings
 from hodei.api.state import GATEWAY
 from hodei.errors import CallbackRefused, ConfigError
@@ -244,3 +245,23 @@ async def test_a_redirect_is_not_followed(redis_url: str, receiver: Receiver) ->
         await http.close()
     assert outcome == "HTTP 307: redirects are not followed"
     assert [path for path, _ in receiver.hits] == ["/moved"]  # never /stolen
+
+
+@pytest.mark.parametrize(
+    "address, kind",
+    [
+        # An audit: these were taken for public addresses (Python's ipaddress calls them
+        # global), though each names an inside address or a network that is not public.
+        ("::127.0.0.1", "a loopback address"),  # IPv4-compatible (deprecated)
+        ("::ffff:0:10.0.0.1", "a private address"),  # IPv4-translated (SIIT)
+        ("64:ff9b:1::7f00:1", "not a public address"),  # NAT64 for local use
+        ("fec0::1", "not a public address"),  # site-local
+        ("8.8.8.8", None),
+        ("64:ff9b::808:808", None),  # the well-known NAT64 prefix, to a public address
+        ("2606:4700:4700::1111", None),
+    ],
+)
+def test_addresses_that_carry_or_name_an_inside_network_are_refused(
+    address: str, kind: str | None
+) -> None:
+    assert kind_of(ipaddress.ip_address(address)) == kind
