@@ -31,7 +31,10 @@ def free_port() -> int:
 
 
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something holds the port, as the gateway's bind would find it: connections
+    left in TIME-WAIT by a stack that just stopped do not count (SO_REUSEADDR)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

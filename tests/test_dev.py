@@ -25,7 +25,7 @@ from conftest import ROOT, free_port
 
 from hodei import dev
 from hodei.client import HodeiClient
-from hodei.dev_stack import Stack
+from hodei.dev_stack import Stack, port_taken
 from hodei.plugin.data.connection import unsupported_version
 
 
@@ -316,3 +316,20 @@ def test_stopping_tells_a_process_that_failed_or_had_to_be_killed() -> None:
     finally:
         stack.kill()
         stack.remove_workdir()
+
+
+def test_a_port_whose_last_connections_linger_is_free() -> None:
+    """A newcomer's second `hodei dev` right after the first stopped was refused for about a
+    minute ("port 8080 is already in use") while nothing listened: the gateway's closed
+    connections were in TIME-WAIT, which the gateway's own bind (SO_REUSEADDR) allows."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the listening side closes first: its end lingers in TIME-WAIT
+            assert client.recv(1) == b""
+        assert port_taken(port)  # still listening
+    assert not port_taken(port)
