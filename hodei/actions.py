@@ -156,9 +156,12 @@ def _invoke(client: HodeiClient, args: argparse.Namespace) -> Exit:
 
 def _invoke_failed(result: InvokeResult) -> Exit:
     inv = result.invocation_id
-    if result.error_code == "wait_timeout":
+    if result.error_code in ("wait_timeout", "shutting_down"):
+        # The gateway stopped waiting (its wait ran out, or it is stopping): the
+        # invocation itself goes on.
+        why = "the gateway is shutting down; " if result.error_code == "shutting_down" else ""
         _err(
-            f"{result.error_code}: invocation {inv} is still {result.status or 'running'}; "
+            f"{result.error_code}: {why}invocation {inv} is still {result.status or 'running'}; "
             f"follow it with `hodei logs {inv} -f` or `hodei status {inv}`"
         )
         return Exit.STILL_RUNNING

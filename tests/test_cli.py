@@ -20,7 +20,9 @@ from conftest import ROOT, AgentProcess, free_port, start_agent, wait_for
 from test_gateway import gateway_settings
 
 from hodei import views
+from hodei.actions import _invoke_failed
 from hodei.agent.settings import AgentSettings
+from hodei.answers import InvokeResult
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
 from hodei.cli import build_parser
@@ -343,3 +345,15 @@ def test_a_records_view_says_how_an_instance_served_it() -> None:
     cold = views.record({**base, "cold_start": True, "init_ms": 85})
     assert "  instance   cold start, init 85 ms" in cold.splitlines()
     assert "  instance   warm" in views.record({**base, "cold_start": False}).splitlines()
+
+
+def test_a_gateway_that_stops_waiting_leaves_the_invocation_running(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A newcomer's audit: Ctrl-C of `hodei dev` while `hodei invoke` waited made it exit 1,
+    "the function did not succeed", though the invocation was still running (4)."""
+    message = "this gateway is shutting down; the invocation goes on: fetch it at /v1/…"
+    answer = InvokeResult(503, "abc123", "running", b"", {}, "shutting_down", message)
+    assert _invoke_failed(answer) == Exit.STILL_RUNNING
+    err = capsys.readouterr().err
+    assert "shutting_down" in err and "abc123 is still running" in err and "hodei status" in err
