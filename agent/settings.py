@@ -18,6 +18,9 @@ DEFAULT_HIDDEN = (
 )
 
 
+DRAIN_GRACE_S = 30.0  # the default of AgentSettings.drain_grace_s
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings(EnvSettings):
     # One or several comma-separated addresses; "" = find them in Consul when Consul is
@@ -85,7 +88,7 @@ class AgentSettings(EnvSettings):
     # all within drain_handback_s. The process exits within grace + hand-back (+ a margin):
     # a supervisor's kill timeout (Nomad's kill_timeout, at most the clients'
     # max_kill_timeout, 30 s by default) must be at least that.
-    drain_grace_s: float = 30.0
+    drain_grace_s: float = DRAIN_GRACE_S
     drain_handback_s: float = 8.0
     output_cap_bytes: int = 6 * 1024 * 1024
     # Lambda instances: AWS_REGION they see (unless their spec sets one), and how long an

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hodei import views
-from hodei.client import HodeiClient
+from hodei.agent.settings import DRAIN_GRACE_S
+from hodei.client import DEFAULT_URL, HodeiClient
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
 
@@ -297,6 +298,8 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     if "process" in runtimes and os.geteuid() != 0:
         _show("            (the process runtime runs functions as your user: development only)")
     _show(f"  logs      {stack.workdir}")
+    if url != DEFAULT_URL:
+        _show(f"  cli       export HODEI_URL={url}")
     if tokens_on:
         _show(f"  tokens    on; this stack calls with: export HODEI_API_TOKEN={token}")
         _show(f'            curl -H "Authorization: Bearer $HODEI_API_TOKEN" {url}/v1/functions')
@@ -307,7 +310,11 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     if args.once:
         stack.check()  # nothing died unnoticed while the demo ran
         return 0
-    _show("Press Ctrl-C to stop.")
+    grace = os.environ.get("HODEI_DRAIN_GRACE_S") or f"{DRAIN_GRACE_S:g}"
+    _show(
+        f"Press Ctrl-C to stop (running functions get the agents' drain grace, {grace} s, "
+        "to finish; Ctrl-C again stops at once)."
+    )
     while True:
         stack.check()
         time.sleep(0.5)

@@ -115,6 +115,9 @@ async def test_two_stacks_side_by_side_both_run_invocations() -> None:
     slow = {"command": ["sh", "-c", "sleep 3; echo finished"], "max_retries": 0}
     quick = {"command": ["sh", "-c", "echo $HODEI_FUNCTION"]}
     async with running_stack("--agents", "1") as first:
+        # Off the default port, the banner says how the CLI finds this stack.
+        assert f"export HODEI_URL={first.url}" in first.banner
+        assert "Ctrl-C again" in first.banner
         one = HodeiClient(first.url, timeout=30)
         await asyncio.to_thread(one.deploy, "slow", slow)
         running = (await asyncio.to_thread(one.invoke, "slow", asynchronous=True)).invocation_id
