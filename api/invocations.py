@@ -213,7 +213,8 @@ async def _final_or_given_up(
         message = "this gateway is shutting down; the invocation goes on: fetch it at"
         return _not_final(found, 503, "shutting_down", message, {"Retry-After": "1"})
     if deadline - asyncio.get_running_loop().time() <= 0:
-        message = f"the invocation did not finish within {wait:g}s; fetch it later at"
+        why = f" ({found.pending_reason})" if found.pending_reason else ""
+        message = f"the invocation did not finish within {wait:g}s{why}; fetch it later at"
         return _not_final(found, 504, "wait_timeout", message)
     return None
 
@@ -223,7 +224,14 @@ def _not_final(
 ) -> web.Response:
     """Waiting ended before the invocation did: where to fetch it later."""
     location = f"/v1/invocations/{found.id}"
-    response = error(status, code, f"{message} {location}", id=found.id, status=str(found.status))
+    response = error(
+        status,
+        code,
+        f"{message} {location}",
+        id=found.id,
+        status=str(found.status),
+        pending_reason=found.pending_reason or None,
+    )
     response.headers.update({**_headers(found), "Location": location, **(headers or {})})
     return response
 

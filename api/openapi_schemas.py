@@ -146,6 +146,12 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
             },
             "field": {"type": "string", "description": "the invalid field (422 invalid_spec)"},
+            "id": {"type": "string", "description": "the invocation that goes on (504, 503)"},
+            "status": STATUS,
+            "pending_reason": {
+                "type": ["string", "null"],
+                "description": "why the invocation that goes on still waits",
+            },
         },
     },
     "FunctionSpec": {

@@ -160,9 +160,10 @@ def _invoke_failed(result: InvokeResult) -> Exit:
         # The gateway stopped waiting (its wait ran out, or it is stopping): the
         # invocation itself goes on.
         why = "the gateway is shutting down; " if result.error_code == "shutting_down" else ""
+        waits = f" ({result.pending_reason})" if result.pending_reason else ""
         _err(
-            f"{result.error_code}: {why}invocation {inv} is still {result.status or 'running'}; "
-            f"follow it with `hodei logs {inv} -f` or `hodei status {inv}`"
+            f"{result.error_code}: {why}invocation {inv} is still {result.status or 'running'}"
+            f"{waits}; follow it with `hodei logs {inv} -f` or `hodei status {inv}`"
         )
         return Exit.STILL_RUNNING
     exit_code = f", exit code {result.exit_code}" if result.exit_code is not None else ""

@@ -103,6 +103,7 @@ class InvokeResult:
     error_code: str = ""
     error: str = ""
     exit_code: int | None = None
+    pending_reason: str = ""  # why a call that stopped waiting is still queued
 
     @property
     def ok(self) -> bool:
@@ -119,12 +120,13 @@ def read_invoke_result(answer: Answer) -> InvokeResult:
             raise GatewayUnreachable("the answer names no invocation: is this a Hodei gateway?")
         raise answer.error()
     exit_code = answer.headers.get("X-Hodei-Exit-Code")
-    code = error = ""
+    code = error = pending = ""
     if answer.status not in (200, 202):
         err = answer.error()
         if not isinstance(err, ApiError):
             raise err
         code, error = err.code, err.message
+        pending = str(err.body.get("pending_reason") or "")
     return InvokeResult(
         answer.status,
         answer.headers.get("X-Hodei-Invocation-Id", ""),
@@ -134,6 +136,7 @@ def read_invoke_result(answer: Answer) -> InvokeResult:
         code,
         error,
         int(exit_code) if exit_code else None,
+        pending,
     )
 
 

@@ -110,6 +110,10 @@ async def test_an_async_invocation_followed_to_its_end(
     await wait_for(lambda: _parked(plane, stuck), 15)
     code, out, _ = await hodei("status", stuck, env=env)
     assert code == Exit.STILL_RUNNING and "waiting    parked: " in out and "zone" in out
+    # A synchronous call that gives up waiting says why it waits (an audit: it said only
+    # "still queued", and the reason took `hodei queue` to find).
+    code, _, err = await hodei("invoke", "stuck", "--wait", "3", env=env)
+    assert code == Exit.STILL_RUNNING and "still queued (no worker has label zone=nowhere)" in err
     code, out, _ = await hodei("queue", env=env)
     assert f"{stuck}  stuck: parked: " in out
 
