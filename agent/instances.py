@@ -244,7 +244,12 @@ class InstancePool:
             waits: set[asyncio.Future[Any]] = {endpoint.ready, endpoint.init_error, exited}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if endpoint.init_error.done():
-                instance.up.set_exception(RuntimeError(endpoint.init_error.result()))
+                error = endpoint.init_error.result()
+                # A pre-warmed instance has no invocation to fail with the runtime's message.
+                log.warning(
+                    "instance %s (%s) failed to initialise: %s", instance.id, job.function, error
+                )
+                instance.up.set_exception(RuntimeError(error))
                 instance.kill()
             elif endpoint.ready.done() and not exited.done():
                 instance.init_ms = int((time.monotonic() - instance.spawned) * 1000)

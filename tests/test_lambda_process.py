@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -466,3 +467,23 @@ async def test_the_demo_handler_shipped_with_hodei_runs_warm(agent: Harness, cod
     assert agent.logs("d2") == [
         f"hello world from instance {output(second)['instance_pid']} (invocation 2)"
     ]
+
+
+async def test_a_prewarm_that_fails_to_initialise_says_why(
+    agent: Harness, code: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer's audit: a pre-warmed function whose handler cannot be imported was
+    started again and again with nothing said at any level (no invocation to fail)."""
+    template = job(code, "", None, handler="nosuch.handler", warm=pb.WarmPolicy(min=1))
+    template.ClearField("payload")
+    with caplog.at_level(logging.WARNING, logger="hodei.agent.instances"):
+        agent.pool.prewarm(pb.PrewarmRequest(function=template, count=1))
+
+        def said() -> bool:
+            return any(
+                "Runtime.ImportModuleError" in r.getMessage() and "fn" in r.getMessage()
+                for r in caplog.records
+            )
+
+        await wait_for(said, 20)
+    agent.pool.prewarm(pb.PrewarmRequest(function=template, count=0))
