@@ -322,6 +322,11 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
 
 def _check_redis(url: str) -> None:
     parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+        raise StartFailed(
+            "HODEI_REDIS_URL is not a Redis URL: write it as redis://host:port/db "
+            "(rediss:// for TLS), or unset it and hodei dev starts its own"
+        )
     where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
     # Imported here: the data layer takes a while to import, and user commands never need it.
     from hodei.plugin.data.connection import redis_problem

@@ -203,6 +203,9 @@ async def test_a_start_that_fails_says_why_in_one_line(tmp_path: object) -> None
     )
     assert f"127.0.0.1:{closed}" in said and "does not answer" in said
 
+    said = await _one_line_failure("--port", "0", env=_env(HODEI_REDIS_URL="notaurl"))
+    assert "HODEI_REDIS_URL is not a Redis URL" in said and "redis://host:port/db" in said
+
     said = await _one_line_failure("--port", "0", env=_env(HODEI_LEASE_TTL_S="soon"))
     assert "server exited with code 2" in said
     assert "HODEI_LEASE_TTL_S: cannot read 'soon' as float" in said
