@@ -79,10 +79,13 @@ class Instance:
         self.lines[stream].feed(data)
 
     def _line(self, stream: str, line: str) -> None:
-        if self.sink is not None:
-            self.sink(stream, line)
-        else:
-            log.debug("instance %s (%s) %s: %s", self.id, self.key.function, stream, line)
+        # The Lambda runtime clients join a record's lines with "\r", to keep it one
+        # CloudWatch event: here each is a line of the logs.
+        for part in line.split("\r"):
+            if self.sink is not None:
+                self.sink(stream, part)
+            else:
+                log.debug("instance %s (%s) %s: %s", self.id, self.key.function, stream, part)
 
     async def settle(self) -> None:
         if self.backend is not None:

@@ -137,6 +137,11 @@ async def test_a_function_error_fails_the_invocation_and_keeps_the_instance(
     assert failed.outcome == pb.JOB_OUTCOME_FAILED and not failed.final
     assert failed.error == "ValueError: no good bad"
     assert any("ValueError" in line for line in agent.logs("bad"))
+    # The runtime client joins a record's lines with "\r" (one CloudWatch event): in the
+    # logs each is a line of its own (an audit: the traceback printed over itself).
+    logged = agent.logs("bad")
+    assert "Traceback (most recent call last):" in [line.strip() for line in logged]
+    assert not [line for line in logged if "\r" in line]
     again = await agent.invoke(job(code, "ok-again", {}))
     assert again.outcome == pb.JOB_OUTCOME_SUCCEEDED and not again.cold_start
     assert output(again)["pid"] == output(ok)["pid"]
