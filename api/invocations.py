@@ -34,7 +34,7 @@ from hodei.api.waiter import Waiter
 from hodei.domain import function_label
 from hodei.errors import NotFound, QueueFull, StreamLagging
 from hodei.logs import inv
-from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency
+from hodei.plugin.data.invocations import CancelOutcome, Enqueued, Idempotency, job_name_taken
 from hodei.plugin.models import FunctionSpec, Invocation, Status, valid_name
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ async def _enqueue(
     mode: str,
     *,
     invocation_id: str | None = None,
-    revision: str = "",
+    job_revision: str = "",
     awaited_by: str = "",
 ) -> Enqueued:
     """Record and enqueue one invocation under its submit span."""
@@ -124,7 +124,7 @@ async def _enqueue(
         enqueued = await gw.data.invocations.enqueue(
             function,
             payload,
-            revision=revision,
+            job_revision=job_revision,
             priority=priority(request),
             traceparent=parent,
             callback_url=callback_url(request, gw.callback_policy),
@@ -140,7 +140,7 @@ async def _enqueue(
         end_submit(type(exc).__name__)
         raise
     end_submit()
-    metrics.INVOCATIONS.labels(function_label(function, revision), "accepted").inc()
+    metrics.INVOCATIONS.labels(function_label(function, job_revision), "accepted").inc()
     log.info(
         "invocation %s of %s accepted (%s, trace %s)",
         enqueued.id,
@@ -272,8 +272,11 @@ async def submit_job(request: web.Request) -> web.Response:
             "a one-off job runs the command it names, so it needs the admin scope; an invoke "
             f"token may submit docker jobs without network of the job_images ({allowed})",
         )
+    # enqueue.lua refuses it too, atomically; this spares storing the spec of a refusal.
+    if await gw.data.functions.exists(spec.name):
+        raise job_name_taken(f"function {spec.name!r}")
     revision = await gw.data.functions.store_revision(spec)
-    enqueued = await _enqueue(gw, request, spec.name, payload, "job", revision=revision)
+    enqueued = await _enqueue(gw, request, spec.name, payload, "job", job_revision=revision)
     if enqueued.duplicate:
         return await _accepted(gw, enqueued.id)
     return _accepted_new(enqueued.id)

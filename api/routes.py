@@ -107,8 +107,9 @@ ROUTES: tuple[Route, ...] = (
         invocations.submit_job,
         "invoke",
         "Run a one-off job from an inline spec: admin, or an invoke token running a docker "
-        "image the gateway's job_images allow, without network",
-        {202: "json:Accepted", 400: "", 403: "", 422: "", 429: ""},
+        "image the gateway's job_images allow, without network; never under a registered "
+        "function's name (409)",
+        {202: "json:Accepted", 400: "", 403: "", 409: "", 422: "", 429: ""},
         body="json:JobSpec",
         headers=("X-Callback-Url", "Idempotency-Key", "X-Hodei-Priority", "traceparent"),
     ),

@@ -17,7 +17,7 @@ from hodei.plugin.data.leases import AttemptEnd, EndKind, Lease, LogAppend, LogB
 from hodei.plugin.data.records import Amounts
 from hodei.plugin.data.scripts import Call
 from hodei.plugin.leader import RedisLeaderLock
-from hodei.plugin.models import Priority, Status
+from hodei.plugin.models import FunctionSpec, Priority, Status
 from hodei.plugin.monitor import HealthMonitor
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.sessions import Session
@@ -537,3 +537,26 @@ async def test_a_quick_jobs_start_and_end_are_recorded_by_one_script(
         if e.fields.get("invocation") == inv_id
     ]
     assert told.count("started") == 1 and told.index("started") < told.index("finished")
+
+
+async def test_a_job_never_runs_under_a_registered_functions_name(cp: ControlPlane) -> None:
+    """A review of the 409: a job could still reach a function's name by a replay (a
+    dead-lettered job of that name, from before the function was registered) or by
+    reusing an idempotency key of an invoke of the function."""
+    await register(cp, "w1")
+    job = FunctionSpec.from_dict("later", {"command": ["false"], "max_retries": 0})
+    revision = await cp.data.functions.store_revision(job)
+    dead = (await cp.data.invocations.enqueue("later", b"", job_revision=revision)).id
+    await cp.data.leases.assign(dead, "w1", "")
+    await cp.data.leases.end(end(dead, 1, "w1", "failed", exit_code=1))
+    assert dead in await dead_ids(cp)
+    fn = await deploy(cp, "later", command=["true"], concurrency=1)
+    with pytest.raises(Conflict, match="name of its own"):
+        await cp.data.invocations.replay(dead)
+    assert dead in await dead_ids(cp)  # still there, to replay once the name is free
+
+    alice = Idempotency("alice", "k1", "d1")
+    first = await cp.data.invocations.enqueue(fn.name, b"", idempotency=alice)
+    with pytest.raises(Conflict, match="name of its own"):
+        await cp.data.invocations.enqueue(fn.name, b"", job_revision=revision, idempotency=alice)
+    assert await cp.data.invocations.get(first.id)

@@ -19,6 +19,7 @@ from private_ca import make_ca
 
 from hodei.api.app import create_app
 from hodei.api.settings import GatewaySettings
+from hodei.api.state import GATEWAY
 from hodei.dev_stack import listening
 
 TOKENS = ("adm:admin+invoke+read", "app:invoke", "app2:invoke+read", "ro:read")
@@ -239,9 +240,12 @@ async def test_a_job_cannot_take_a_registered_functions_name(redis_url: str) -> 
             refused = await http.post("/v1/jobs", json=job, headers=caller)
             assert refused.status == 409, await refused.text()
             assert "limited" in (await refused.json())["error"]["message"]
-        # Nothing was recorded, so the function's one slot is still free.
+        # Nothing was recorded (not even the job's spec: a review), so the function's one
+        # slot is still free.
         listed = await (await http.get("/v1/invocations", headers=ADMIN)).json()
         assert listed["invocations"] == []
+        data = app[GATEWAY].data
+        assert not [k async for k in data.redis.scan_iter(data.keys.revision("limited", "j*"))]
         invoked = await http.post("/v1/functions/limited/invoke?async=true", headers=APP)
         assert invoked.status == 202, await invoked.text()
         # Under a name of its own, the job runs; the record says it is a job.

@@ -71,7 +71,7 @@ async def test_metrics_logs_and_health_across_processes(
         # A one-off job: its name is its caller's choice, so it never names a series.
         job = FunctionSpec.from_dict("card-7f3a", {"command": ["true"]})
         revision = await view.data.functions.store_revision(job)
-        one_off = (await view.data.invocations.enqueue(job.name, b"", revision=revision)).id
+        one_off = (await view.data.invocations.enqueue(job.name, b"", job_revision=revision)).id
         for inv_id in [blocker, *queued, one_off]:
             assert (await final(view, inv_id)).status is Status.SUCCEEDED
         assert (await final(view, failed)).status is Status.FAILED

@@ -58,6 +58,9 @@ class Functions:
         await pipe.execute()
         return revision
 
+    async def exists(self, name: str) -> bool:
+        return bool(await self.redis.exists(self.keys.function(name)))
+
     async def _retire(self, name: str, revision: str) -> None:
         if self.revision_ttl_s:
             await self.redis.expire(self.keys.revision(name, revision), self.revision_ttl_s)

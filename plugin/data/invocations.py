@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hodei.domain import Clock, now_ms
+from hodei.domain import JOB_REVISION_PREFIX, Clock, now_ms
 from hodei.errors import Conflict, IdempotencyMismatch, NotFound, QueueFull
 from hodei.plugin.data import records
 from hodei.plugin.data.keys import Keys
@@ -76,6 +76,10 @@ class LogPage:
     truncated: bool
 
 
+def job_name_taken(function: str) -> Conflict:
+    return Conflict(f"{function} is registered: a one-off job needs a name of its own")
+
+
 def _refused(verdict: Admission, subject: str) -> Exception:
     if verdict is Admission.QUEUE_FULL:
         return QueueFull("the queue is full", retry_after_s=5)
@@ -86,7 +90,7 @@ def _refused(verdict: Admission, subject: str) -> Exception:
     if verdict is Admission.EXISTS:
         return Conflict(f"invocation {subject} already exists")
     if verdict is Admission.NAME_TAKEN:
-        return Conflict(f"{subject} is registered: a one-off job needs a name of its own")
+        return job_name_taken(subject)
     return NotFound(f"{subject} does not exist")
 
 
@@ -111,7 +115,7 @@ class Invocations:
         function: str,
         payload: bytes,
         *,
-        revision: str = "",
+        job_revision: str = "",
         priority: Priority | None = None,
         traceparent: str = "",
         callback_url: str = "",
@@ -119,9 +123,11 @@ class Invocations:
         invocation_id: str | None = None,
         awaited_by: str = "",
     ) -> Enqueued:
-        """Record an invocation and put it in line, atomically and within the limits;
-        ``awaited_by``: the gateway whose caller waits for it (its answer is published on
-        that gateway's answer channel when it ends: ``records.answer`` reads it)."""
+        """Record an invocation and put it in line, atomically and within the limits.
+        ``job_revision``: a one-off job's (``Functions.store_revision``), refused under a
+        registered function's name. ``awaited_by``: the gateway whose caller waits for it
+        (its answer is published on that gateway's answer channel when it ends:
+        ``records.answer`` reads it)."""
         invocation_id = invocation_id or uuid.uuid4().hex
         s = self.settings
         idem_key = (
@@ -140,7 +146,7 @@ class Invocations:
                     payload,
                     str(priority) if priority else "",
                     traceparent,
-                    revision,
+                    job_revision,
                     s.idempotency_ttl_s if idempotency else 0,
                     idempotency.digest if idempotency else "",
                     s.max_queue,
@@ -177,6 +183,7 @@ class Invocations:
                     s.max_queue,
                     s.max_queue_bytes,
                     int(s.ageing_s * 1000),
+                    JOB_REVISION_PREFIX,
                 ],
             )
         )
@@ -189,6 +196,11 @@ class Invocations:
             raise Conflict(f"invocation {invocation_id} can no longer be replayed (expired)")
         if verdict is Admission.UNKNOWN:
             raise NotFound(f"invocation {invocation_id!r} does not exist")
+        if verdict is Admission.NAME_TAKEN:
+            raise Conflict(
+                f"invocation {invocation_id} is a job whose name a function has taken since: "
+                "a one-off job needs a name of its own"
+            )
         raise _refused(verdict, f"invocation {invocation_id}'s function")
 
     async def cancel(

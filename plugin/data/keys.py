@@ -35,7 +35,11 @@ class Keys:
     # -- functions: the current revision of each, and every revision's spec -----------
     def function(self, name: str) -> str:
         """String: the function's current revision."""
-        return f"{self.prefix}:fn:{name}"
+        return f"{self.function_prefix}{name}"
+
+    @property
+    def function_prefix(self) -> str:
+        return f"{self.prefix}:fn:"
 
     @property
     def functions(self) -> str:
@@ -245,6 +249,7 @@ class Keys:
         "leader",
         "sequence",
         "answer_channel_prefix",
+        "function_prefix",
     )
 
     def context(self, limits: tuple[int, ...]) -> bytes:

@@ -7,7 +7,8 @@
 -- KEYS[2] the new invocation's hash   KEYS[3] the idempotency key (ignored when ARGV[9] is 0)
 -- ARGV[1] context (lib.lua)   ARGV[2] invocation id   ARGV[3] function name   ARGV[4] now ms
 -- ARGV[5] payload             ARGV[6] priority ('' = the function's)
--- ARGV[7] traceparent         ARGV[8] revision ('' = the function's current one)
+-- ARGV[7] traceparent         ARGV[8] a one-off job's revision ('' = an invocation of the
+--   function: its current revision)
 -- ARGV[9] idempotency ttl s (0 = no key)   ARGV[10] payload digest (idempotency)
 -- ARGV[11] max queue (0 = unbounded)       ARGV[12] max queued payload bytes (0 = unbounded)
 -- ARGV[13] ageing ms (one priority level is worth this much waiting)
@@ -18,6 +19,12 @@
 -- named like a registered function).
 local id, fn, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local payload = ARGV[5]
+if ARGV[8] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A job under a registered function's name would share its concurrency, its history
+  -- and its warm instances (checked before the idempotency key: a function's key must
+  -- not answer for a job either).
+  return {'name_taken'}
+end
 local idem_ttl = tonumber(ARGV[9])
 if idem_ttl > 0 then
   local earlier = redis.call('GET', KEYS[3])
@@ -32,10 +39,6 @@ local rev = ARGV[8]
 if rev == '' then
   rev = redis.call('GET', KEYS[1])
   if not rev then return {'no_function'} end
-elseif redis.call('EXISTS', KEYS[1]) == 1 then
-  -- A job under a registered function's name would share its concurrency, its history
-  -- and its warm instances.
-  return {'name_taken'}
 end
 local spec = redis.call('HMGET', C.rev .. fn .. ':' .. rev, 'priority', 'concurrency', 'qt',
   'max_retries')

@@ -13,7 +13,7 @@ do
   local names = {'inv', 'queue', 'parked', 'parked_revs', 'delayed', 'waiting', 'depth',
     'leases', 'dead', 'inflight', 'callbacks', 'events', 'wakeups', 'invs', 'fn_index',
     'indexed', 'st_index', 'rev', 'worker', 'inbox', 'completed', 'callback_channel',
-    'leader', 'sequence', 'answers', 'logs_suffix', 'jobs_suffix', 'events_maxlen',
+    'leader', 'sequence', 'answers', 'fn', 'logs_suffix', 'jobs_suffix', 'events_maxlen',
     'wakeups_maxlen', 'retention', 'revision_ttl'}
   local i = 1
   for part in string.gmatch(ARGV[1], '[^\n]+') do
