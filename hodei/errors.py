@@ -76,6 +76,10 @@ class StaleSession(ProtocolError):
     """Raised when a stream's session was superseded or its worker declared Failed."""
 
 
+class ServerStopping(HodeiError):
+    """Raised when an agent opens a stream on a server that is stopping."""
+
+
 class Impersonation(ProtocolError):
     """Raised when an agent's stream speaks for a worker other than its own."""
 

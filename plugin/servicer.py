@@ -11,7 +11,14 @@ import grpc
 from google.protobuf import empty_pb2
 
 from hodei import __version__
-from hodei.errors import Impersonation, NotFound, PinRefused, ProtocolError, StaleSession
+from hodei.errors import (
+    Impersonation,
+    NotFound,
+    PinRefused,
+    ProtocolError,
+    ServerStopping,
+    StaleSession,
+)
 from hodei.plugin import worker_calls
 from hodei.plugin.agent_identity import AgentIdentities, Caller, Refusal, foreign_worker
 from hodei.plugin.sessions import Sessions
@@ -139,6 +146,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             raise
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except ServerStopping as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise
         failure: list[BaseException] = []
         # Read ahead of the handling: what arrives while one report is being recorded is

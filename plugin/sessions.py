@@ -17,14 +17,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hodei.domain import OUTCOMES, WorkerState, function_label, now_ms
-from hodei.errors import NotFound, ProtocolError, StaleSession
+from hodei.domain import WorkerState, function_label
+from hodei.errors import NotFound, ProtocolError, ServerStopping, StaleSession
 from hodei.logs import inv
 from hodei.plugin import metrics
 from hodei.plugin.data import DataLayer
 from hodei.plugin.data.connection import REDIS_DOWN, Outage, keep_running
-from hodei.plugin.data.leases import Accept, AttemptEnd, Ended, EndKind, LogAppend, LogBatch
-from hodei.plugin.data.records import CANCEL, InboxMessage, Pool
+from hodei.plugin.data.leases import Accept, Ended, EndKind, LogAppend, LogBatch
+from hodei.plugin.data.records import CANCEL, InboxMessage
+from hodei.plugin.reports import attempt_end, pools_of
 from hodei.proto import hodei_pb2 as pb
 from hodei.tasks import raise_if_cancelled
 
@@ -43,23 +44,6 @@ class Session:
         self.outbox.put_nowait(message)
 
 
-def pools_of(beat: pb.Heartbeat) -> list[Pool] | None:
-    if not beat.pools:
-        return []
-    return [
-        Pool(
-            p.function,
-            p.revision,
-            p.idle,
-            p.busy,
-            p.starting,
-            int(p.resources.cpu_millicores),
-            int(p.resources.memory_mb),
-        )
-        for p in beat.pools
-    ]
-
-
 class Sessions:
     def __init__(self, data: DataLayer, instance_id: str) -> None:
         self.data = data
@@ -70,6 +54,8 @@ class Sessions:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self, worker_id: str, session_id: str) -> Session:
+        if self.closing:  # before the worker is made available to the scheduler
+            raise ServerStopping("this server is stopping: connect to another")
         record = await self.data.workers.get(worker_id)
         if record is None:
             raise NotFound(f"worker {worker_id} is not registered")
@@ -282,7 +268,7 @@ class Sessions:
         ]
         accepted = [Accept(*job, worker) for job in acceptances if job not in ending]
         folded = ending.intersection(acceptances)
-        ends = [self._end(worker, r, (r.invocation_id, r.attempt) in folded) for r in results]
+        ends = [attempt_end(worker, r, (r.invocation_id, r.attempt) in folded) for r in results]
         try:
             reports = await self.data.leases.report(accepted, logs, ends)
         except REDIS_DOWN as exc:
@@ -316,28 +302,6 @@ class Sessions:
         for result, ended in zip(results, reports.ended, strict=True):
             self._acknowledge(session, result, ended)
 
-    @staticmethod
-    def _end(worker: str, result: pb.JobResult, announce_start: bool = False) -> AttemptEnd:
-        outcome = OUTCOMES.get(result.outcome)
-        if outcome is None:
-            raise ProtocolError(f"JobResult for {result.invocation_id} has no outcome")
-        return AttemptEnd(
-            result.invocation_id,
-            result.attempt,
-            worker,
-            outcome,
-            exit_code=result.exit_code if outcome != "handed_back" else None,
-            error=result.error[:4096],
-            output=result.output,
-            truncated=result.output_truncated,
-            started_ms=result.started_at_ms or None,
-            finished_ms=result.finished_at_ms or now_ms(),
-            final=result.final,
-            cold_start=result.cold_start if result.HasField("cold_start") else None,
-            init_ms=result.init_ms or None,
-            announce_start=announce_start,
-        )
-
     def _refuse(self, session: Session, a: Accept) -> None:
         log.warning(
             "invocation %s attempt %d: acceptance from %s for a job it does not hold",
@@ -363,7 +327,7 @@ class Sessions:
         if ended.taken and result.HasField("cold_start"):
             start = "cold" if result.cold_start else "warm"
             metrics.STARTS.labels(function_label(ended.function, ended.revision), start).inc()
-        elif ended.kind is EndKind.RETRY:
+        if ended.kind is EndKind.RETRY:
             metrics.RETRIES.inc()
         elif ended.kind is EndKind.STALE:
             metrics.STALE_RESULTS.inc()

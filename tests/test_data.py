@@ -9,18 +9,19 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock, dead_ids, deploy, invoke, logs, wait_for
+from prometheus_client import REGISTRY
 
 from hodei.domain import WorkerState
 from hodei.errors import Conflict, IdempotencyMismatch, NotFound, QueueFull
 from hodei.plugin.data.invocations import CancelOutcome, Idempotency
-from hodei.plugin.data.leases import AttemptEnd, EndKind, Lease, LogAppend, LogBatch, Refusal
+from hodei.plugin.data.leases import AttemptEnd, Ended, EndKind, Lease, LogAppend, LogBatch, Refusal
 from hodei.plugin.data.records import Amounts
 from hodei.plugin.data.scripts import Call
 from hodei.plugin.leader import RedisLeaderLock
 from hodei.plugin.models import FunctionSpec, Priority, Status
 from hodei.plugin.monitor import HealthMonitor
 from hodei.plugin.server import ControlPlane
-from hodei.plugin.sessions import Session
+from hodei.plugin.sessions import Session, Sessions
 from hodei.plugin.settings import ServerSettings
 from hodei.proto import hodei_pb2 as pb
 
@@ -560,3 +561,17 @@ async def test_a_job_never_runs_under_a_registered_functions_name(cp: ControlPla
     with pytest.raises(Conflict, match="name of its own"):
         await cp.data.invocations.enqueue(fn.name, b"", job_revision=revision, idempotency=alice)
     assert await cp.data.invocations.get(first.id)
+
+
+def test_a_retry_of_a_warm_attempt_counts_as_a_retry() -> None:
+    """A review: a result that said whether its start was cold went past the retry
+    counter (one if/elif chain), so lambda functions' retries were never counted."""
+
+    def retries() -> float:
+        return REGISTRY.get_sample_value("hodei_retries_total") or 0.0
+
+    before = retries()
+    result = pb.JobResult(invocation_id="i1", attempt=1, cold_start=False)
+    ended = Ended("i1", EndKind.RETRY, function="f", revision="r1")
+    Sessions._acknowledge(Session("w1", "s1"), result, ended)
+    assert retries() == before + 1

@@ -385,7 +385,19 @@ async def test_a_stream_that_opens_while_the_server_stops_ends_with_the_others(
         stopping = asyncio.create_task(cp.stop(grace_s=60))
         await asyncio.wait_for(closed.wait(), 10)
         go_on.set()
-        # Before the fix the stream stayed open until the grace period ran out.
+        # Not ended with the others, the stream stayed open for the whole grace period.
         await asyncio.wait_for(stopping, 20)
         while await call.read() != grpc.aio.EOF:
             pass
+
+
+async def test_a_stopping_server_refuses_new_streams_before_taking_the_worker(
+    stub: pb_grpc.WorkerServiceStub, secured: ControlPlane
+) -> None:
+    """A review: a stream that opened during the stop made its worker available (so the
+    leader could lease it work through this server's inbox) before it ended."""
+    secured.sessions.stop()
+    _, call = await connect(stub)
+    assert await code_of(call.read()) == grpc.StatusCode.UNAVAILABLE
+    fake = await secured.data.workers.get("fake")
+    assert fake is not None and fake.state == "registering"
