@@ -34,8 +34,8 @@ NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-compatible
 # (deprecated) and IPv4-translated (SIIT).
 EMBEDDED_IPV4 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
-# Networks Python's ipaddress calls global that are not public: NAT64 for local use
-# (RFC 8215) and the deprecated site-local addresses.
+# Networks that are not public, which Python's ipaddress calls global before 3.12.4 (and
+# some of them private after): NAT64 for local use (RFC 8215), the deprecated site-local.
 NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
 HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
@@ -84,20 +84,30 @@ def _is_address(host: str) -> bool:
 def kind_of(address: Address) -> str | None:
     """What makes an address one callbacks may not reach, None for a public one."""
     for candidate in _destinations(address):
-        if candidate in METADATA:
-            return "a cloud metadata address"
-        if candidate.is_unspecified:
-            return "the unspecified address"
-        if candidate.is_loopback:
-            return "a loopback address"
-        if candidate.is_link_local:
-            return "a link-local address"
-        if candidate.is_multicast:
-            return "a multicast address"
-        if candidate.is_private:
-            return "a private address"
-        if not candidate.is_global or any(candidate in net for net in NOT_PUBLIC):
-            return "not a public address"
+        kind = _kind(candidate)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _kind(candidate: Address) -> str | None:
+    """``kind_of`` one address, without the IPv4 address it may carry."""
+    if candidate in METADATA:
+        return "a cloud metadata address"
+    if candidate.is_unspecified:
+        return "the unspecified address"
+    if candidate.is_loopback:
+        return "a loopback address"
+    if candidate.is_link_local:
+        return "a link-local address"
+    if candidate.is_multicast:
+        return "a multicast address"
+    if any(candidate in net for net in NOT_PUBLIC):  # before is_private: see NOT_PUBLIC
+        return "not a public address"
+    if candidate.is_private:
+        return "a private address"
+    if not candidate.is_global:
+        return "not a public address"
     return None
 
 
@@ -144,7 +154,9 @@ class CallbackPolicy:
         if any(d in net for d in destinations for net in self.networks):
             return None
         carried = destinations[-1]
-        return f"{address}{f' ({carried})' if carried != address else ''} is {kind}"
+        # ::1 and :: fall in ::/96 too, but what they carry says nothing
+        shown = carried != address and not (address.is_loopback or address.is_unspecified)
+        return f"{address}{f' ({carried})' if shown else ''} is {kind}"
 
     def literal_refusal(self, url: str) -> str | None:
         """Why ``url`` can never be delivered when its host is an address written in it,
