@@ -18,7 +18,9 @@ DEFAULT_HIDDEN = (
 )
 
 
-DRAIN_GRACE_S = 30.0  # the default of AgentSettings.drain_grace_s
+# The defaults of AgentSettings.drain_grace_s and drain_handback_s.
+DRAIN_GRACE_S = 30.0
+DRAIN_HANDBACK_S = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ class AgentSettings(EnvSettings):
     # a supervisor's kill timeout (Nomad's kill_timeout, at most the clients'
     # max_kill_timeout, 30 s by default) must be at least that.
     drain_grace_s: float = DRAIN_GRACE_S
-    drain_handback_s: float = 8.0
+    drain_handback_s: float = DRAIN_HANDBACK_S
     output_cap_bytes: int = 6 * 1024 * 1024
     # Lambda instances: AWS_REGION they see (unless their spec sets one), and how long an
     # idle instance lives when its spec's warm.idle_s does not say.

