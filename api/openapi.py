@@ -11,7 +11,7 @@ from aiohttp import web
 
 from hodei import __version__, tracing
 from hodei.api.fleet import EVENT_ID_RE
-from hodei.api.invocations import LOG_PAGE_MAX
+from hodei.api.logs import LOG_PAGE_MAX
 from hodei.api.middleware import ANY, METRICS_PATH
 from hodei.api.openapi_schemas import (
     CURSOR,

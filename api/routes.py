@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from hodei.api import console, fleet, functions, invocations
+from hodei.api import console, fleet, functions, invocations, logs
 from hodei.api.middleware import ANY, SCOPE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -149,7 +149,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/v1/invocations/{id}/logs",
-        invocations.get_logs,
+        logs.get_logs,
         "read",
         "Log lines, a page at a time; with follow=true, server-sent events until the end",
         {200: "json:Logs", 400: "", 404: "", 429: ""},
