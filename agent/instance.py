@@ -81,7 +81,7 @@ class Instance:
     def _line(self, stream: str, line: str) -> None:
         # The Lambda runtime clients join a record's lines with "\r", to keep it one
         # CloudWatch event: here each is a line of the logs.
-        for part in line.split("\r"):
+        for part in [p for p in line.split("\r") if p] or [line]:
             if self.sink is not None:
                 self.sink(stream, part)
             else:

@@ -247,7 +247,12 @@ class InstancePool:
                 error = endpoint.init_error.result()
                 # A pre-warmed instance has no invocation to fail with the runtime's message.
                 log.warning(
-                    "instance %s (%s) failed to initialise: %s", instance.id, job.function, error
+                    "instance %s (%s) failed to initialise%s: %s",
+                    instance.id,
+                    job.function,
+                    f" for invocation {instance.invocation}" if instance.invocation else "",
+                    error,
+                    extra=inv(instance.invocation) if instance.invocation else None,
                 )
                 instance.up.set_exception(RuntimeError(error))
                 instance.kill()

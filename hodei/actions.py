@@ -156,7 +156,7 @@ def _invoke(client: HodeiClient, args: argparse.Namespace) -> Exit:
 
 def _invoke_failed(result: InvokeResult) -> Exit:
     inv = result.invocation_id
-    if result.error_code in ("wait_timeout", "shutting_down"):
+    if not result.finished:
         # The gateway stopped waiting (its wait ran out, or it is stopping): the
         # invocation itself goes on.
         why = "the gateway is shutting down; " if result.error_code == "shutting_down" else ""

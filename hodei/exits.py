@@ -9,7 +9,8 @@ EXIT_CODES = """\
   1  the function did not succeed (failed, timed out, cancelled)
   2  usage: bad arguments, a spec file that is not JSON, a local file that cannot be read
   3  the gateway cannot be reached, or what answers is not a Hodei gateway
-  4  stopped waiting: the invocation is still queued or running
+  4  stopped waiting: the invocation is still queued or running (the wait ran out, or
+     the gateway is shutting down)
   5  the gateway refused the request (not found, invalid spec, forbidden...): its error
      code and message are printed
 """
