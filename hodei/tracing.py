@@ -64,7 +64,10 @@ def setup(component: str) -> bool:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError:
-        log.warning("OTEL_* is set but OpenTelemetry is not installed (pip install 'hodei[otel]')")
+        log.warning(
+            "OTEL_* is set but OpenTelemetry is not installed "
+            "(pip install -e '.[otel]' in Hodei's checkout)"
+        )
         return False
     name = os.environ.get("OTEL_SERVICE_NAME") or f"hodei-{component}"
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
