@@ -118,11 +118,14 @@ def functions(items: list[dict[str, Any]]) -> str:
     rows = []
     for f in items:
         r = f.get("resources", {})
+        runs = f.get("image") or " ".join(f.get("command", []))
+        if f.get("interface") == "lambda":
+            runs = f"{runs} lambda {f.get('handler', '')}".strip()
         rows.append(
             [
                 f["name"],
                 f.get("runtime", ""),
-                f.get("image") or " ".join(f.get("command", [])),
+                runs,
                 f"{r.get('cpu_millicores')}m",
                 f"{r.get('memory_mb')}MB",
                 f"{f.get('timeout_s', 0):g}s",

@@ -361,3 +361,12 @@ def test_a_gateway_that_stops_waiting_leaves_the_invocation_running(
     assert _invoke_failed(answer) == Exit.STILL_RUNNING
     err = capsys.readouterr().err
     assert "shutting_down" in err and "abc123 is still running" in err and "hodei status" in err
+
+
+def test_fn_ls_says_what_a_lambda_function_runs() -> None:
+    """A newcomer's audit: `hodei fn ls` showed an empty RUNS column for a warm function."""
+    spec = {"runtime": "process", "interface": "lambda", "handler": "app.handler"}
+    listed = views.functions([{"name": "greet", **spec, "resources": {}}])
+    assert "lambda app.handler" in listed.splitlines()[1]
+    stdio = views.functions([{"name": "shout", "command": ["tr", "a-z", "A-Z"], "resources": {}}])
+    assert "tr a-z A-Z" in stdio and "lambda" not in stdio
