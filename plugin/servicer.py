@@ -129,9 +129,12 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[pb.ServerMessage]:
         caller = await self._caller(context)
         try:
-            first = await anext(aiter(request_iterator))
+            first = await self.sessions.unless_stopping(anext(aiter(request_iterator)))
         except StopAsyncIteration:
             return
+        except ServerStopping as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
         if first.WhichOneof("kind") != "status" or not first.status.worker_id:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hodei.domain import WorkerState, function_label
 from hodei.errors import NotFound, ProtocolError, ServerStopping, StaleSession
@@ -30,6 +31,7 @@ from hodei.proto import hodei_pb2 as pb
 from hodei.tasks import raise_if_cancelled
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 INBOX_WAIT_S = 5.0
 
 
@@ -51,6 +53,7 @@ class Sessions:
         self.by_worker: dict[str, Session] = {}
         self.outage = Outage("agent reports", log)
         self.closing = False
+        self.stopping = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self, worker_id: str, session_id: str) -> Session:
@@ -82,7 +85,22 @@ class Sessions:
     def stop(self) -> None:
         """The server is stopping: end every stream, and those that open from now on."""
         self.closing = True
+        self.stopping.set()
         self.close_all()
+
+    async def unless_stopping(self, awaitable: Awaitable[T]) -> T:
+        """What ``awaitable`` gives; ServerStopping when the server begins to stop first (a
+        stream waiting for an agent's first word must not hold the stop for its grace)."""
+        waited = asyncio.ensure_future(awaitable)
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({waited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not waited.done():
+                raise ServerStopping("this server is stopping: connect to another")
+            return waited.result()
+        finally:
+            stopping.cancel()
+            waited.cancel()  # nothing when it is done
 
     def close_all(self) -> None:
         """End every open stream (its agent connects again)."""

@@ -401,3 +401,20 @@ async def test_a_stopping_server_refuses_new_streams_before_taking_the_worker(
     assert await code_of(call.read()) == grpc.StatusCode.UNAVAILABLE
     fake = await secured.data.workers.get("fake")
     assert fake is not None and fake.state == "registering"
+
+
+async def test_a_stream_that_has_not_spoken_yet_does_not_hold_the_stop(
+    settings: ServerSettings,
+) -> None:
+    """Stopping with a stream open that has not sent its first message (an agent that
+    opened it as it began to stop): the server waited for that message for its whole
+    grace."""
+    cp = ControlPlane(replace(settings, agent_tokens=(f"{TOKEN}:fake",)))
+    await cp.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
+        stub = pb_grpc.WorkerServiceStub(channel)
+        await stub.RegisterWorker(registration(), metadata=AUTH)
+        call = stub.JobStream(metadata=AUTH)
+        await call.wait_for_connection()
+        await asyncio.wait_for(cp.stop(grace_s=60), 20)
+        assert await code_of(call.read()) == grpc.StatusCode.UNAVAILABLE
