@@ -29,6 +29,13 @@ from hodei.dev_stack import Stack, port_taken
 from hodei.plugin.data.connection import unsupported_version
 
 
+@pytest.fixture(autouse=True)
+def _folders_in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`hodei dev` keeps its folder when a start fails, as these tests make it do: in the
+    test's own folder, which pytest clears, rather than one more /tmp/hodei-dev-* a run."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
     return {**env, **extra}
