@@ -501,6 +501,10 @@ async def test_server_and_gateway_registrations_deleted_from_consul_come_back(
         async with TestServer(create_app(gateway_settings), port=port):
             server_id = f"hodei-server-{cp.settings.server_id}"
             await wait_for(lambda: server_id in consul.services, 5)
+            # The gateway registers on its own schedule, not after the server.
+            await wait_for(
+                lambda: any(s["Service"] == "hodei-gateway" for s in consul.services.values()), 5
+            )
             [gateway_id] = [
                 i for i, s in consul.services.items() if s["Service"] == "hodei-gateway"
             ]
