@@ -52,12 +52,11 @@ class Sessions:
         self.instance_id = instance_id  # the route to this process: a worker's server_id
         self.by_worker: dict[str, Session] = {}
         self.outage = Outage("agent reports", log)
-        self.closing = False
-        self.stopping = asyncio.Event()
+        self.stopping = asyncio.Event()  # set once: this server ends every stream
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self, worker_id: str, session_id: str) -> Session:
-        if self.closing:  # before the worker is made available to the scheduler
+        if self.stopping.is_set():  # before the worker is made available to the scheduler
             raise ServerStopping("this server is stopping: connect to another")
         record = await self.data.workers.get(worker_id)
         if record is None:
@@ -70,7 +69,7 @@ class Sessions:
         if previous is not None:
             previous.outbox.put_nowait(None)
         session = Session(worker_id, session_id)
-        if self.closing:  # it was opening when the others were closed: it ends with them
+        if self.stopping.is_set():  # it was opening when the others were closed: it ends with them
             session.outbox.put_nowait(None)
         self.by_worker[worker_id] = session
         metrics.STREAMS.set(len(self.by_worker))
@@ -84,7 +83,6 @@ class Sessions:
 
     def stop(self) -> None:
         """The server is stopping: end every stream, and those that open from now on."""
-        self.closing = True
         self.stopping.set()
         self.close_all()
 
