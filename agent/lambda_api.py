@@ -35,6 +35,8 @@ NO_DEADLINE_MS = 24 * 3600 * 1000  # what `Lambda-Runtime-Deadline-Ms` says with
 MAX_ERROR_BODY = 1024 * 1024
 MAX_ERROR_TEXT = 4096
 CHUNK = 64 * 1024
+# Loop turns a runtime's answer waits so that its result goes on first (_answer).
+RESULT_FIRST_TURNS = 4
 ROUTE = re.compile(rf"^{PREFIX}/invocation/(?P<id>[^/]+)/(?P<kind>response|error)$")
 
 
@@ -212,6 +214,12 @@ class RuntimeEndpoint:
             self._taken = None
             if not invocation.reply.done():
                 invocation.reply.set_result(reply)
+                # Let the reply reach the agent's stream before the runtime hears back:
+                # else the 202 and the runtime's next `next` take the loop first, ~0.2 ms
+                # of every warm call. A turn per hop: the wait on the reply, the job's
+                # task, the stream's writer, and one to spare.
+                for _ in range(RESULT_FIRST_TURNS):
+                    await asyncio.sleep(0)
         return _json(202, {"status": "OK"})
 
     async def _init_error(self, request: web.BaseRequest) -> web.StreamResponse:

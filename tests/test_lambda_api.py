@@ -143,3 +143,35 @@ def test_trace_ids_events_and_error_texts() -> None:
     assert error_of(b"plain words", "") == "plain words"
     assert error_of(b"", "") == "unknown error"
     assert len(error_of(b'{"errorMessage": "' + b"x" * 10000 + b'"}', "T")) == 4096
+
+
+async def test_the_result_goes_on_before_the_runtime_hears_back(
+    endpoint: RuntimeEndpoint, http: aiohttp.ClientSession
+) -> None:
+    """The agent hands a response to its stream before it answers the runtime's POST: on
+    a busy agent the 202 and the runtime's next `next` would otherwise go first (about
+    0.2 ms of every warm call, measured with tcpdump). The consumer is shaped like the
+    agent's: a wait on the reply among other futures, then a queue to a writer task."""
+    order: list[str] = []
+    outbox: asyncio.Queue[bytes] = asyncio.Queue()
+    invocation = Invocation("inv-1", b"{}", 1234, "")
+
+    async def consume() -> None:
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await asyncio.wait({invocation.reply, never}, return_when=asyncio.FIRST_COMPLETED)
+        outbox.put_nowait(invocation.reply.result().body)
+
+    async def write() -> None:
+        await outbox.get()
+        order.append("result sent")
+
+    tasks = [asyncio.create_task(consume()), asyncio.create_task(write())]
+    base = f"http://{endpoint.address}"
+    pending = asyncio.create_task(http.get(base + NEXT))
+    endpoint.offer(invocation)
+    await (await asyncio.wait_for(pending, 5)).read()
+    async with http.post(f"{base}/2018-06-01/runtime/invocation/inv-1/response", data=b"1") as r:
+        assert r.status == 202
+        order.append("runtime answered")
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == ["result sent", "runtime answered"]
