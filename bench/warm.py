@@ -7,6 +7,9 @@ that all see the same machine:
 - ``warm-sh``: a busybox shell Runtime API loop in a container (docker, lambda interface)
 - ``cold-sh``: ``cat`` in a busybox container per invocation (docker, stdio)
 
+- ``http-floor``: the same client against an aiohttp server that only echoes (no Hodei):
+  what any call through an HTTP server and this client costs here
+
 then warm-py alone: back to back (``serial``), and one call every 50 ms (``sporadic``: the
 machine idles between calls, as under light traffic), and the throughput of the warm Python
 path with several clients at once.
@@ -14,7 +17,8 @@ path with several clients at once.
 Needs a Docker engine, the test image (``.ci/test-image``) and awslambdaric.
 Run: python bench/warm.py [--redis-url URL] [--rounds N] [--clients N] [--seconds S]
 Ends with key=value lines: ``warm_docker_speedup=`` (cold docker p50 / warm docker p50,
-target >= 20) and ``warm_process_p50_ms=`` (target <= 3 on an idle machine).
+target >= 20), ``warm_process_p50_ms=`` (target <= 3 on an idle machine) and what of it
+lies beyond the HTTP floor (``warm_process_beyond_http_floor_ms=``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import aiohttp
 from bench_hodei import HodeiStack
-from bench_procs import supervised
+from bench_procs import free_port, supervised
 from redis.asyncio import Redis
 
 IMAGE = "hodei-test/busybox:latest"
@@ -53,6 +57,7 @@ while wget -q -S -O /tmp/event "$base/invocation/next" 2>/tmp/headers; do
 done
 """
 FUNCTIONS = ("warm-py", "stdio-py", "warm-sh", "cold-sh")
+FLOOR = "http-floor"
 SPORADIC_GAP_S = 0.05
 
 
@@ -83,7 +88,8 @@ def specs() -> dict[str, dict[str, object]]:
 
 async def invoke(session: aiohttp.ClientSession, url: str, name: str) -> float:
     started = time.perf_counter()
-    async with session.post(f"{url}/v1/functions/{name}/invoke", data=PAYLOAD) as r:
+    target = f"{url}/echo" if name == FLOOR else f"{url}/v1/functions/{name}/invoke"
+    async with session.post(target, data=PAYLOAD) as r:
         body = await r.read()
         assert r.status == 200 and json.loads(body) == json.loads(PAYLOAD), (name, r.status, body)
     return (time.perf_counter() - started) * 1000
@@ -109,7 +115,7 @@ async def throughput(url: str, clients: int, seconds: float) -> float:
 async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict[str, object]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
-    samples: dict[str, list[float]] = {name: [] for name in FUNCTIONS}
+    samples: dict[str, list[float]] = {name: [] for name in (*FUNCTIONS, FLOOR)}
     rng = random.Random(14)  # the same orders in every run
     alone: dict[str, list[float]] = {"serial": [], "sporadic": []}
     try:
@@ -117,22 +123,28 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
             stack = HodeiStack(procs, redis_url)
             stack.start("bench-warm", runtimes="process,docker")
             url = stack.url
+            floor_port = free_port()
+            procs.start(
+                FLOOR, [sys.executable, os.path.join(HERE, "lib", "echo_http.py"), str(floor_port)]
+            )
+            urls = {name: url for name in FUNCTIONS} | {FLOOR: f"http://127.0.0.1:{floor_port}"}
             async with aiohttp.ClientSession() as session:
                 await stack.wait_ready(session)
+                await wait_listening(floor_port)
                 await stack.wait_runtime(session, "docker")
                 for name, spec in specs().items():
                     status, text = await stack.put_function(session, name, spec)
                     assert status in (200, 201), text
                 for _ in range(3):  # warm-up: instances started, image cached, connections open
-                    for name in FUNCTIONS:
-                        await invoke(session, url, name)
+                    for name in urls:
+                        await invoke(session, urls[name], name)
                 for _ in range(rounds):
                     # A new order each round, so that no function always follows the same
                     # one (a rotation kept warm-py behind cold-sh, whose container is still
                     # being torn down when the next call comes).
-                    order = rng.sample(FUNCTIONS, len(FUNCTIONS))
+                    order = rng.sample(list(urls), len(urls))
                     for name in order:
-                        samples[name].append(await invoke(session, url, name))
+                        samples[name].append(await invoke(session, urls[name], name))
                 for phase, gap_s in (("serial", 0.0), ("sporadic", SPORADIC_GAP_S)):
                     for _ in range(rounds):
                         if gap_s:
@@ -143,6 +155,20 @@ async def run(redis_url: str, rounds: int, clients: int, seconds: float) -> dict
         await redis.flushdb()
         await redis.aclose()
     return {"samples": samples, "alone": alone, "rate": rate}
+
+
+async def wait_listening(port: int, timeout_s: float = 30.0) -> None:
+    until = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > until:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -174,6 +200,8 @@ def main() -> int:
         print(f"warm_py_{phase}_p99_ms={percentile(ordered, 0.99):.2f}")
     print(f"warm_process_jobs_per_s={result['rate']:.0f}  # {args.clients} clients")
     print(f"warm_process_p50_ms={p50['warm-py']:.2f}")
+    # What Hodei adds to an HTTP round trip of this client (a difference of medians).
+    print(f"warm_process_beyond_http_floor_ms={p50['warm-py'] - p50[FLOOR]:.2f}")
     print(f"warm_docker_speedup={p50['cold-sh'] / p50['warm-sh']:.1f}")
     return 0
 
