@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import logging
 import time
@@ -28,6 +27,7 @@ from hodei.api.requests import (
     valid_id,
     wait_s,
 )
+from hodei.api.scopes import check_job, check_replay, refuse_hidden_env
 from hodei.api.state import Gateway, error, gateway
 from hodei.api.waiter import Waiter
 from hodei.domain import function_label
@@ -258,18 +258,13 @@ def _final_response(found: Invocation, output: bytes) -> web.Response:
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    """POST /v1/jobs: a one-off job with an inline spec (admin, or an allow-listed image)."""
+    """POST /v1/jobs: a one-off job with an inline spec (admin, or an allow-listed image
+    within the invoke tokens' time budget: api/scopes.py)."""
     gw = gateway(request)
     name, payload, raw_spec = await job_body(request)
+    refuse_hidden_env(raw_spec)
     spec = FunctionSpec.from_dict(name, raw_spec)
-    if "admin" not in request[SCOPES] and not _job_image_allowed(spec, gw.settings.job_images):
-        allowed = ", ".join(gw.settings.job_images) or "none here"
-        return error(
-            403,
-            "forbidden",
-            "a one-off job runs the command it names, so it needs the admin scope; an invoke "
-            f"token may submit docker jobs without network of the job_images ({allowed})",
-        )
+    check_job(spec, request[SCOPES], gw.settings, "submit")
     # enqueue.lua refuses it too, atomically; this spares storing the spec of a refusal.
     if await gw.data.functions.exists(spec.name):
         raise job_name_taken(f"function {spec.name!r}")
@@ -278,16 +273,6 @@ async def submit_job(request: web.Request) -> web.Response:
     if enqueued.duplicate:
         return await _accepted(gw, enqueued.id)
     return _accepted_new(enqueued.id)
-
-
-def _job_image_allowed(spec: FunctionSpec, patterns: tuple[str, ...]) -> bool:
-    """A docker job of an allow-listed image, kept off the network: what runs is the
-    image's, confined by the container, whatever its command."""
-    return (
-        spec.runtime == "docker"
-        and not spec.network
-        and any(fnmatch.fnmatchcase(spec.image, pattern) for pattern in patterns)
-    )
 
 
 async def get_invocation(request: web.Request) -> web.Response:
@@ -322,9 +307,12 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def replay(request: web.Request) -> web.Response:
-    """POST /v1/invocations/{id}/replay: run a dead-lettered invocation again (a new one)."""
+    """POST /v1/invocations/{id}/replay: run a dead-lettered invocation again (a new one);
+    a one-off job's replay needs what submitting its spec would."""
     gw = gateway(request)
-    new_id = await gw.data.invocations.replay(valid_id(request))
+    invocation_id = valid_id(request)
+    await check_replay(gw, invocation_id, request[SCOPES])
+    new_id = await gw.data.invocations.replay(invocation_id)
     return _accepted_new(new_id)
 
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from hodei.api.requests import CURSOR_RE, ID_RE
+from hodei.api.scopes import ENV_REDACTED, HIDDEN
 from hodei.plugin.models import (
     BOUNDS,
     ENV_NAME_RE,
@@ -73,6 +74,17 @@ def _closed(properties: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "additionalProperties": False, **more}
 
 
+def _env_given() -> dict[str, Any]:
+    """The env of a spec sent: any value but the marker of a hidden one (api/scopes.py)."""
+    env = _string_map(ENV_NAME_RE)
+    env["additionalProperties"]["not"] = {"const": HIDDEN}
+    env["description"] = (
+        f"the function's environment; a value {HIDDEN!r} (what a read without the admin "
+        "scope shows) is refused: 422"
+    )
+    return env
+
+
 SPEC_PROPERTIES: dict[str, Any] = {
     "runtime": {"enum": list(RUNTIMES), "default": "process"},
     "interface": {"enum": list(INTERFACES), "default": "stdio"},
@@ -80,7 +92,7 @@ SPEC_PROPERTIES: dict[str, Any] = {
     "warm": _closed(_numbers("warm.")),
     "image": TEXT,
     "command": {"type": "array", "maxItems": MAX_ITEMS, "items": TEXT},
-    "env": _string_map(ENV_NAME_RE),
+    "env": _env_given(),
     "labels": _string_map(LABEL_RE),
     "resources": _closed(_numbers("resources.")),
     "priority": PRIORITY,
@@ -109,6 +121,19 @@ SPEC_RULES: list[dict[str, Any]] = [
         "then": {"required": ["command"], "properties": {"command": {"minItems": 1}}},
     },
 ]
+# A function as read: env values only for the admin scope (or a gateway without tokens).
+READ_PROPERTIES: dict[str, Any] = {
+    **SPEC_PROPERTIES,
+    "env": {
+        **_string_map(ENV_NAME_RE),
+        "description": "the function's environment; without the admin scope, each value "
+        f"reads {HIDDEN!r} (the names stay)",
+    },
+    ENV_REDACTED: {
+        "const": True,
+        "description": "present when env values are hidden from this caller",
+    },
+}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 INVOCATION_FIELDS: dict[str, Any] = {
     "id": {"type": "string"},
@@ -163,7 +188,7 @@ SCHEMAS: dict[str, Any] = {
     "Function": {
         "type": "object",
         "required": ["name", *SPEC_PROPERTIES],
-        "properties": {"name": NAME, **SPEC_PROPERTIES},
+        "properties": {"name": NAME, **READ_PROPERTIES},
     },
     "JobSpec": {
         **_closed(

@@ -51,7 +51,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/functions",
         functions.list_functions,
         "read",
-        "List functions",
+        "List functions (their env values need the admin scope)",
         {200: "json:FunctionList"},
     ),
     Route(
@@ -68,8 +68,8 @@ ROUTES: tuple[Route, ...] = (
         "/v1/functions/{name}",
         functions.get_function,
         "read",
-        "Read a function",
-        {200: "json:FunctionSpec", 404: ""},
+        "Read a function (its env values need the admin scope)",
+        {200: "json:Function", 404: ""},
     ),
     Route(
         "DELETE",
@@ -107,9 +107,16 @@ ROUTES: tuple[Route, ...] = (
         invocations.submit_job,
         "invoke",
         "Run a one-off job from an inline spec: admin, or an invoke token running a docker "
-        "image the gateway's job_images allow, without network; never under a registered "
-        "function's name (409)",
-        {202: "json:Accepted", 400: "", 403: "", 409: "", 422: "", 429: ""},
+        "image the gateway's job_images allow, without network, for invoke_job_max_timeout_s "
+        "at most (422 beyond); never under a registered function's name (409)",
+        {
+            202: "json:Accepted",
+            400: "",
+            403: "the token lacks the invoke scope, or the spec needs admin",
+            409: "",
+            422: "an invalid spec, or an invoke token's timeout_s beyond invoke_job_max_timeout_s",
+            429: "",
+        },
         body="json:JobSpec",
         headers=("X-Callback-Url", "Idempotency-Key", "X-Hodei-Priority", "traceparent"),
     ),
@@ -169,8 +176,16 @@ ROUTES: tuple[Route, ...] = (
         "/v1/invocations/{id}/replay",
         invocations.replay,
         "invoke",
-        "Run a dead-lettered invocation again, as a new invocation",
-        {202: "json:Accepted", 404: "", 409: "", 429: ""},
+        "Run a dead-lettered invocation again, as a new invocation; a one-off job's needs "
+        "what submitting its spec would (POST /v1/jobs: 403, 422)",
+        {
+            202: "json:Accepted",
+            403: "the token lacks the invoke scope, or the job's spec needs admin",
+            404: "",
+            409: "",
+            422: "the job's timeout_s exceeds invoke_job_max_timeout_s (an invoke token)",
+            429: "",
+        },
     ),
     Route(
         "GET",

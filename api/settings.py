@@ -32,6 +32,9 @@ class GatewaySettings(DataSettings):
     # scope; an invoke token may submit a docker job without network whose image matches
     # one of these shell patterns ("registry.example.com/jobs/*"; "*" spans "/" too).
     job_images: tuple[str, ...] = ()
+    # ...for at most this many seconds (timeout_s; an admin's job, up to a day): what an
+    # invoke token's job may spend of a worker, per attempt.
+    invoke_job_max_timeout_s: float = 900.0
     # Open server-sent event streams (/v1/events, logs?follow): in all, and per caller.
     max_streams: int = 1000
     max_streams_per_caller: int = 100
