@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 READ_AHEAD = 256  # agent messages received and not yet handled, at most
+# How long a stopping server's stream waits for the report it is recording, so that its
+# answers go out before the stream ends (a Redis round trip; a failed one answers at once).
+STOP_FLUSH_S = 2.0
 PIN_CODES = {
     "not_queued": grpc.StatusCode.FAILED_PRECONDITION,
     "not_schedulable": grpc.StatusCode.FAILED_PRECONDITION,
@@ -179,10 +183,14 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 )
             await received.put(None)
 
+        idle = asyncio.Event()  # no report being recorded
+        idle.set()
+
         async def handle() -> None:
             try:
                 while (message := await received.get()) is not None:
                     messages, ended = drain(message, received)
+                    idle.clear()
                     try:
                         await self.sessions.handle(session, messages)
                     except ProtocolError:
@@ -196,6 +204,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                             ", ".join(sorted({str(m.WhichOneof("kind")) for m in messages})),
                             extra={"worker_id": session.worker_id},
                         )
+                    finally:
+                        idle.set()
                     if ended:
                         break
             except ProtocolError as exc:
@@ -214,6 +224,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     yield pb.ServerMessage(batch=pb.ServerMessages(messages=batch))
                 if ended:
                     break
+            if self.sessions.stopping.is_set():
+                # Ended by the stop: the results being recorded get their answers first
+                # (an agent would send them again elsewhere, or wait out its drain for them).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(idle.wait(), STOP_FLUSH_S)
+                if last := leftovers(session.outbox):
+                    yield pb.ServerMessage(batch=pb.ServerMessages(messages=last))
         finally:
             for task in (receiver, handler):
                 task.cancel()
@@ -227,6 +244,15 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 code = grpc.StatusCode.PERMISSION_DENIED
                 log.warning("refused: %s", failure[0], extra={"worker_id": session.worker_id})
             await context.abort(code, str(failure[0]))
+
+
+def leftovers(outbox: asyncio.Queue[pb.ServerMessage | None]) -> list[pb.ServerMessage]:
+    """What ``outbox`` holds now, ends of stream left out."""
+    found = []
+    while not outbox.empty():
+        if (message := outbox.get_nowait()) is not None:
+            found.append(message)
+    return found
 
 
 def _invalid_registration(r: pb.RegisterWorkerRequest) -> str:

@@ -418,3 +418,37 @@ async def test_a_stream_that_has_not_spoken_yet_does_not_hold_the_stop(
         await call.wait_for_connection()
         await asyncio.wait_for(cp.stop(grace_s=60), 20)
         assert await code_of(call.read()) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_result_being_recorded_when_the_server_stops_is_acknowledged(
+    settings: ServerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop ends the streams, but a result whose recording it interrupted gets its
+    answer first: without it, a draining agent whose server stopped for good waited out its
+    whole drain budget (38 s in a test that failed under load) for an answer that never
+    came, and an agent moving to another server sent it again."""
+    cp = ControlPlane(replace(settings, agent_tokens=(f"{TOKEN}:fake",)))
+    await cp.start()
+    recording, go_on = asyncio.Event(), asyncio.Event()
+    report = cp.data.leases.report
+
+    async def held(accepted: Any = (), logs: Any = (), ends: Any = ()) -> Any:
+        if ends:
+            recording.set()
+            await go_on.wait()
+        return await report(accepted, logs, ends)
+
+    monkeypatch.setattr(cp.data.leases, "report", held)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
+        _, call = await connect(pb_grpc.WorkerServiceStub(channel))
+        result = pb.JobResult(invocation_id="nope", attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED)
+        await call.write(pb.AgentMessage(result=result))
+        await asyncio.wait_for(recording.wait(), 10)
+        stopping = asyncio.create_task(cp.stop(grace_s=60))
+        await asyncio.wait_for(cp.sessions.stopping.wait(), 10)  # the streams are told to end
+        go_on.set()
+        acks = []
+        while (reply := await asyncio.wait_for(call.read(), 20)) != grpc.aio.EOF:
+            acks += [m.ack.invocation_id for m in reply.batch.messages] or [reply.ack.invocation_id]
+        assert acks == ["nope"]
+        await asyncio.wait_for(stopping, 20)
