@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 READ_AHEAD = 256  # agent messages received and not yet handled, at most
-# How long a stopping server's stream waits for the report it is recording, so that its
-# answers go out before the stream ends (a Redis round trip; a failed one answers at once).
+# How long a stopping server's stream waits for the reports received before the stop to be
+# recorded, so that their answers go out before it ends (Redis round trips; a failed one
+# answers at once).
 STOP_FLUSH_S = 2.0
 PIN_CODES = {
     "not_queued": grpc.StatusCode.FAILED_PRECONDITION,
@@ -183,14 +184,10 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 )
             await received.put(None)
 
-        idle = asyncio.Event()  # no report being recorded
-        idle.set()
-
         async def handle() -> None:
             try:
                 while (message := await received.get()) is not None:
                     messages, ended = drain(message, received)
-                    idle.clear()
                     try:
                         await self.sessions.handle(session, messages)
                     except ProtocolError:
@@ -204,8 +201,6 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                             ", ".join(sorted({str(m.WhichOneof("kind")) for m in messages})),
                             extra={"worker_id": session.worker_id},
                         )
-                    finally:
-                        idle.set()
                     if ended:
                         break
             except ProtocolError as exc:
@@ -225,12 +220,12 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 if ended:
                     break
             if self.sessions.stopping.is_set():
-                # Ended by the stop: the results being recorded get their answers first
-                # (an agent would send them again elsewhere, or wait out its drain for them).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(idle.wait(), STOP_FLUSH_S)
-                if last := leftovers(session.outbox):
-                    yield pb.ServerMessage(batch=pb.ServerMessages(messages=last))
+                # Ended by the stop: what the agent sent before it is recorded and answered
+                # first (else it sends its results again elsewhere, or waits out its drain).
+                receiver.cancel()
+                await finish_handling(received, handler)
+                for batch in leftovers(session.outbox):
+                    yield pb.ServerMessage(batch=pb.ServerMessages(messages=batch))
         finally:
             for task in (receiver, handler):
                 task.cancel()
@@ -246,13 +241,23 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             await context.abort(code, str(failure[0]))
 
 
-def leftovers(outbox: asyncio.Queue[pb.ServerMessage | None]) -> list[pb.ServerMessage]:
-    """What ``outbox`` holds now, ends of stream left out."""
-    found = []
+async def finish_handling(
+    received: asyncio.Queue[pb.AgentMessage | None], handler: asyncio.Task[None]
+) -> None:
+    """Let ``handler`` handle what was received and end, within STOP_FLUSH_S."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + STOP_FLUSH_S
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(received.put(None), STOP_FLUSH_S)
+    await asyncio.wait({handler}, timeout=max(0.0, until - loop.time()))
+
+
+def leftovers(outbox: asyncio.Queue[pb.ServerMessage | None]) -> Iterator[list[pb.ServerMessage]]:
+    """What ``outbox`` holds now, in batches of at most MAX_BATCH_BYTES (drain), ends of
+    stream left out."""
     while not outbox.empty():
-        if (message := outbox.get_nowait()) is not None:
-            found.append(message)
-    return found
+        if (first := outbox.get_nowait()) is not None:
+            yield drain(first, outbox)[0]
 
 
 def _invalid_registration(r: pb.RegisterWorkerRequest) -> str:

@@ -19,6 +19,8 @@ from conftest import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hodei.plugin import servicer
+from hodei.plugin.agent_identity import foreign_worker
 from hodei.plugin.models import Status
 from hodei.plugin.server import ControlPlane
 from hodei.plugin.settings import ServerSettings
@@ -420,35 +422,46 @@ async def test_a_stream_that_has_not_spoken_yet_does_not_hold_the_stop(
         assert await code_of(call.read()) == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_a_result_being_recorded_when_the_server_stops_is_acknowledged(
+async def test_results_received_before_the_server_stops_are_acknowledged(
     settings: ServerSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The stop ends the streams, but a result whose recording it interrupted gets its
-    answer first: without it, a draining agent whose server stopped for good waited out its
-    whole drain budget (38 s in a test that failed under load) for an answer that never
-    came, and an agent moving to another server sent it again."""
+    """The stop ends the streams, but the results an agent sent before it are recorded and
+    answered first, the one being recorded and the one behind it: without their answers, a
+    draining agent whose server stopped for good waited out its whole drain budget (38 s in
+    a test that failed under load), and an agent moving to another server sent them again."""
     cp = ControlPlane(replace(settings, agent_tokens=(f"{TOKEN}:fake",)))
     await cp.start()
     recording, go_on = asyncio.Event(), asyncio.Event()
     report = cp.data.leases.report
 
     async def held(accepted: Any = (), logs: Any = (), ends: Any = ()) -> Any:
-        if ends:
+        if ends and not recording.is_set():
             recording.set()
             await go_on.wait()
         return await report(accepted, logs, ends)
 
+    received: list[str] = []
+
+    def seen(message: pb.AgentMessage, worker_id: str) -> str:
+        received.append(message.result.invocation_id)
+        return foreign_worker(message, worker_id)
+
     monkeypatch.setattr(cp.data.leases, "report", held)
+    monkeypatch.setattr(servicer, "foreign_worker", seen)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}") as channel:
         _, call = await connect(pb_grpc.WorkerServiceStub(channel))
-        result = pb.JobResult(invocation_id="nope", attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED)
-        await call.write(pb.AgentMessage(result=result))
-        await asyncio.wait_for(recording.wait(), 10)
+        for invocation_id in ("first", "second"):
+            result = pb.JobResult(
+                invocation_id=invocation_id, attempt=1, outcome=pb.JOB_OUTCOME_SUCCEEDED
+            )
+            await call.write(pb.AgentMessage(result=result))
+            await asyncio.wait_for(recording.wait(), 10)  # the first one is being recorded
+        await wait_for(lambda: "second" in received, 10)
         stopping = asyncio.create_task(cp.stop(grace_s=60))
         await asyncio.wait_for(cp.sessions.stopping.wait(), 10)  # the streams are told to end
         go_on.set()
         acks = []
         while (reply := await asyncio.wait_for(call.read(), 20)) != grpc.aio.EOF:
             acks += [m.ack.invocation_id for m in reply.batch.messages] or [reply.ack.invocation_id]
-        assert acks == ["nope"]
+        assert acks == ["first", "second"]
         await asyncio.wait_for(stopping, 20)
