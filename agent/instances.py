@@ -26,6 +26,7 @@ from hodei.agent.instance_floors import Floors
 from hodei.agent.instance_policy import Choice, PoolKey, State
 from hodei.agent.lambda_api import Reply
 from hodei.agent.runtime import LogSink, Outcome, now_ms
+from hodei.domain import is_job
 from hodei.logs import inv
 from hodei.proto import hodei_pb2 as pb
 
@@ -294,6 +295,11 @@ class InstancePool:
     def _release(self, instance: Instance) -> None:
         """Back to idle after an invocation (or a pre-warmed start), if it still lives."""
         if instance.state is State.STOPPING or instance.exit_code.done():
+            return
+        if is_job(instance.key.revision):
+            # Nothing calls a one-off job again: kept idle, its runtime would run on for
+            # warm.idle_s (the spec's to choose), beyond the job's own timeout.
+            self._retire([instance.id], "its one-off job is done")
             return
         instance.state = State.IDLE
         instance.claimed = False

@@ -20,6 +20,7 @@ from lambda_harness import Harness
 from hodei.agent.process_instances import ProcessLauncher
 from hodei.agent.process_runtime import ProcessRuntime
 from hodei.agent.sandbox import Sandbox
+from hodei.domain import JOB_REVISION_PREFIX
 from hodei.proto import hodei_pb2 as pb
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -366,6 +367,18 @@ async def test_idle_instances_are_reaped_after_idle_s(agent: Harness, code: Path
     await wait_for(lambda: not psutil.pid_exists(output(first)["pid"]), 10)
     again = await agent.invoke(job(code, "again", {}, **quick))
     assert again.cold_start
+
+
+async def test_a_one_off_jobs_instance_stops_after_its_invocation(
+    agent: Harness, code: Path
+) -> None:
+    """A one-off job runs once: its instance is not kept warm for calls that never come. An
+    invoke token's job (warm.idle_s a day) left its runtime running on, past its timeout."""
+    lasting = {"warm": pb.WarmPolicy(idle_s=86400), "revision": f"{JOB_REVISION_PREFIX}1"}
+    result = await agent.invoke(job(code, "once", {}, **lasting))
+    assert result.outcome == pb.JOB_OUTCOME_SUCCEEDED, result.error
+    await wait_for(lambda: not agent.pools(), 10)
+    await wait_for(lambda: not psutil.pid_exists(output(result)["pid"]), 10)
 
 
 async def test_idle_instances_are_evicted_least_recently_used_under_memory_pressure(
