@@ -107,14 +107,14 @@ ROUTES: tuple[Route, ...] = (
         invocations.submit_job,
         "invoke",
         "Run a one-off job from an inline spec: admin, or an invoke token running a docker "
-        "image the gateway's job_images allow, without network, for invoke_job_max_timeout_s "
-        "at most (422 beyond); never under a registered function's name (409)",
+        "image the gateway's job_images allow, without network, within invoke_job_budget_s "
+        "over its attempts; never under a registered function's name (409)",
         {
             202: "json:Accepted",
             400: "",
             403: "the token lacks the invoke scope, or the spec needs admin",
             409: "",
-            422: "an invalid spec, or an invoke token's timeout_s beyond invoke_job_max_timeout_s",
+            422: "",
             429: "",
         },
         body="json:JobSpec",
@@ -177,13 +177,12 @@ ROUTES: tuple[Route, ...] = (
         invocations.replay,
         "invoke",
         "Run a dead-lettered invocation again, as a new invocation; a one-off job's needs "
-        "what submitting its spec would (POST /v1/jobs: 403, 422)",
+        "what submitting its spec would (POST /v1/jobs: 403)",
         {
             202: "json:Accepted",
             403: "the token lacks the invoke scope, or the job's spec needs admin",
             404: "",
             409: "",
-            422: "the job's timeout_s exceeds invoke_job_max_timeout_s (an invoke token)",
             429: "",
         },
     ),

@@ -2,7 +2,7 @@
 scope): a function's env values are the admin's (secrets go there); a one-off job runs
 what its spec names, so submitting or replaying one needs the admin scope, unless it is a
 docker job of an allow-listed image, without network, within the invoke tokens' time
-budget."""
+budget over all its attempts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hodei.api.settings import GatewaySettings
 from hodei.api.state import Gateway
 from hodei.domain import is_job
 from hodei.errors import Conflict, InvalidSpec, NotFound
-from hodei.plugin.models import DAY_S, FunctionSpec
+from hodei.plugin.models import FunctionSpec
 
 # What a caller without the admin scope reads in place of each env value; a spec that
 # carries it back (PUT, a job) is refused, so a redacted read never overwrites the values.
@@ -44,7 +44,11 @@ def refuse_hidden_env(raw: dict[str, Any]) -> None:
             if value == HIDDEN:
                 raise InvalidSpec(f"env.{str(name)[:128]}", why)
     if raw.get(ENV_REDACTED) is True:  # (anything else is an unknown field: from_dict)
-        raise InvalidSpec(ENV_REDACTED, why)
+        raise InvalidSpec(
+            ENV_REDACTED,
+            "a spec as read without the admin scope: give the env values and "
+            f"leave {ENV_REDACTED} out",
+        )
 
 
 def job_image_allowed(spec: FunctionSpec, patterns: tuple[str, ...]) -> bool:
@@ -61,8 +65,9 @@ def check_job(
     spec: FunctionSpec, scopes: frozenset[str], settings: GatewaySettings, doing: str
 ) -> None:
     """Whether this caller may run this one-off job's spec, ``doing`` "submit" or "replay"
-    (the same rule for both): 403 without the admin scope unless its image is allowed;
-    422 when an invoke token's job asks for more time than invoke tokens' jobs get."""
+    (the same rule for both): 403 without the admin scope unless its image is allowed and
+    its attempts fit in the invoke tokens' time budget (the spec is valid: an admin may run
+    it)."""
     if "admin" in scopes:
         return
     if not job_image_allowed(spec, settings.job_images):
@@ -77,13 +82,15 @@ def check_job(
             reason=f"{lead}; an invoke token may {doing} docker jobs without network of the "
             f"job_images ({allowed})"
         )
-    limit = settings.invoke_job_max_timeout_s
-    if not spec.timeout_s <= limit:  # (so that a limit of NaN refuses: fail closed)
-        asked = f"this job's spec asks for {spec.timeout_s:g}; " if doing == "replay" else ""
-        raise InvalidSpec(
-            "timeout_s",
-            f"{asked}an invoke token's job may run {limit:g} s at most (the gateway's "
-            f"invoke_job_max_timeout_s; an admin's, {DAY_S:g} s)",
+    budget = settings.invoke_job_budget_s
+    attempts = 1 + spec.max_retries
+    asked = spec.timeout_s * attempts
+    if not asked <= budget:  # (so that a budget of NaN refuses: fail closed)
+        raise web.HTTPForbidden(
+            reason=f"an invoke token's job may take {budget:g} s of a worker over all its "
+            f"attempts (the gateway's invoke_job_budget_s); this one may take {asked:g} "
+            f"(timeout_s {spec.timeout_s:g} for each of {attempts} attempts, 1 + max_retries): "
+            "lower either, or use an admin token"
         )
 
 

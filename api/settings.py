@@ -32,9 +32,9 @@ class GatewaySettings(DataSettings):
     # scope; an invoke token may submit a docker job without network whose image matches
     # one of these shell patterns ("registry.example.com/jobs/*"; "*" spans "/" too).
     job_images: tuple[str, ...] = ()
-    # ...for at most this many seconds (timeout_s; an admin's job, up to a day): what an
-    # invoke token's job may spend of a worker, per attempt.
-    invoke_job_max_timeout_s: float = 900.0
+    # ...taking this many seconds of a worker at most, over all its attempts: timeout_s x
+    # (1 + max_retries). An admin's job is bound by the spec's limits alone.
+    invoke_job_budget_s: float = 3600.0
     # Open server-sent event streams (/v1/events, logs?follow): in all, and per caller.
     max_streams: int = 1000
     max_streams_per_caller: int = 100

@@ -123,8 +123,8 @@ HELP: dict[str, str] = {
     "api_tokens_file": "a file with one token:scope+scope entry per line",
     "job_images": "an image pattern (shell-style, e.g. registry/jobs/*) invoke tokens may run "
     "as one-off docker jobs; anything else needs admin (repeatable)",
-    "invoke_job_max_timeout_s": "longest timeout_s (seconds) of an invoke token's one-off job "
-    "(submitted or replayed); longer ones get 422, an admin's may run a day",
+    "invoke_job_budget_s": "seconds of a worker an invoke token's one-off job may take over "
+    "all its attempts, timeout_s x (1 + max_retries), submitted or replayed (403 beyond)",
     "callback_timeout_s": "seconds a callback POST may take",
     "callback_allow": "a network (CIDR) or host name callbacks may reach besides public "
     "addresses, e.g. 10.1.0.0/16 (repeatable; metadata addresses never)",
