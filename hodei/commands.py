@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any
 
@@ -118,7 +119,12 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="do not wait: print the invocation id (follow it with status, logs, result)",
     )
-    invoke.add_argument("--wait", type=float, help="seconds to wait for the output (exit 4 after)")
+    invoke.add_argument(
+        "--wait",
+        type=float,
+        help="seconds to wait for the output (default: the gateway's, 30 s unless set; exit 4 "
+        "after, the invocation still running)",
+    )
     invoke.add_argument("--priority", choices=("high", "normal", "low"), help="queue priority")
     invoke.add_argument(
         "--idempotency-key", help="the same key returns the first invocation instead of a new one"
@@ -181,10 +187,32 @@ def run(args: argparse.Namespace) -> int:
     except GatewayUnreachable as exc:
         return _fail(str(exc), Exit.UNREACHABLE)
     except ApiError as exc:
-        return _fail(f"{exc.code}: {exc.message} (HTTP {exc.status})", Exit.REFUSED)
+        where = f"; {_where_to_look(args)}" if exc.status == 404 else ""
+        return _fail(f"{exc.code}: {exc.message} (HTTP {exc.status}){where}", Exit.REFUSED)
     except KeyboardInterrupt:
-        return 130
+        if args.command == "invoke" and not args.asynchronous:
+            _fail(f"interrupted; the invocation goes on: {_find_it(args)}", Exit.INTERRUPTED)
+        return int(Exit.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours.
         sys.stderr.close()
         return 0
+
+
+def _where_to_look(args: argparse.Namespace) -> str:
+    """What lists what a command did not find."""
+    if args.command in ("invoke", "fn"):
+        return "hodei fn ls lists the functions"
+    if args.command == "dead":
+        return "hodei dead ls lists the dead letters"
+    if args.command == "drain":
+        return "hodei workers lists the workers"
+    return "hodei ls lists recent invocations"
+
+
+def _find_it(args: argparse.Namespace) -> str:
+    found = f"hodei ls --function {args.name} finds it"
+    if args.idempotency_key:
+        key = shlex.quote(args.idempotency_key)
+        return f"{found}; hodei invoke {args.name} --idempotency-key {key} waits for it again"
+    return found

@@ -13,6 +13,7 @@ EXIT_CODES = """\
      the gateway is shutting down)
   5  the gateway refused the request (not found, invalid spec, forbidden...): its error
      code and message are printed
+  130  interrupted (Ctrl-C): an invocation it was waiting for goes on
 """
 
 
@@ -23,3 +24,4 @@ class Exit(enum.IntEnum):
     UNREACHABLE = 3
     STILL_RUNNING = 4
     REFUSED = 5
+    INTERRUPTED = 130

@@ -370,3 +370,60 @@ def test_fn_ls_says_what_a_lambda_function_runs() -> None:
     assert "lambda app.handler" in listed.splitlines()[1]
     stdio = views.functions([{"name": "shout", "command": ["tr", "a-z", "A-Z"], "resources": {}}])
     assert "tr a-z A-Z" in stdio and "lambda" not in stdio
+
+
+async def test_not_found_says_where_to_look(url: str) -> None:
+    """A newcomer's audit: "function 'x' does not exist" left them to guess the next step."""
+    env = {"HODEI_URL": url}
+    for args, where in (
+        (("invoke", "missing"), "hodei fn ls"),
+        (("fn", "show", "missing"), "hodei fn ls"),
+        (("status", "0" * 32), "hodei ls"),
+        (("logs", "0" * 32), "hodei ls"),
+        (("dead", "replay", "0" * 32), "hodei dead ls"),
+        (("drain", "nobody"), "hodei workers"),
+    ):
+        code, _, err = await hodei(*args, env=env)
+        assert code == Exit.REFUSED and "not_found" in err and where in err, (args, err)
+
+
+async def test_ctrl_c_of_a_waiting_invoke_says_the_invocation_goes_on(
+    url: str, plane: ControlPlane, agents: list[AgentProcess]
+) -> None:
+    """A newcomer's audit: Ctrl-C of `hodei invoke` exited 130 without a word, as if the
+    call had been cancelled; it runs on."""
+    await start_agent(plane, agents, "w1")
+    env = {"HODEI_URL": url}
+    await hodei("fn", "deploy", "nap", "--command", "sleep 30", env=env)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HODEI_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hodei.cli",
+        "invoke",
+        "nap",
+        "--idempotency-key",
+        "k1",
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**environ, **env},
+    )
+
+    async def running() -> bool:
+        _, out, _ = await hodei("ls", "--function", "nap", "--status", "running", env=env)
+        return "nap" in out
+
+    await wait_for(running, 30)
+    proc.send_signal(2)  # SIGINT, as Ctrl-C
+    err = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()  # type: ignore[union-attr]
+    assert await proc.wait() == 130
+    assert "goes on" in err and "hodei ls --function nap" in err
+    assert "--idempotency-key k1" in err  # the same key waits for the same invocation
+    assert "Traceback" not in err
+
+
+def test_invoke_help_says_how_long_it_waits() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    wait = next(a for a in sub.choices["invoke"]._actions if "--wait" in a.option_strings)
+    assert "30" in (wait.help or "")
