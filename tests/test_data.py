@@ -373,6 +373,22 @@ async def test_replay_is_a_new_invocation_within_the_functions_limits(cp: Contro
         await cp.data.invocations.replay("missing")
 
 
+async def test_a_deleted_functions_dead_letters_are_not_replayed(cp: ControlPlane) -> None:
+    """A review: deleting a function stops it from running, but an invoke token could still
+    run its last revision (its code, its env) by replaying one of its dead letters."""
+    await register(cp, "w1")
+    fn = await deploy(cp, "gone", command=["true"], max_retries=0)
+    dead = await invoke(cp, fn, b"x")
+    await cp.data.leases.assign(dead, "w1", "")
+    await cp.data.leases.end(end(dead, 1, "w1", "failed", exit_code=1))
+    await cp.data.functions.delete("gone")
+    with pytest.raises(NotFound, match="was deleted"):
+        await cp.data.invocations.replay(dead)
+    assert dead in await dead_ids(cp)  # still there, to read
+    await deploy(cp, "gone", command=["true"], max_retries=0)  # registered again: replayable
+    assert await cp.data.invocations.replay(dead)
+
+
 async def test_final_records_expire_and_drop_payloads_but_dead_letters(
     settings: ServerSettings,
 ) -> None:

@@ -201,6 +201,11 @@ class Invocations:
                 f"invocation {invocation_id} is a job whose name a function has taken since: "
                 "a one-off job needs a name of its own"
             )
+        if verdict is Admission.NO_FUNCTION:
+            raise NotFound(
+                f"invocation {invocation_id}'s function was deleted: its invocations are "
+                "replayed only while it is registered"
+            )
         raise _refused(verdict, f"invocation {invocation_id}'s function")
 
     async def cancel(

@@ -7,14 +7,18 @@
 -- ARGV[8] how a one-off job's revision starts (domain.JOB_REVISION_PREFIX)
 -- Returns {'ok', new id}; {'unknown'}; {'not_dead'}; {'gone'} (its revision or payload
 -- expired); {'queue_full'}; {'queue_bytes_full'}; {'concurrency'}; {'exists'};
--- {'name_taken'} (a job whose name a function has taken since).
+-- {'name_taken'} (a job whose name a function has taken since); {'no_function'} (its
+-- function was deleted since: deleting a function stops its code from running).
 local old, new, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local h = redis.call('HMGET', KEYS[1], 'status', 'function', 'revision', 'priority',
   'traceparent', 'callback_url')
 if not h[1] then return {'unknown'} end
 if not redis.call('ZSCORE', C.dead, old) then return {'not_dead'} end
-if string.sub(h[3], 1, #ARGV[8]) == ARGV[8] and redis.call('EXISTS', C.fn .. h[2]) == 1 then
-  return {'name_taken'}
+local registered = redis.call('EXISTS', C.fn .. h[2]) == 1
+if string.sub(h[3], 1, #ARGV[8]) == ARGV[8] then
+  if registered then return {'name_taken'} end
+elseif not registered then
+  return {'no_function'}
 end
 local payload = redis.call('HGET', KEYS[1], 'payload')
 local spec = redis.call('HMGET', C.rev .. h[2] .. ':' .. h[3], 'priority', 'concurrency', 'qt',
