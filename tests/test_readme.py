@@ -99,10 +99,10 @@ def test_every_hodei_command_in_the_readme_parses() -> None:
 
 
 def test_the_exit_codes_table_is_the_clis() -> None:
-    table = dict(re.findall(r"^\| (\d) \| (.+) \|$", section("## The CLI"), re.M))
+    table = dict(re.findall(r"^\| (\d+) \| (.+) \|$", section("## The CLI"), re.M))
     assert sorted(int(code) for code in table) == sorted(code.value for code in Exit)
     for line in EXIT_CODES.splitlines():
-        code = re.match(r"\s+(\d)\s+(.+)", line)
+        code = re.match(r"\s+(\d+)\s+(.+)", line)
         if code:
             assert table[code[1]].startswith(code[2].split(":")[0]), code[0]
 
