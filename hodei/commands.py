@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{exc.code}: {exc.message} (HTTP {exc.status}){where}", Exit.REFUSED)
     except KeyboardInterrupt:
         if args.command == "invoke" and not args.asynchronous:
-            _fail(f"interrupted; the invocation goes on: {_find_it(args)}", Exit.INTERRUPTED)
+            return _fail(f"interrupted; the invocation goes on: {_find_it(args)}", Exit.INTERRUPTED)
         return int(Exit.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (| head): not an error of ours.

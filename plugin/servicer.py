@@ -245,11 +245,10 @@ async def finish_handling(
     received: asyncio.Queue[pb.AgentMessage | None], handler: asyncio.Task[None]
 ) -> None:
     """Let ``handler`` handle what was received and end, within STOP_FLUSH_S."""
-    loop = asyncio.get_running_loop()
-    until = loop.time() + STOP_FLUSH_S
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(received.put(None), STOP_FLUSH_S)
-    await asyncio.wait({handler}, timeout=max(0.0, until - loop.time()))
+        async with asyncio.timeout(STOP_FLUSH_S):
+            await received.put(None)
+            await asyncio.wait({handler})
 
 
 def leftovers(outbox: asyncio.Queue[pb.ServerMessage | None]) -> Iterator[list[pb.ServerMessage]]:
